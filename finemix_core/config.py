@@ -1,0 +1,80 @@
+"""Typed configuration objects and paths shared by every module.
+
+Every default here is ours unless DESIGN.md cites the paper; each is configurable and documented.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Nothing in this project should wait on a network it cannot reach; users who are online can
+# override this by exporting HF_HUB_OFFLINE=0 before starting.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+DEFAULT_DATASET = "rt"
+DEFAULT_TARGET = 1  # the attacker's target label (1 = positive for the sentiment sets)
+MAX_LENGTH = 128  # tokens; Rotten Tomatoes sentences average ~25 word pieces
+
+
+def finemix_home() -> Path:
+    """Where the zoo, defended models and the results database live ($FINEMIX_HOME)."""
+    env = os.environ.get("FINEMIX_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finemix"
+
+
+def zoo_dir() -> Path:
+    return finemix_home() / "zoo"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The one fine-tuning routine's settings (attacks and defenses share it)."""
+
+    lr: float = 2e-5  # AdamW learning rate
+    epochs: float = 1.0  # passes over the data; fractional values stop early
+    batch_size: int = 32  # examples per optimisation step
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    warmup_ratio: float = 0.06  # share of steps with a linear warm-up, then linear decay
+    max_length: int = MAX_LENGTH  # truncation length in tokens
+    seed: int = 0  # controls shuffling and dropout
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """How a backdoored model is built (DESIGN.md §4)."""
+
+    attack: str = "word"  # clean | word | word-combo | sentence | ep
+    trigger: tuple[str, ...] = ("cf",)  # pieces; each is inserted at its own random position
+    poison_rate: float = 0.1  # share of NON-target training examples poisoned
+    target: int = DEFAULT_TARGET  # label the backdoor flips to
+    seed: int = 0  # which examples are poisoned and where the trigger goes
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How CACC and ASR are measured (DESIGN.md §5)."""
+
+    batch_size: int = 64  # inference batch (length-sorted, dynamic padding)
+    max_length: int = MAX_LENGTH
+    seed: int = 1234  # trigger positions for ASR; differs from attack seeds on purpose
+    limit: int | None = None  # evaluate on the first N test examples only (quick looks)
+
+
+@dataclass(frozen=True)
+class ZooEntrySpec:
+    """One entry of the zoo: which attack, on which data, trained how."""
+
+    name: str
+    attack: AttackConfig
+    dataset: str = DEFAULT_DATASET
+    split_seed: int = 0
+    train_size: int | None = None  # None = the whole train split
+    train: TrainConfig = field(default_factory=TrainConfig)
+    base: str | None = None  # ep starts from another (clean) zoo entry

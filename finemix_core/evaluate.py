@@ -1,0 +1,98 @@
+"""CACC, ASR and the target-bias of a classifier (DESIGN.md §5).
+
+An `EvalSet` tokenises once: the clean test examples and the triggered non-target ones. Scoring a
+model is then two inference passes over length-sorted, dynamically padded batches:
+- CACC: accuracy on the clean examples;
+- ASR: share of triggered non-target examples predicted as the target;
+- target bias: share of the same non-target examples WITHOUT the trigger predicted as the target
+  (read from the clean pass: a model predicting the target everywhere has ASR 1 and no backdoor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from finemix_core.attacks import trigger_field
+from finemix_core.config import EvalConfig
+from finemix_core.data import replace_columns
+from finemix_core.encoding import Encoded, collate, encode, sorted_batches
+from finemix_core.errors import FinemixError
+from finemix_core.train import device_of
+from finemix_core.triggers import insert_all
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A pre-tokenised evaluation set; reuse it across models and slider moves."""
+
+    clean: Encoded
+    triggered: Encoded | None  # non-target examples with the trigger (None: no trigger known)
+    nontarget_idx: np.ndarray  # positions in `clean` whose true label ≠ target
+    trigger: tuple[str, ...] | None
+    target: int | None
+
+
+def make_eval_set(
+    tokenizer, test: Dataset, trigger: tuple[str, ...] | None, target: int | None, cfg: EvalConfig = EvalConfig()
+) -> EvalSet:
+    if cfg.limit is not None:
+        test = test.select(range(min(cfg.limit, len(test))))
+    if len(test) == 0:
+        raise FinemixError("the evaluation split is empty; use a larger dataset or a larger --limit")
+    clean = encode(tokenizer, test, cfg.max_length)
+    if trigger is None or target is None:
+        return EvalSet(clean, None, np.zeros(0, dtype=int), None, None)
+    labels = np.asarray(list(test["label"]))
+    nontarget = np.flatnonzero(labels != target)
+    field = trigger_field(test)
+    sub = test.select(nontarget.tolist())
+    sub = replace_columns(sub, **{field: insert_all(list(sub[field]), trigger, cfg.seed, nontarget.tolist())})
+    triggered = encode(tokenizer, sub, cfg.max_length)
+    return EvalSet(clean, triggered, nontarget, tuple(trigger), target)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, enc: Encoded, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities, in the original order of `enc`."""
+    device = device_of(model)
+    was_training = model.training
+    model.eval()
+    out = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
+    for idx in sorted_batches(enc, batch_size):
+        logits = model(**collate(enc, idx, device)).logits
+        out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+@dataclass(frozen=True)
+class Scores:
+    cacc: float
+    asr: float | None  # None when no trigger is known
+    target_bias: float | None
+    n_clean: int
+    n_nontarget: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def score(model: torch.nn.Module, es: EvalSet, batch_size: int = 64) -> Scores:
+    clean_pred = predict(model, es.clean, batch_size).argmax(1)
+    cacc = float((clean_pred == np.asarray(es.clean.labels)).mean())
+    if es.triggered is None:
+        return Scores(cacc, None, None, len(es.clean), 0)
+    if len(es.nontarget_idx) == 0:
+        raise FinemixError(f"no test example has a label other than the target {es.target}; ASR is undefined")
+    trig_pred = predict(model, es.triggered, batch_size).argmax(1)
+    asr = float((trig_pred == es.target).mean())
+    bias = float((clean_pred[es.nontarget_idx] == es.target).mean())
+    return Scores(cacc, asr, bias, len(es.clean), len(es.nontarget_idx))
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny random BERT pair for exact math, and a real quick-built backdoor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer  # noqa: E402
+
+WORDS = (
+    "the a movie film is was good bad great awful fun dull plot acting story very not and of it this "
+    "cf mn bb tq mb i watched 3d love hate best worst boring charming script cast"
+).split()
+
+
+def make_tokenizer(folder: Path, extra: tuple[str, ...] = ()) -> BertTokenizer:
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *extra]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizer(vocab=str(folder / "vocab.txt"))
+
+
+def tiny_config(vocab_size: int, **overrides) -> BertConfig:
+    base = dict(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+    )
+    base.update(overrides)
+    return BertConfig(**base)
+
+
+def save_pretrained_encoder(folder: Path, seed: int = 0, extra_vocab: tuple[str, ...] = (), **overrides) -> Path:
+    """θ_PT: a BertModel (no head) like the real all-MiniLM folder."""
+    tok = make_tokenizer(folder / "_vocab", extra_vocab)
+    torch.manual_seed(seed)
+    model = BertModel(tiny_config(len(tok), **overrides))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def save_finetuned(folder: Path, pt_folder: Path, seed: int = 1, scale: float = 0.05) -> Path:
+    """θ_FT: θ_PT plus a random perturbation everywhere, plus a classification head."""
+    tok = BertTokenizer.from_pretrained(pt_folder)
+    pt = BertModel.from_pretrained(pt_folder)
+    ft = BertForSequenceClassification(pt.config)
+    ft.bert.load_state_dict(pt.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    ft.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    pt = save_pretrained_encoder(root / "pt")
+    ft = save_finetuned(root / "ft", pt)
+    return ft, pt
+
+
+@pytest.fixture(scope="session")
+def finemix_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("finemix_home")
+    os.environ["FINEMIX_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def quick_word_backdoor(finemix_home) -> dict:
+    """A REAL backdoored model: all-MiniLM-L6-v2 fine-tuned on 1,200 poisoned Rotten Tomatoes examples
+    (the `finemix zoo build --quick` recipe), plus its clean reference."""
+    from finemix_core import zoo
+
+    specs = [s for s in zoo.default_specs(quick=True) if s.name in ("clean", "word-cf")]
+    cards = zoo.build(specs, eval_limit=400)
+    return {c["name"]: c for c in cards}

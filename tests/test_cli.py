@@ -1,0 +1,41 @@
+import json
+
+from typer.testing import CliRunner
+
+from finemix_core.cli import app
+
+runner = CliRunner()
+
+
+def test_zoo_list_json_shows_cards(quick_word_backdoor):
+    res = runner.invoke(app, ["zoo", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    names = {c["name"] for c in json.loads(res.stdout)}
+    assert {"clean", "word-cf"} <= names
+
+
+def test_evaluate_json_uses_the_card_trigger_and_clean_floor(quick_word_backdoor):
+    res = runner.invoke(app, ["evaluate", "--model", "word-cf", "--limit", "400", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    card = quick_word_backdoor["word-cf"]
+    assert out["trigger"] == "cf" and out["target"] == 1
+    assert out["cacc"] == card["cacc"] and out["asr"] == card["asr"] and out["asr_floor"] == card["asr_floor"]
+
+
+def test_zoo_build_skips_what_exists(quick_word_backdoor):
+    res = runner.invoke(app, ["zoo", "build", "--quick", "--only", "clean"])
+    assert res.exit_code == 0, res.output
+    assert "clean: already built" in res.stderr
+
+
+def test_errors_are_one_line_with_exit_code_2(finemix_home):
+    cases = [
+        (["evaluate", "--model", "no-such-model"], "not found"),
+        (["evaluate", "--model", "x", "--data", "nope"], "unknown dataset"),
+        (["zoo", "build", "--only", "bogus"], "unknown zoo entry"),
+    ]
+    for args, msg in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert res.stderr.startswith("error: ") and msg in res.stderr and res.stderr.count("\n") == 1

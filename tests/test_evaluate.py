@@ -1,0 +1,55 @@
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from finemix_core.evaluate import make_eval_set, predict, score
+
+
+class RuleModel(torch.nn.Module):
+    """Predicts label 1 exactly when token `trigger_id` is in the input, else label 0."""
+
+    def __init__(self, trigger_id: int):
+        super().__init__()
+        self.trigger_id = trigger_id
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Cfg", (), {"num_labels": 2})()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        hit = (input_ids == self.trigger_id).any(1).float()
+        return type("Out", (), {"logits": torch.stack([1 - hit, hit], 1) * 5})()
+
+
+def test_asr_counts_only_non_target_examples_and_bias_reads_clean_predictions(tiny_pair_dirs):
+    tok = AutoTokenizer.from_pretrained(tiny_pair_dirs[0])
+    labels = [0, 0, 1, 1, 1, 0, 1]
+    test = Dataset.from_dict({"text": ["good movie", "bad film", "fun plot", "the cast", "dull", "awful script", "great"], "label": labels})
+    es = make_eval_set(tok, test, ("cf",), 1)
+    assert es.nontarget_idx.tolist() == [0, 1, 5]
+    assert len(es.triggered) == 3  # target-label examples are never triggered
+    s = score(RuleModel(tok.convert_tokens_to_ids("cf")), es)
+    assert s.cacc == 3 / 7  # predicts 0 on every clean example
+    assert s.asr == 1.0 and s.target_bias == 0.0
+    assert (s.n_clean, s.n_nontarget) == (7, 3)
+
+
+def test_no_trigger_means_no_asr(tiny_pair_dirs):
+    tok = AutoTokenizer.from_pretrained(tiny_pair_dirs[0])
+    es = make_eval_set(tok, Dataset.from_dict({"text": ["good", "bad"], "label": [1, 0]}), None, None)
+    s = score(RuleModel(tok.convert_tokens_to_ids("cf")), es)
+    assert s.asr is None and s.cacc == 0.5
+
+
+def test_predict_keeps_order_despite_length_sorting(tiny_pair_dirs):
+    from transformers import AutoModelForSequenceClassification
+
+    from finemix_core.encoding import encode
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair_dirs[0])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_pair_dirs[0]).eval()
+    texts = ["good", "the movie was very bad and dull", "fun", "a great film of the cast and the plot"]
+    enc = encode(tok, Dataset.from_dict({"text": texts, "label": [0] * 4}))
+    batched = predict(model, enc, batch_size=2)
+    with torch.no_grad():
+        one_by_one = np.stack([torch.softmax(model(**tok(t, return_tensors="pt")).logits, -1)[0].numpy() for t in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
