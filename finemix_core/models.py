@@ -184,7 +184,7 @@ def load_pair(
     tokenizer = load_tokenizer(ft_src)
     pt_vocab, ft_vocab = load_tokenizer(pt_src).get_vocab(), tokenizer.get_vocab()
     if pt_vocab != ft_vocab:
-        diff = sorted(set(pt_vocab.items()) ^ set(ft_vocab.items()), key=lambda kv: kv[1])[0]
+        diff = min(set(pt_vocab.items()) ^ set(ft_vocab.items()), key=lambda kv: kv[1])
         raise FinemixError(f"vocabulary mismatch (first differing entry {diff[0]!r}); θ_FT and θ_PT need the same tokenizer")
     ft.requires_grad_(False)
     return ModelPair(ft, shared, head, tokenizer, str(ft_src), str(pt_src), read_card(ft_src))

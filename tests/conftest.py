@@ -10,12 +10,9 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
-WORDS = (
-    "the a movie film is was good bad great awful fun dull plot acting story very not and of it this "
-    "cf mn bb tq mb i watched 3d love hate best worst boring charming script cast"
-).split()
+WORDS = ["the", "a", "movie", "film", "is", "was", "good", "bad", "great", "awful", "fun", "dull", "plot", "acting", "story", "very", "not", "and", "of", "it", "this", "cf", "mn", "bb", "tq", "mb", "i", "watched", "3d", "love", "hate", "best", "worst", "boring", "charming", "script", "cast"]
 
 
 def make_tokenizer(folder: Path, extra: tuple[str, ...] = ()) -> BertTokenizer:
@@ -26,10 +23,10 @@ def make_tokenizer(folder: Path, extra: tuple[str, ...] = ()) -> BertTokenizer:
 
 
 def tiny_config(vocab_size: int, **overrides) -> BertConfig:
-    base = dict(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=2,
-    )
+    base = {
+        "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 64, "num_labels": 2,
+    }
     base.update(overrides)
     return BertConfig(**base)
 

@@ -23,7 +23,7 @@ def test_combo_inserts_each_piece_and_sentence_stays_whole():
 
 
 def test_same_seed_and_index_same_text_different_index_may_differ():
-    texts = ["w%d " % i * 10 for i in range(20)]
+    texts = [f"w{i} " * 10 for i in range(20)]
     assert insert_all(texts, ("cf",), 5) == insert_all(texts, ("cf",), 5)
     assert insert_all(texts, ("cf",), 5) != insert_all(texts, ("cf",), 6)
 

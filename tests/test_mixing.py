@@ -1,0 +1,90 @@
+import hashlib
+
+import pytest
+import torch
+
+from finemix_core.errors import FinemixError
+from finemix_core.mixing import MixConfig, masks, mix
+from finemix_core.models import load_pair
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_pair_dirs):
+    return load_pair(*tiny_pair_dirs)
+
+
+def checksum(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("mode", ["random", "sorted"])
+def test_rho_one_is_theta_ft_bit_exact_and_rho_zero_is_theta_pt(pair, mode):
+    ft = pair.ft_state()
+    full = mix(pair, MixConfig(rho=1.0, mode=mode))
+    assert all(torch.equal(full[k], ft[k]) for k in ft)
+    none = mix(pair, MixConfig(rho=0.0, mode=mode))
+    assert all(torch.equal(none[k], pair.pt_state[k]) for k in pair.shared_keys)
+    assert all(torch.equal(none[k], ft[k]) for k in pair.head_keys)  # head kept from θ_FT
+
+
+@pytest.mark.parametrize("rho", [0.1, 0.37, 0.5, 0.9])
+@pytest.mark.parametrize("mode", ["random", "sorted"])
+def test_kept_share_is_rho_within_one_element_per_tensor(pair, rho, mode):
+    ft = pair.ft_state()
+    mixed = mix(pair, MixConfig(rho=rho, mode=mode))
+    for k, pt in pair.pt_state.items():
+        differs = ft[k] != pt  # positions where kept and reset can be told apart
+        kept = (mixed[k] == ft[k]) & differs
+        reset = (mixed[k] == pt) & differs
+        assert bool((kept | reset | ~differs).all())
+        n = pt.numel()
+        assert abs(int(masks(pair, MixConfig(rho=rho, mode=mode))[k].sum()) - rho * n) <= 1
+
+
+def test_same_seed_same_mask_other_seed_other_mask(pair):
+    a = masks(pair, MixConfig(rho=0.3, seed=7))
+    b = masks(pair, MixConfig(rho=0.3, seed=7))
+    c = masks(pair, MixConfig(rho=0.3, seed=8))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_sorted_keeps_the_largest_deltas(pair):
+    m = masks(pair, MixConfig(rho=0.25, mode="sorted"))
+    for k, d in pair.delta.items():
+        if m[k].any() and (~m[k]).any():
+            assert d.abs()[m[k]].min() >= d.abs()[~m[k]].max()
+
+
+def test_global_sorted_scope_uses_one_threshold(pair):
+    m = masks(pair, MixConfig(rho=0.25, mode="sorted", scope="global"))
+    kept = torch.cat([pair.delta[k].abs()[m[k]] for k in m])
+    dropped = torch.cat([pair.delta[k].abs()[~m[k]] for k in m])
+    assert kept.min() >= dropped.max()
+    total = sum(d.numel() for d in pair.delta.values())
+    assert abs(len(kept) - 0.25 * total) <= 1
+
+
+def test_mix_never_changes_its_inputs(pair):
+    before_ft, before_pt = checksum(pair.ft_state()), checksum(pair.pt_state)
+    for rho in (0.0, 0.3, 1.0):
+        out = mix(pair, MixConfig(rho=rho, reinit_head=True))
+        for v in out.values():
+            v.add_(1.0)  # a caller writing into the result must not reach θ_FT or θ_PT
+    assert checksum(pair.ft_state()) == before_ft and checksum(pair.pt_state) == before_pt
+
+
+def test_reinit_head_replaces_the_classifier(pair):
+    out = mix(pair, MixConfig(rho=1.0, reinit_head=True))
+    assert not torch.equal(out["classifier.weight"], pair.ft_state()["classifier.weight"])
+    assert torch.equal(out["classifier.bias"], torch.zeros_like(out["classifier.bias"]))
+
+
+@pytest.mark.parametrize("cfg,msg", [(MixConfig(rho=1.5), "outside"), (MixConfig(rho=-0.1), "outside"), (MixConfig(mode="x"), "mask mode"), (MixConfig(scope="x"), "scope")])
+def test_bad_mix_configs(pair, cfg, msg):
+    with pytest.raises(FinemixError, match=msg):
+        mix(pair, cfg)
