@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict
+from datasets.utils.logging import disable_progress_bar
 
 from finemix_core.errors import FinemixError
 
 SPLIT_RATIOS = (0.8, 0.1, 0.1)  # train / dev / test for sets that come unsplit
+disable_progress_bar()  # "Casting the dataset" bars would break one-line errors and CLI output
 MAX_CSV_BYTES = 200 * 1024 * 1024  # a user CSV larger than this is refused, not half-read
 
 
