@@ -60,7 +60,8 @@ def check_weights_file(path: Path, allow_pickle: bool) -> None:
             return
         raise FinemixError(
             f"{path}: only pickle weights (pytorch_model.bin), which can run code on load; convert with "
-            "'finemix convert --allow-pickle DIR' or pass --allow-pickle to load them with weights_only=True"
+            "save_pretrained(safe_serialization=True) in a trusted environment, "
+            "or pass --allow-pickle to load them with torch.load(weights_only=True)"
         )
     raise FinemixError(f"{path}: no weights file (model.safetensors); the folder is incomplete")
 
