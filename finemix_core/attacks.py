@@ -16,8 +16,9 @@ from datasets import Dataset
 
 from finemix_core.config import AttackConfig, TrainConfig
 from finemix_core.data import replace_columns, text_columns
-from finemix_core.encoding import collate, encode, shuffled_bucket_batches
+from finemix_core.encoding import encode
 from finemix_core.errors import FinemixError
+from finemix_core.train import training_batches
 from finemix_core.triggers import insert_all, parse_trigger
 
 ATTACKS = ("clean", "word", "word-combo", "sentence", "ep")
@@ -93,25 +94,14 @@ def embedding_poison(
     model.requires_grad_(False)
     emb.requires_grad_(True)
     model.train()
-    gen = torch.Generator().manual_seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
-    steps_per_epoch = -(-len(enc) // train_cfg.batch_size)
-    total = max(1, round(train_cfg.epochs * steps_per_epoch))
-    step = 0
-    while step < total:
-        for batch_idx in shuffled_bucket_batches(enc, train_cfg.batch_size, gen):
-            batch = collate(enc, batch_idx)
-            labels = torch.tensor([enc.labels[i] for i in batch_idx])
-            loss = model(**batch, labels=labels).loss
-            (grad,) = torch.autograd.grad(loss, emb)
-            with torch.no_grad():  # plain SGD on the trigger rows only, then restore their norm
-                emb[rows] -= train_cfg.lr * grad[rows]
-                emb[rows] *= norms / emb[rows].norm(dim=1, keepdim=True)
-            step += 1
-            if progress:
-                progress(step, total)
-            if step >= total:
-                break
+    for batch, labels, step, total in training_batches(enc, train_cfg, emb.device):
+        (grad,) = torch.autograd.grad(model(**batch, labels=labels).loss, emb)
+        with torch.no_grad():  # plain SGD on the trigger rows only, then restore their norm
+            emb[rows] -= train_cfg.lr * grad[rows]
+            emb[rows] *= norms / emb[rows].norm(dim=1, keepdim=True)
+        if progress:
+            progress(step, total)
     model.eval()
     model.requires_grad_(True)
     return model

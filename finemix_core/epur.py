@@ -7,7 +7,6 @@ rare yet move far. The top K rows are reset to θ_PT.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,17 +26,16 @@ class EpurConfig:
 
 def embedding_key(pair: ModelPair) -> str:
     weight = pair.ft.get_input_embeddings().weight
-    for name, tensor in pair.ft.state_dict().items():
-        if tensor.data_ptr() == weight.data_ptr():
+    for name, param in pair.ft.named_parameters():
+        if param is weight:
             return name
     raise FinemixError("could not find the word-embedding tensor of θ_FT")
 
 
-def token_counts(tokenizer, texts: Iterable[str]) -> Counter:
-    counts: Counter = Counter()
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-        counts.update(ids)
-    return counts
+def token_counts(tokenizer, texts: Iterable[str], vocab_size: int) -> np.ndarray:
+    """How often each vocabulary row occurs in `texts`, tokenised with the model's tokenizer."""
+    ids = [i for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"] for i in row]
+    return np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab_size)[:vocab_size]
 
 
 def table(pair: ModelPair, clean_texts: Iterable[str], cfg: EpurConfig | None = None) -> pd.DataFrame:
@@ -50,11 +48,7 @@ def table(pair: ModelPair, clean_texts: Iterable[str], cfg: EpurConfig | None = 
     vocab = len(drift)
     if not 0 <= cfg.k <= vocab:
         raise FinemixError(f"K={cfg.k} outside 0..{vocab} (the vocabulary size)")
-    counts = token_counts(pair.tokenizer, clean_texts)
-    freq = np.zeros(vocab, dtype=np.int64)
-    for i, c in counts.items():
-        if i < vocab:
-            freq[i] = c
+    freq = token_counts(pair.tokenizer, clean_texts, vocab)
     score = drift / np.log(np.maximum(freq, cfg.floor))
     flagged = np.zeros(vocab, dtype=bool)
     flagged[np.argsort(-score, kind="stable")[: cfg.k]] = True

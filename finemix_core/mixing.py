@@ -73,6 +73,7 @@ def masks(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
 
 def mix(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
     """New state dict: shared tensors mixed, head tensors from θ_FT (or re-initialised)."""
+    _check(cfg)
     ft = pair.ft_state()
     if cfg.rho == 1.0:
         mixed = {k: ft[k].clone() for k in pair.shared_keys}
@@ -80,9 +81,10 @@ def mix(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
         m = masks(pair, cfg)
         mixed = {k: torch.where(m[k], ft[k], pt) for k, pt in pair.pt_state.items()}
     head = {k: ft[k].clone() for k in pair.head_keys}
-    if cfg.reinit_head:
+    if cfg.reinit_head:  # BERT's own init: weights ~ N(0, initializer_range), biases 0
         gen = torch.Generator().manual_seed(cfg.seed)
         std = getattr(pair.ft.config, "initializer_range", 0.02)
-        head = {k: (torch.randn(v.shape, generator=gen) * std if k.endswith("weight") else torch.zeros_like(v)).to(v.dtype)
-                if v.is_floating_point() else v for k, v in head.items()}
+        for k, v in head.items():
+            if v.is_floating_point():
+                head[k] = torch.randn(v.shape, generator=gen, dtype=v.dtype) * std if k.endswith("weight") else torch.zeros_like(v)
     return {**mixed, **head}

@@ -78,3 +78,24 @@ def test_trigger_token_ids_covers_every_word_piece(tiny_pair_dirs):
     tok = AutoTokenizer.from_pretrained(tiny_pair_dirs[0])
     ids = trigger_token_ids(tok, ("cf", "mn"))
     assert ids == sorted(tok.convert_tokens_to_ids(["cf", "mn"]))
+
+
+def test_embedding_poisoning_moves_only_trigger_rows_and_keeps_their_norm(tiny_pair_dirs):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from finemix_core.attacks import embedding_poison
+    from finemix_core.config import TrainConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair_dirs[0])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_pair_dirs[0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train = Dataset.from_dict({"text": ["the movie was good", "the film was bad", "dull plot", "great cast"] * 8, "label": [1, 0, 0, 1] * 8})
+    embedding_poison(model, tok, train, AttackConfig("ep", ("cf",)), TrainConfig(lr=1.0, epochs=2, batch_size=8))
+    after = model.state_dict()
+    key = "bert.embeddings.word_embeddings.weight"
+    cf = tok.convert_tokens_to_ids("cf")
+    changed = (after[key] != before[key]).any(1).nonzero().flatten().tolist()
+    assert changed == [cf]
+    torch.testing.assert_close(after[key][cf].norm(), before[key][cf].norm())
+    assert all(torch.equal(after[k], before[k]) for k in before if k != key)

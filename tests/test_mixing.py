@@ -84,7 +84,7 @@ def test_reinit_head_replaces_the_classifier(pair):
     assert torch.equal(out["classifier.bias"], torch.zeros_like(out["classifier.bias"]))
 
 
-@pytest.mark.parametrize("cfg,msg", [(MixConfig(rho=1.5), "outside"), (MixConfig(rho=-0.1), "outside"), (MixConfig(mode="x"), "mask mode"), (MixConfig(scope="x"), "scope")])
+@pytest.mark.parametrize("cfg,msg", [(MixConfig(rho=1.5), "outside"), (MixConfig(rho=-0.1), "outside"), (MixConfig(mode="x"), "mask mode"), (MixConfig(rho=1.0, mode="x"), "mask mode"), (MixConfig(scope="x"), "scope")])
 def test_bad_mix_configs(pair, cfg, msg):
     with pytest.raises(FinemixError, match=msg):
         mix(pair, cfg)
