@@ -1,7 +1,8 @@
-"""The `finemix` command line: zoo build|list, evaluate (defend, sweep, report, bench, lab follow)."""
+"""The `finemix` command line: zoo build|list, evaluate, defend, sweep, report, datasets."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -166,6 +167,183 @@ def evaluate_cmd(
     table.add_row(_fmt(scores.cacc), _fmt(scores.asr), _fmt(scores.target_bias), _fmt(floor), str(scores.n_clean),
                   str(scores.n_nontarget), result["trigger"] or "—")
     console.print(table)
+
+
+# ---- defenses ----
+
+
+def _progress_bar(desc: str):
+    bar = tqdm(desc=desc, unit="step", file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def _rho(spec: str) -> float | None:
+    if spec == "auto":
+        return None
+    try:
+        value = float(spec)
+    except ValueError:
+        raise FinemixError(f"--rho must be 'auto' or a number in [0, 1], got '{spec}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise FinemixError(f"--rho {value} outside [0, 1]; 0 keeps θ_PT, 1 keeps θ_FT (or use auto)")
+    return value
+
+
+@app.command("defend")
+@user_errors
+def defend_cmd(
+    model: Annotated[str, typer.Option(help="Zoo entry name or ANY local HF classifier folder fine-tuned from θ_PT.")],
+    out: Annotated[Path, typer.Option(help="Folder for the defended model (HF format + finemix.json).")],
+    method: Annotated[str, typer.Option(help="fine-mixing | fine-mixing-sorted | fine-tuning | fine-pruning | epur | epur+X.")] = "fine-mixing",
+    pretrained: Annotated[str, typer.Option(help="θ_PT: 'default' (offline all-MiniLM-L6-v2) or a folder.")] = "default",
+    clean_data: Annotated[str | None, typer.Option(help="Defender's clean data: dataset name or CSV (default: the card's).")] = None,
+    clean_size: Annotated[int, typer.Option(help="Clean training examples for the fine-tune step.")] = 128,
+    rho: Annotated[str, typer.Option(help="Reserve ratio in [0, 1], or 'auto' (chosen on clean dev accuracy).")] = "auto",
+    epur_k: Annotated[int, typer.Option(help="E-PUR: embedding rows reset to θ_PT.")] = 200,
+    epur_floor: Annotated[float, typer.Option(help="E-PUR: frequency floor c.")] = 20.0,
+    lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
+    trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
+    target: Annotated[int | None, typer.Option(help="Known target label for scoring (default: the card's).")] = None,
+    seed: Annotated[int, typer.Option(help="Clean-set draw, masks, training order.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Defend a model and write the defended model as a standard HF folder."""
+    from finemix_core import experiment
+    from finemix_core.defenses import DEFENSE_TRAIN, DefenseConfig
+    from finemix_core.epur import EpurConfig
+    from finemix_core.evaluate import best_device
+    from finemix_core.triggers import parse_trigger
+
+    if out.exists() and not overwrite:
+        raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
+    if limit is not None and limit <= 0:
+        raise FinemixError(f"--limit must be positive, got {limit}")
+    train = DEFENSE_TRAIN
+    if lr is not None or epochs is not None:
+        if (lr is not None and lr <= 0) or (epochs is not None and epochs <= 0):
+            raise FinemixError("--lr and --epochs must be positive")
+        train = dataclasses.replace(train, lr=lr or train.lr, epochs=epochs or train.epochs)
+    cfg = DefenseConfig(method=method, rho=_rho(rho), epur=EpurConfig(k=epur_k, floor=epur_floor), seed=seed, train=train)
+    ctx = experiment.prepare(
+        model, pretrained, clean_data, trigger=parse_trigger(trigger) if trigger else None, target=target,
+        eval_limit=limit, allow_pickle=allow_pickle, device=best_device(),
+    )
+    if epur_k > len(ctx.pair.tokenizer):
+        raise FinemixError(f"--epur-k {epur_k} is larger than the vocabulary ({len(ctx.pair.tokenizer)}); lower it")
+    bar, update = _progress_bar(f"{method}")
+    result, row = experiment.run_defense(ctx, cfg, clean_size, progress=update, log=lambda m: tqdm.write(m, file=sys.stderr))
+    bar.close()
+    experiment.save_defended(ctx, result, row, out, overwrite)
+    experiment.record("defend", {**row, "out": str(out)})
+    if as_json:
+        typer.echo(json.dumps({**row, "out": str(out)}, default=str))
+        return
+    table = Table(title=f"{method} on {row['model']} → {out}")
+    for col in ("CACC", "ASR", "target bias", "ASR floor", "ρ", "flagged (top)", "dev acc", "seconds"):
+        table.add_column(col)
+    table.add_row(_fmt(row["cacc"]), _fmt(row["asr"]), _fmt(row["target_bias"]), _fmt(row["asr_floor"]),
+                  "—" if row["rho"] is None else f"{row['rho']:g}" + (" (auto)" if row["rho_auto"] else ""),
+                  ", ".join(row["flagged_top"][:5]) or "—", _fmt(row["dev_acc"]), f"{row['seconds']:.0f}")
+    console.print(table)
+
+
+@app.command("sweep")
+@user_errors
+def sweep_cmd(
+    model: Annotated[str, typer.Option(help="Zoo entry name or local HF classifier folder.")],
+    out: Annotated[Path, typer.Option(help="CSV file for the results.")],
+    rhos: Annotated[str, typer.Option(help="START:STOP:STEP or a comma list of ρ values.")] = "0:1:0.1",
+    mode: Annotated[str, typer.Option(help="Mask: random | sorted.")] = "random",
+    fine_tune: Annotated[bool, typer.Option("--fine-tune", help="Also fine-tune each mix on the clean set (slower).")] = False,
+    clean_size: Annotated[int, typer.Option(help="Clean examples for the fine-tune step.")] = 128,
+    seed: Annotated[int, typer.Option(help="Masks and fine-tuning seed.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """CACC and ASR at every ρ, mix-only and (with --fine-tune) after the fine-tune step."""
+    import pandas as pd
+
+    from finemix_core import experiment
+    from finemix_core.evaluate import best_device
+    from finemix_core.mixing import MODES
+
+    if mode not in MODES:
+        raise FinemixError(f"unknown mask mode '{mode}'; use one of {', '.join(MODES)}")
+    if out.exists() and not overwrite:
+        raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
+    values = experiment.parse_range(rhos)
+    ctx = experiment.prepare(model, eval_limit=limit, device=best_device())
+    if ctx.eval_set.trigger is None:
+        raise FinemixError(f"{model} has no known trigger, so ASR cannot be measured; pass a zoo entry or use evaluate --trigger")
+    rows = experiment.sweep(ctx, values, mode, fine_tune, clean_size, seed)
+    write_csv_atomic(pd.DataFrame(rows), out)
+    experiment.store.record("sweep", str(ctx.pair.card.get("name", ctx.pair.ft_source)), None,
+                            {"rhos": values, "mode": mode, "fine_tune": fine_tune, "clean_size": clean_size, "seed": seed}, {"rows": rows})
+    table = Table(title=f"ρ sweep on {ctx.pair.card.get('name', ctx.pair.ft_source)} ({mode} masks) → {out}")
+    for col in ("ρ", "stage", "CACC", "ASR", "target bias", "ASR floor"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(f"{r['rho']:g}", r["stage"], _fmt(r["cacc"]), _fmt(r["asr"]), _fmt(r["target_bias"]), _fmt(r["asr_floor"]))
+    console.print(table)
+
+
+def write_csv_atomic(frame, out: Path) -> None:
+    """Write a CSV beside its destination, then rename it into place (never a half file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(out)
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for report.md, runs.csv and sizes.csv.")],
+    seeds: Annotated[str, typer.Option(help="Comma-separated defense seeds.")] = "0,1,2",
+    entries: Annotated[str | None, typer.Option(help="Comma-separated zoo entries (default: every backdoored one).")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default: the seven of the report).")] = None,
+    clean_size: Annotated[int, typer.Option(help="Clean examples per defense.")] = 128,
+    sizes: Annotated[str, typer.Option(help="Clean-set sizes for the size study ('' skips it).")] = "32,64,128,512",
+    size_entries: Annotated[str, typer.Option(help="Entries of the size study.")] = "word-cf,sentence",
+    limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """The reproduction table: every zoo attack × every defense, mean ± std over seeds, plus a clean-size study."""
+    from finemix_core import report
+    from finemix_core.defenses import METHODS
+    from finemix_core.evaluate import best_device
+
+    def ints(spec: str, what: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in spec.split(",") if x.strip())
+        except ValueError:
+            raise FinemixError(f"--{what} must be comma-separated integers, got '{spec}'") from None
+
+    chosen = tuple(m.strip() for m in methods.split(",")) if methods else report.REPORT_METHODS
+    bad = [m for m in chosen if m not in METHODS]
+    if bad:
+        raise FinemixError(f"unknown method '{bad[0]}'; use one of {', '.join(METHODS)}")
+    seed_list = ints(seeds, "seeds")
+    if not seed_list:
+        raise FinemixError("--seeds needs at least one seed")
+    cfg = report.ReportConfig(
+        entries=tuple(e.strip() for e in entries.split(",")) if entries else None, methods=chosen, seeds=seed_list,
+        clean_size=clean_size, sizes=ints(sizes, "sizes"), size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
+        eval_limit=limit,
+    )
+    command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
+    path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))
+    typer.echo((path / "report.md").read_text())
 
 
 @app.command("datasets")

@@ -82,7 +82,7 @@ def load_classifier(
     kwargs = {"num_labels": num_labels} if num_labels is not None else {}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            src, trust_remote_code=False, use_safetensors=None if allow_pickle else True, **kwargs
+            src, trust_remote_code=False, use_safetensors=None if allow_pickle else True, dtype=torch.float32, **kwargs
         )
     except FinemixError:
         raise
@@ -164,7 +164,7 @@ def load_pair(
     try:
         pt, info = AutoModelForSequenceClassification.from_pretrained(
             pt_src, num_labels=ft.config.num_labels, trust_remote_code=False, output_loading_info=True,
-            use_safetensors=None if allow_pickle else True,
+            use_safetensors=None if allow_pickle else True, dtype=torch.float32,
         )
     except Exception as exc:
         raise FinemixError(f"could not load pretrained model {pt_src}: {str(exc).splitlines()[0][:300]}") from exc

@@ -1,0 +1,183 @@
+"""One experiment's context, shared by the CLI (defend, sweep, report), the benchmark and the lab:
+the model pair, the data, the tokenised test set with its triggered copy, and the clean ASR floor.
+
+Loading is done once; defenses then run on private copies and are scored on the same sets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+
+from finemix_core import data, store
+from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, zoo_dir
+from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, defend, defender_data
+from finemix_core.errors import FinemixError
+from finemix_core.evaluate import EvalSet, Scores, make_eval_set, score
+from finemix_core.mixing import MixConfig, mix
+from finemix_core.models import CARD_NAME, ModelPair, load_classifier, load_pair
+from finemix_core.train import Progress
+from finemix_core.zoo import atomic_save_dir
+
+
+@dataclass
+class Context:
+    pair: ModelPair
+    data_name: str
+    split_seed: int
+    dsd: DatasetDict
+    eval_set: EvalSet
+    floor: float | None  # ASR of the clean reference model on the same triggered set (None: unknown)
+    floor_model: str | None
+    device: torch.device
+
+    @property
+    def trigger_text(self) -> str | None:
+        return "+".join(self.eval_set.trigger) if self.eval_set.trigger else None
+
+    def defender(self, clean_size: int = 128, dev_size: int = 256, seed: int = 0) -> DefenderData:
+        """The defender's data: train and dev splits only (never test, never triggered)."""
+        return defender_data(self.pair.tokenizer, self.dsd["train"], self.dsd["dev"], clean_size, dev_size, seed)
+
+
+def prepare(
+    model: str,
+    pretrained: str = "default",
+    data_name: str | None = None,
+    split_seed: int | None = None,
+    trigger: tuple[str, ...] | None = None,
+    target: int | None = None,
+    eval_limit: int | None = None,
+    floor_model: str | None = None,
+    allow_pickle: bool = False,
+    device: torch.device | str = "cpu",
+) -> Context:
+    """Load the pair and the data; the trigger and dataset default to the model's card."""
+    pair = load_pair(model, pretrained, allow_pickle=allow_pickle)
+    card = pair.card
+    name = data_name or card.get("dataset", DEFAULT_DATASET)
+    seed = split_seed if split_seed is not None else card.get("split_seed", 0)
+    dsd = data.load(name, seed)
+    n_labels = data.num_labels(dsd)
+    if n_labels > pair.num_labels:
+        raise FinemixError(f"the data has labels up to {n_labels - 1} but the model has {pair.num_labels} outputs; pick matching data")
+    if data.text_columns(dsd) == ["text_a", "text_b"] and card.get("dataset") and card.get("dataset") != name:
+        raise FinemixError(f"{name} is a sentence-pair dataset but the model was trained on {card['dataset']}; pick matching data")
+    pieces = trigger or (tuple(card["trigger"]) if card.get("trigger") else None)
+    tgt = target if target is not None else card.get("target", DEFAULT_TARGET)
+    if pieces is not None and not 0 <= tgt < pair.num_labels:
+        raise FinemixError(f"target {tgt} outside the model's labels 0..{pair.num_labels - 1}")
+    es = make_eval_set(pair.tokenizer, dsd["test"], pieces, tgt if pieces else None, EvalConfig(limit=eval_limit))
+    device = torch.device(device)
+    floor, floor_src = None, None
+    if pieces:
+        floor_src = floor_model or _zoo_clean_for(name, seed, pair.ft_source)
+        if floor_src is not None:
+            clean, _ = load_classifier(floor_src)
+            floor = score(clean.to(device), es).asr
+    return Context(pair, name, seed, dsd, es, floor, floor_src, device)
+
+
+def _zoo_clean_for(data_name: str, split_seed: int, ft_source: str) -> str | None:
+    """The zoo's clean model, when it was trained on the same data and split (else its floor means nothing)."""
+    clean = zoo_dir() / "clean"
+    card_file = clean / CARD_NAME
+    if not card_file.is_file() or Path(ft_source).resolve() == clean.resolve():
+        return None
+    card = json.loads(card_file.read_text())
+    return str(clean) if card.get("dataset") == data_name and card.get("split_seed") == split_seed else None
+
+
+def evaluate(ctx: Context, model: torch.nn.Module) -> Scores:
+    return score(model.to(ctx.device), ctx.eval_set)
+
+
+def mixed_scores(ctx: Context, rho: float, mode: str = "random", seed: int = 0) -> Scores:
+    """The mix-only path (no fine-tuning) at one ρ."""
+    model = ctx.pair.working_copy(mix(ctx.pair, MixConfig(rho=rho, mode=mode, seed=seed)))
+    return evaluate(ctx, model)
+
+
+def run_defense(
+    ctx: Context,
+    cfg: DefenseConfig,
+    clean_size: int = 128,
+    dev_size: int = 256,
+    progress: Progress | None = None,
+    log=None,
+) -> tuple[DefenseResult, dict]:
+    """Defend, score on test, and return (result, a flat row for tables and the SQLite store)."""
+    dd = ctx.defender(clean_size, dev_size, cfg.seed)
+    result = defend(ctx.pair, dd, cfg, ctx.device, progress, log)
+    scores = evaluate(ctx, result.model)
+    row = {
+        "model": ctx.pair.card.get("name", ctx.pair.ft_source), "attack": ctx.pair.card.get("attack"),
+        "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size, "dev_size": len(dd.dev),
+        "rho": result.rho, "rho_auto": result.rho_auto, "prune_ratio": result.prune_ratio,
+        "epur_k": cfg.epur.k if cfg.uses_epur else None, "flagged_top": result.flagged[:10],
+        "dev_acc": result.dev_acc, "ft_dev_acc": result.ft_dev_acc,
+        **scores.as_dict(), "asr_floor": ctx.floor, "data": ctx.data_name, "split_seed": ctx.split_seed,
+        "trigger": ctx.trigger_text, "train": cfg.train.__dict__, "seconds": round(result.seconds, 2),
+        "device": ctx.device.type,
+    }
+    return result, row
+
+
+def save_defended(ctx: Context, result: DefenseResult, row: dict, out: Path, overwrite: bool = False) -> Path:
+    """Write the defended model as a standard HF folder + finemix.json, atomically."""
+    card = {
+        **row, "defended_from": ctx.pair.ft_source, "pretrained": ctx.pair.pt_source, "flagged": result.flagged,
+        "search": result.search, "trigger_list": list(ctx.eval_set.trigger or ()), "target": ctx.eval_set.target,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # a defended model is itself a model: keep the fields `finemix evaluate` and the lab read
+        "name": f"{row['model']}-{row['method']}", "dataset": ctx.data_name, "trigger": list(ctx.eval_set.trigger or ()),
+    }
+
+    def write(tmp: Path) -> None:
+        result.model.cpu().save_pretrained(tmp)
+        ctx.pair.tokenizer.save_pretrained(tmp)
+        (tmp / CARD_NAME).write_text(json.dumps(card, indent=2, default=str))
+
+    return atomic_save_dir(Path(out), write, overwrite)
+
+
+def record(kind: str, row: dict) -> int:
+    metrics = {k: row.get(k) for k in ("cacc", "asr", "target_bias", "asr_floor", "rho", "prune_ratio", "dev_acc", "ft_dev_acc", "seconds")}
+    return store.record(kind, str(row.get("model")), row.get("method"), row, metrics)
+
+
+def sweep(ctx: Context, rhos: list[float], mode: str = "random", fine_tune: bool = False, clean_size: int = 128,
+          seed: int = 0, progress: Progress | None = None) -> list[dict]:
+    """CACC and ASR at every ρ: mix only, and mixed + fine-tuned when asked."""
+    rows = []
+    method = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
+    for rho in rhos:
+        s = mixed_scores(ctx, rho, mode, seed)
+        rows.append({"rho": rho, "mode": mode, "stage": "mix-only", **s.as_dict(), "asr_floor": ctx.floor})
+        if fine_tune:
+            _, row = run_defense(ctx, DefenseConfig(method=method, rho=rho, seed=seed), clean_size, progress=progress)
+            rows.append({"rho": rho, "mode": mode, "stage": "fine-tuned", **{k: row[k] for k in ("cacc", "asr", "target_bias", "n_clean", "n_nontarget")}, "asr_floor": ctx.floor})
+    return rows
+
+
+def parse_range(spec: str) -> list[float]:
+    """'0:1:0.1' → [0, 0.1, …, 1]; '0.1,0.3' → [0.1, 0.3]."""
+    try:
+        if ":" in spec:
+            start, stop, step = (float(x) for x in spec.split(":"))
+            if step <= 0:
+                raise ValueError
+            values = list(np.round(np.arange(start, stop + step / 2, step), 6))
+        else:
+            values = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise FinemixError(f"cannot read ρ values '{spec}'; write START:STOP:STEP (e.g. 0:1:0.1) or a list 0.1,0.3") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise FinemixError(f"ρ values '{spec}' must be non-empty and within [0, 1]")
+    return [float(v) for v in values]

@@ -1,0 +1,176 @@
+"""The reproduction report: every backdoored zoo entry × every defense, mean ± std over seeds, plus a
+clean-set-size study (Fine-mixing vs fine-tuning). Markdown + CSV, written atomically.
+
+Each cell says what it was measured on: model, data, split seed, test size, clean-set size, seeds.
+The verdict lines compare against the targets of the defenses issue and say plainly where we miss.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from finemix_core import zoo
+from finemix_core.defenses import DEFENSE_TRAIN, DefenseConfig
+from finemix_core.errors import FinemixError
+from finemix_core.experiment import Context, prepare, record, run_defense
+from finemix_core.zoo import atomic_save_dir
+
+REPORT_METHODS = ("none", "fine-tuning", "fine-pruning", "fine-mixing", "fine-mixing-sorted", "epur+fine-tuning", "epur+fine-mixing")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    entries: tuple[str, ...] | None = None  # zoo entries to defend (None: every backdoored one)
+    methods: tuple[str, ...] = REPORT_METHODS  # defenses compared (DESIGN.md §6 + Fine-mixing variants)
+    seeds: tuple[int, ...] = (0, 1, 2)  # defense seeds: clean-set draw, masks, training order
+    clean_size: int = 128  # the defender's clean training examples
+    sizes: tuple[int, ...] = (32, 64, 128, 512)  # clean-set-size study (empty: skip it)
+    size_entries: tuple[str, ...] = ("word-cf", "sentence")  # entries of the size study
+    size_methods: tuple[str, ...] = ("fine-tuning", "fine-mixing")
+    eval_limit: int | None = None  # score on the first N test examples only (quick looks)
+
+
+def _entries(cfg: ReportConfig) -> list[str]:
+    cards = {c["name"]: c for c in zoo.read_entries()}
+    if not cards:
+        raise FinemixError("the zoo is empty; run 'finemix zoo build' first")
+    names = list(cfg.entries) if cfg.entries else [n for n, c in cards.items() if c["attack"] != "clean"]
+    missing = [n for n in names if n not in cards]
+    if missing:
+        raise FinemixError(f"zoo entry '{missing[0]}' is not built; run 'finemix zoo build --only {missing[0]}'")
+    if not names:
+        raise FinemixError("the zoo has no backdoored entry; run 'finemix zoo build'")
+    return names
+
+
+def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All runs, one row each: (main table rows, size-study rows)."""
+    main, sizes = [], []
+    contexts: dict[str, Context] = {}
+    for name in _entries(cfg):
+        ctx = contexts[name] = prepare(name, eval_limit=cfg.eval_limit, device=device)
+        for seed in cfg.seeds:
+            for method in cfg.methods:
+                _, row = run_defense(ctx, DefenseConfig(method=method, seed=seed), cfg.clean_size)
+                record("report", row)
+                main.append(row)
+                log(f"{name:12s} seed {seed} {method:20s} CACC {row['cacc']:.3f} ASR {row['asr']:.3f} ρ {row['rho']} ({row['seconds']:.0f}s)")
+    if cfg.sizes:
+        seed = cfg.seeds[0]
+        for name in cfg.size_entries:
+            if name not in contexts:
+                contexts[name] = prepare(name, eval_limit=cfg.eval_limit, device=device)
+            for size in cfg.sizes:
+                for method in cfg.size_methods:
+                    _, row = run_defense(contexts[name], DefenseConfig(method=method, seed=seed), size)
+                    record("report", row)
+                    sizes.append(row)
+                    log(f"{name:12s} size {size:4d} {method:20s} CACC {row['cacc']:.3f} ASR {row['asr']:.3f} ρ {row['rho']}")
+    return pd.DataFrame(main), pd.DataFrame(sizes)
+
+
+def _pm(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "—"
+    return f"{values.mean():.3f} ± {values.std(ddof=0):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
+
+
+def summarise(rows: pd.DataFrame, by: tuple[str, ...] = ("model", "method")) -> pd.DataFrame:
+    """Mean ± std of CACC, ASR and target bias per group, with the ρ values chosen and the floor."""
+    out = []
+    for keys, grp in rows.groupby(list(by), sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        rhos = sorted({r for r in grp["rho"].dropna()})
+        out.append({
+            **dict(zip(by, keys)), "attack": grp["attack"].iloc[0], "trigger": grp["trigger"].iloc[0],
+            "CACC": _pm(grp["cacc"]), "ASR": _pm(grp["asr"]), "target bias": _pm(grp["target_bias"]),
+            "ASR floor": _pm(grp["asr_floor"]), "ρ chosen": ", ".join(f"{r:g}" for r in rhos) or "—",
+            "seeds": ",".join(str(s) for s in sorted(grp["seed"].unique())), "clean n": int(grp["clean_size"].iloc[0]),
+            "cacc_mean": grp["cacc"].mean(), "asr_mean": grp["asr"].mean(), "floor": grp["asr_floor"].mean(),
+        })
+    return pd.DataFrame(out)
+
+
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    """The defenses issue's targets, checked per attack: Fine-mixing (E-PUR + Fine-mixing for ep) within
+    5 ASR points of the floor and ≤ 2 CACC points below the backdoored model; fine-tuning clearly worse."""
+    lines = []
+    for model, grp in summary.groupby("model", sort=False):
+        by = grp.set_index("method")
+        ours = "epur+fine-mixing" if by["attack"].iloc[0] == "ep" else "fine-mixing"
+        if not {"none", ours}.issubset(by.index):
+            continue
+        o, base = by.loc[ours], by.loc["none"]
+        floor = o["floor"]
+        asr_ok = pd.notna(floor) and o["asr_mean"] <= floor + 0.05
+        cacc_ok = o["cacc_mean"] >= base["cacc_mean"] - 0.02
+        ft = by.loc["fine-tuning"] if "fine-tuning" in by.index else None
+        ft_text = "" if ft is None else f"; fine-tuning alone leaves ASR {ft['asr_mean']:.3f}" + (
+            " (clearly higher)" if ft["asr_mean"] >= o["asr_mean"] + 0.1 else " (not clearly higher)")
+        floor_text = "unknown" if pd.isna(floor) else f"{floor:.3f}"
+        lines.append(
+            f"- **{model}** ({ours}): ASR {o['asr_mean']:.3f} vs floor {floor_text} → "
+            f"{'MET' if asr_ok else 'MISSED'} (≤ floor + 0.05); CACC {o['cacc_mean']:.3f} vs backdoored {base['cacc_mean']:.3f} → "
+            f"{'MET' if cacc_ok else 'MISSED'} (≤ 2 points lower){ft_text}."
+        )
+    return lines
+
+
+def markdown(main: pd.DataFrame, sizes: pd.DataFrame, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:
+    summary = summarise(main)
+    first = main.iloc[0]
+    cols = ["model", "attack", "method", "CACC", "ASR", "target bias", "ASR floor", "ρ chosen"]
+    parts = [
+        "# finemix reproduction report",
+        "",
+        f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads), in {seconds / 60:.1f} minutes.",
+        "",
+        f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "
+        f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over {int(first['n_nontarget'])} non-target).",
+        f"- Defender: {cfg.clean_size} clean training examples (stratified from train), up to 256 dev examples for auto-ρ and the prune "
+        f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW lr {DEFENSE_TRAIN.lr:g}, "
+        f"{DEFENSE_TRAIN.epochs:g} epochs, batch {DEFENSE_TRAIN.batch_size}; ρ auto (smallest grid ρ within 2 dev points of θ_FT); "
+        "E-PUR K=200, c=20. Test data and triggered data are used for scoring only.",
+        "- ASR floor: the zoo's clean model on the same triggered test set. Target bias: non-target examples without the "
+        "trigger predicted as the target.",
+        "",
+        summary[cols].to_markdown(index=False),
+        "",
+        "## Against the targets",
+        "",
+        *(verdicts(summary) or ["- (no backdoored entry with both `none` and Fine-mixing rows)"]),
+    ]
+    if not sizes.empty:
+        s = summarise(sizes, by=("model", "clean_size", "method"))
+        parts += ["", f"## Clean-set size (seed {cfg.seeds[0]})", "",
+                  s[["model", "clean_size", "method", "CACC", "ASR", "ASR floor", "ρ chosen"]].rename(columns={"clean_size": "clean n"}).to_markdown(index=False)]
+    return "\n".join(parts) + "\n"
+
+
+def write(out: Path, cfg: ReportConfig, command: str, device: torch.device | str = "cpu", overwrite: bool = False,
+          log: Callable[[str], None] = print) -> Path:
+    """Run everything, then write report.md, runs.csv and sizes.csv into `out` (atomically)."""
+    out = Path(out)
+    if out.exists() and not overwrite:  # fail before an hour of work, not after it
+        raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
+    started = time.perf_counter()
+    main, sizes = run(cfg, device, log)
+    text = markdown(main, sizes, cfg, command, time.perf_counter() - started, torch.device(device).type)
+
+    def write_files(tmp: Path) -> None:
+        (tmp / "report.md").write_text(text)
+        main.to_csv(tmp / "runs.csv", index=False)
+        if not sizes.empty:
+            sizes.to_csv(tmp / "sizes.csv", index=False)
+        (tmp / "config.json").write_text(pd.Series(asdict(replace(cfg))).to_json(indent=2))
+
+    return atomic_save_dir(out, write_files, overwrite)
