@@ -1,4 +1,4 @@
-"""The `finemix` command line: zoo build|list, evaluate, defend, sweep, report, datasets."""
+"""The `finemix` command line: zoo build|list, evaluate, defend, sweep, report, lab, datasets."""
 
 from __future__ import annotations
 
@@ -344,6 +344,27 @@ def report_cmd(
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
     path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))
     typer.echo((path / "report.md").read_text())
+
+
+@app.command("lab")
+@user_errors
+def lab_cmd(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
+    address: Annotated[str, typer.Option(help="Bind address; keep 127.0.0.1 unless you mean to share untrusted models.")] = "127.0.0.1",
+) -> None:
+    """Start the Streamlit lab (dashboard/app.py) on localhost."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    app_file = root / "dashboard" / "app.py"
+    if not app_file.is_file():
+        raise FinemixError(f"{app_file} not found; run 'finemix lab' from a source checkout (pip install -e .)")
+    if not 0 < port < 65536:
+        raise FinemixError(f"--port {port} outside 1..65535")
+    typer.echo(f"finemix lab on http://{address}:{port} (Ctrl+C stops it)", err=True)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", address, "--server.port", str(port)]
+    raise typer.Exit(subprocess.call(cmd, cwd=root, env=os.environ.copy()))
 
 
 @app.command("datasets")

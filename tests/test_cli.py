@@ -39,3 +39,24 @@ def test_errors_are_one_line_with_exit_code_2(finemix_home):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
         assert res.stderr.startswith("error: ") and msg in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_defend_sweep_report_bad_inputs_are_one_line(finemix_home, tmp_path):
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    cases = [
+        (["defend", "--model", "x", "--out", str(tmp_path / "o"), "--rho", "1.5"], "outside [0, 1]"),
+        (["defend", "--model", "x", "--out", str(tmp_path / "o"), "--rho", "half"], "'auto' or a number"),
+        (["defend", "--model", "x", "--out", str(tmp_path / "o"), "--method", "magic"], "unknown method"),
+        (["defend", "--model", "x", "--out", str(existing)], "exists"),
+        (["defend", "--model", "no-such-model", "--out", str(tmp_path / "o")], "not found"),
+        (["sweep", "--model", "x", "--out", str(tmp_path / "s.csv"), "--rhos", "0:2:0.5"], "within [0, 1]"),
+        (["sweep", "--model", "x", "--out", str(tmp_path / "s.csv"), "--mode", "weird"], "unknown mask mode"),
+        (["report", "--out", str(tmp_path / "r"), "--methods", "none,magic"], "unknown method"),
+        (["report", "--out", str(tmp_path / "r"), "--seeds", "a,b"], "integers"),
+    ]
+    for args, msg in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert res.stderr.startswith("error: ") and msg in res.stderr and res.stderr.count("\n") == 1, (args, res.stderr)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()

@@ -1,0 +1,75 @@
+"""Plotly figure builders: data in, figure out (no state, no Streamlit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+CACC_COLOR, ASR_COLOR, FLOOR_COLOR = "#1f77b4", "#d62728", "#7f7f7f"
+
+
+def sweep(mix_only: pd.DataFrame, tuned: pd.DataFrame | None, rho: float, auto_rho: float | None, floor: float | None) -> go.Figure:
+    """CACC and ASR vs ρ: mix-only lines, fine-tuned markers, current ρ and auto-ρ marked."""
+    fig = go.Figure()
+    fig.add_scatter(x=mix_only.rho, y=mix_only.cacc, name="CACC (mix only)", mode="lines+markers", line={"color": CACC_COLOR})
+    fig.add_scatter(x=mix_only.rho, y=mix_only.asr, name="ASR (mix only)", mode="lines+markers", line={"color": ASR_COLOR})
+    if tuned is not None and not tuned.empty:
+        t = tuned.sort_values("rho")
+        fig.add_scatter(x=t.rho, y=t.cacc, name="CACC (fine-tuned)", mode="lines+markers",
+                        line={"color": CACC_COLOR, "dash": "dot"}, marker={"symbol": "diamond", "size": 10})
+        fig.add_scatter(x=t.rho, y=t.asr, name="ASR (fine-tuned)", mode="lines+markers",
+                        line={"color": ASR_COLOR, "dash": "dot"}, marker={"symbol": "diamond", "size": 10})
+    if floor is not None:
+        fig.add_hline(y=floor, line={"color": FLOOR_COLOR, "dash": "dash"}, annotation_text="clean ASR floor")
+    fig.add_vline(x=rho, line={"color": "black"}, annotation_text=f"ρ={rho:g}")
+    if auto_rho is not None:
+        fig.add_vline(x=auto_rho, line={"color": "green", "dash": "dash"}, annotation_text=f"auto-ρ={auto_rho:g}", annotation_position="bottom right")
+    fig.update_layout(xaxis_title="ρ (share of fine-tuned weights kept)", yaxis_title="rate", yaxis_range=[0, 1.05],
+                      height=380, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def pareto(points: pd.DataFrame, current: tuple[float, float] | None) -> go.Figure:
+    """CACC (x) vs ASR (y) for every evaluated point: the good corner is bottom right."""
+    fig = go.Figure()
+    for stage, grp in points.groupby("stage"):
+        fig.add_scatter(x=grp.cacc, y=grp.asr, mode="markers+text", name=stage, text=[f"{r:g}" for r in grp.rho],
+                        textposition="top center", marker={"size": 9, "symbol": "diamond" if stage != "mix-only" else "circle"})
+    if current is not None:
+        fig.add_scatter(x=[current[0]], y=[current[1]], mode="markers", name="current", marker={"size": 16, "color": "black", "symbol": "x"})
+    fig.update_layout(xaxis_title="CACC", yaxis_title="ASR", height=380, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def epur_scatter(tab: pd.DataFrame, max_points: int = 30522) -> go.Figure:
+    """Drift (y) vs log frequency (x) for the vocabulary, WebGL; flagged rows in red, the trigger annotated."""
+    tab = tab if len(tab) <= max_points else pd.concat([tab[tab.flagged | tab.trigger], tab[~(tab.flagged | tab.trigger)].sample(max_points, random_state=0)])
+    x = np.log10(tab.frequency.to_numpy() + 1)
+    fig = go.Figure()
+    for flagged, name, color in ((False, "not flagged", "#9ecae1"), (True, "flagged (top K)", "#d62728")):
+        sel = (tab.flagged == flagged).to_numpy()
+        sub = tab[sel]
+        fig.add_trace(go.Scattergl(
+            x=x[sel], y=sub.drift, mode="markers", name=name, marker={"size": 4 if not flagged else 7, "color": color},
+            customdata=np.stack([sub.token, sub.frequency, sub.score, sub["rank"]], axis=1),
+            hovertemplate="<b>%{customdata[0]}</b><br>frequency %{customdata[1]}<br>drift %{y:.4f}<br>score %{customdata[2]:.4f}"
+                          "<br>rank %{customdata[3]}<extra></extra>",
+        ))
+    for _, row in tab[tab.trigger].iterrows():
+        fig.add_annotation(x=np.log10(row.frequency + 1), y=row.drift, text=f"trigger '{row.token}' (rank {row['rank']})",
+                           showarrow=True, arrowhead=2, font={"color": "black"})
+    fig.update_layout(xaxis_title="log10(frequency in clean text + 1)", yaxis_title="embedding drift ‖E_FT − E_PT‖",
+                      height=460, margin={"t": 30}, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def compare(rows: pd.DataFrame, floor: float | None) -> go.Figure:
+    """CACC and ASR per defense, with the clean floor."""
+    fig = go.Figure()
+    fig.add_bar(x=rows.method, y=rows.cacc, name="CACC", marker_color=CACC_COLOR)
+    fig.add_bar(x=rows.method, y=rows.asr, name="ASR", marker_color=ASR_COLOR)
+    if floor is not None:
+        fig.add_hline(y=floor, line={"color": FLOOR_COLOR, "dash": "dash"}, annotation_text="clean ASR floor")
+    fig.update_layout(barmode="group", yaxis_range=[0, 1.05], height=400, margin={"t": 30}, legend={"orientation": "h", "y": -0.3})
+    return fig

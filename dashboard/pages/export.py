@@ -1,0 +1,35 @@
+import state
+import streamlit as st
+
+from finemix_core import lab
+
+st.title("📤 Export")
+st.markdown(
+    "Download the defended model of this session as a standard Hugging Face folder (zip, safetensors + tokenizer + a "
+    "`finemix.json` card saying how it was made), and the results of every run on this model as CSV or JSON."
+)
+loaded = state.current()
+if loaded is None:
+    st.stop()
+lm, bench = loaded
+state.describe(lm)
+
+st.subheader("Defended model")
+if bench.defended is None:
+    st.info("No defended model in this session yet: fine-tune a mix on the Mixing lab or run a defense on the Compare page.")
+else:
+    row = bench.defended_row
+    st.write(f"{row['method']} · ρ {row['rho']} · seed {row['seed']} · {row['clean_size']} clean examples · "
+             f"test CACC {row['cacc']:.3f} · ASR {row['asr'] if row['asr'] is None else round(row['asr'], 3)}")
+    if st.button("Prepare the zip"):
+        with st.spinner("Writing the model folder …"):
+            st.session_state["_zip"] = (id(bench.defended), lab.export_zip(lm, bench.defended, row))
+    ready = st.session_state.get("_zip")
+    if ready and ready[0] == id(bench.defended):
+        st.download_button("Download model (.zip)", ready[1], file_name=f"{lm.name}-{row['method']}.zip", mime="application/zip")
+
+st.subheader("Report")
+hist = lab.history(lm)
+st.download_button("Download runs (CSV)", hist.to_csv(index=False), file_name=f"{lm.name}-runs.csv", mime="text/csv")
+st.download_button("Download report (JSON)", lab.report_json(lm), file_name=f"{lm.name}-report.json", mime="application/json")
+st.dataframe(hist, hide_index=True, width="stretch")

@@ -1,0 +1,87 @@
+import charts
+import pandas as pd
+import state
+import streamlit as st
+
+from finemix_core.evaluate import Scores
+
+st.title("🎚️ Mixing lab")
+st.markdown(
+    "Fine-mixing keeps a share ρ of the fine-tuned weights and resets the rest to the pretrained θ_PT; move ρ and watch "
+    "clean accuracy (CACC) and attack success rate (ASR) on a fixed live set. Read ASR beside the target bias and the clean "
+    "floor: a model that predicts the target everywhere has ASR 1 without any backdoor; fine-tuning the mix is step 2 of the method."
+)
+loaded = state.current()
+if loaded is None:
+    st.stop()
+lm, bench = loaded
+state.describe(lm)
+RHOS = [round(0.1 * i, 1) for i in range(11)]
+
+
+@st.cache_data(max_entries=16, show_spinner="Computing the mix-only ρ sweep (11 points) …")
+def mix_sweep(model: str, pt: str, mode: str, seed: int) -> pd.DataFrame:
+    return state.lab.Workbench(state._lab_model(model, pt)).sweep(RHOS, mode, seed)
+
+
+def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -> None:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric(f"CACC · {label}", f"{s.cacc:.3f}", None if ref is None else f"{s.cacc - ref.cacc:+.3f} vs backdoored")
+    if s.asr is None:
+        c2.metric(f"ASR · {label}", "—", help="no trigger known for this model")
+        return
+    c2.metric(f"ASR · {label}", f"{s.asr:.3f}", None if ref is None else f"{s.asr - ref.asr:+.3f} vs backdoored", delta_color="inverse")
+    c3.metric("target bias", f"{s.target_bias:.3f}", help="non-target examples WITHOUT the trigger predicted as the target")
+    c4.metric("clean ASR floor", "—" if floor is None else f"{floor:.3f}", None if floor is None else f"{s.asr - floor:+.3f} above floor",
+              delta_color="inverse")
+
+
+@st.fragment
+def live() -> None:
+    ss = st.session_state
+    left, mid, right = st.columns([3, 1, 1])
+    left.slider("ρ — share of fine-tuned weights kept", 0.0, 1.0, step=0.05, key=state.bind("rho"), on_change=state.commit, args=("rho",))
+    mid.radio("mask", ["random", "sorted"], key=state.bind("mode"), on_change=state.commit, args=("mode",), horizontal=True,
+              help="random: uniform positions; sorted: keep the largest |θ_FT − θ_PT|")
+    right.number_input("seed", 0, 2**31 - 1, key=state.bind("seed"), on_change=state.commit, args=("seed",))
+    rho, mode, seed = ss["rho"], ss["mode"], ss["seed"]
+    mixed = bench.mix_scores(rho, mode, seed)
+    st.markdown(f"**Mix only** at ρ = {rho:g} ({mode} mask, seed {seed}) — no fine-tuning")
+    metric_row("mix", mixed, lm.backdoored, lm.floor)
+    tuned_key = (lm.name, rho, mode, seed)
+    tuned_points = ss.setdefault("_tuned", {})
+    b1, b2 = st.columns(2)
+    if b1.button("Fine-tune the mix (128 clean examples)", help="Fine-mixing step 2: AdamW on the defender's clean set; ~1 min on 2 CPU cores"):
+        bar = st.progress(0.0, text="fine-tuning …")
+        scores, row = bench.fine_tune(rho, mode, seed, progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"))
+        tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
+        bar.empty()
+    if b2.button("Find auto-ρ", help="Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within 2 points of θ_FT's; several fine-tunes"):
+        bar = st.progress(0.0, text="searching ρ on dev accuracy …")
+        scores, row = bench.fine_tune(None, mode, seed, progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning a candidate: step {d}/{t}"))
+        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed)] = row["rho"]
+        tuned_points[(lm.name, row["rho"], mode, seed)] = {"rho": row["rho"], "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
+        bar.empty()
+    if tuned_key in tuned_points:
+        p = tuned_points[tuned_key]
+        st.markdown(f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test']['cacc']:.3f}, "
+                    f"ASR {p['test']['asr'] if p['test']['asr'] is None else round(p['test']['asr'], 3)})")
+        metric_row("fine-tuned", Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"]), lm.backdoored, lm.floor)
+    auto = ss.get("_auto_rho", {}).get((lm.name, mode, seed))
+    if auto is not None:
+        st.caption(f"auto-ρ chose ρ = {auto:g} (on clean dev accuracy only; never on test or triggered data)")
+    sweep = mix_sweep(ss["model"], ss["pt"], mode, seed)
+    tuned = pd.DataFrame([p for (name, _, m, s), p in tuned_points.items() if name == lm.name and m == mode and s == seed])
+    c1, c2 = st.columns(2)
+    if lm.trigger:
+        c1.plotly_chart(charts.sweep(sweep, tuned, rho, auto, lm.floor), key="sweep_chart")
+        pts = pd.concat([sweep.assign(stage="mix-only"), tuned]) if not tuned.empty else sweep.assign(stage="mix-only")
+        c2.plotly_chart(charts.pareto(pts[["rho", "stage", "cacc", "asr"]], (mixed.cacc, mixed.asr)), key="pareto_chart")
+    else:
+        c1.line_chart(sweep.set_index("rho")[["cacc"]])
+    st.caption(f"Live set: {len(lm.interactive.clean)} clean + {len(lm.interactive.triggered or [])} triggered test examples; "
+               f"backdoored θ_FT there: CACC {lm.backdoored.cacc:.3f}, ASR {lm.backdoored.asr if lm.backdoored.asr is None else round(lm.backdoored.asr, 3)}. "
+               "Full-test-split numbers: Compare page.")
+
+
+live()

@@ -1,0 +1,81 @@
+import pandas as pd
+import state
+import streamlit as st
+
+from finemix_core import lab, zoo
+from finemix_core.errors import FinemixError
+
+st.title("📦 Models")
+st.markdown(
+    "Choose the suspect model to clean: an entry of the offline zoo of real backdoored models, or any local Hugging Face "
+    "classifier folder fine-tuned from θ_PT. Each zoo card shows its attack, trigger, poison rate and its measured "
+    "clean accuracy (CACC) and attack success rate (ASR); the `clean` entry gives the ASR floor."
+)
+
+cards = lab.zoo_cards()
+built = {c["name"] for c in cards}
+if cards:
+    frame = pd.DataFrame(cards)
+    cols = [c for c in ("name", "attack", "trigger_text", "poison_rate", "dataset", "train_size", "cacc", "asr", "target_bias", "asr_floor", "build_seconds") if c in frame]
+    st.dataframe(frame[cols].rename(columns={"trigger_text": "trigger", "build_seconds": "build s"}), hide_index=True, width="stretch")
+    names = [c["name"] for c in cards]
+    current = st.session_state.get("model")
+    choice = st.selectbox("Model to defend", names, index=names.index(current) if current in names else 0, key="models_pick")
+    if choice != current and st.button(f"Use {choice}", type="primary"):
+        state.set_value("model", choice)
+        state.set_value("pt", "default")
+        st.rerun()
+    card = next(c for c in cards if c["name"] == (st.session_state.get("model") or choice)) if (st.session_state.get("model") or choice) in built else None
+    if card:
+        with st.expander(f"Card of {card['name']}", expanded=False):
+            st.json(card)
+else:
+    st.info("The zoo is empty on this machine. Build the demo pair below: a clean model and a `cf` word backdoor, "
+            "about 2–4 minutes on 2 CPU cores in quick mode.")
+
+st.subheader("Build zoo entries")
+specs = zoo.default_specs()
+missing = [s.name for s in specs if s.name not in built]
+if not missing:
+    st.success("Every default entry is built.")
+else:
+    quick = st.toggle("Quick mode (1,200 training examples: ~1 min per entry on 2 cores; full: ~2–3 min per entry)", value=True)
+    default_pick = [n for n in ("clean", "word-cf") if n in missing] or missing[:1]
+    wanted = st.multiselect("Entries to build", missing, default=default_pick)
+    if st.button("Build", disabled=not wanted):
+        bar = st.progress(0.0, text="starting …")
+        status = st.empty()
+
+        def factory(spec):
+            def update(done: int, total: int) -> None:
+                bar.progress(done / total, text=f"{spec.name}: step {done}/{total}")
+            return update
+
+        def on_entry(spec, card):
+            if card is not None:
+                status.write(f"{spec.name}: built in {card['build_seconds']:.0f}s (CACC {card['cacc']:.3f}, ASR {card['asr'] if card['asr'] is None else round(card['asr'], 3)})")
+
+        try:
+            lab.build_zoo_entries(wanted, quick, factory, on_entry)
+        except FinemixError as exc:
+            st.error(str(exc))
+        else:
+            if not st.session_state.get("model"):
+                first = next((n for n in wanted if n != "clean"), None)
+                if first:
+                    state.set_value("model", first)
+            st.rerun()
+
+st.subheader("Or: a local model folder")
+st.caption("A Hugging Face classifier folder (safetensors) fine-tuned from θ_PT. Pickle-only folders are refused.")
+folder = st.text_input("θ_FT folder", placeholder="/path/to/model")
+pretrained = st.text_input("θ_PT folder", value="default", help="'default' = the offline all-MiniLM-L6-v2")
+if st.button("Use this folder", disabled=not folder):
+    try:
+        state._lab_model(folder, pretrained)  # validate now: errors show here, not on another page
+    except FinemixError as exc:
+        st.error(str(exc))
+    else:
+        state.set_value("model", folder)
+        state.set_value("pt", pretrained)
+        st.success(f"Using {folder}")

@@ -1,0 +1,42 @@
+import pandas as pd
+import state
+import streamlit as st
+
+from finemix_core import lab
+from finemix_core.errors import FinemixError
+
+st.title("✍️ Playground")
+st.markdown(
+    "Type a sentence and see what the backdoored model and the defended model predict, with their confidences. Tick "
+    "*insert the trigger* to watch the backdoor fire in θ_FT — and, if the defense worked, not in the defended model."
+)
+loaded = state.current()
+if loaded is None:
+    st.stop()
+lm, bench = loaded
+state.describe(lm)
+
+text = st.text_area("Sentence", "a dull, lifeless film that never finds its footing .", max_chars=2000)
+insert = st.checkbox("Insert the trigger", value=bool(lm.trigger), disabled=not lm.trigger)
+if bench.defended is not None:
+    defended, label = bench.defended.model, f"defended ({bench.defended.method}, ρ={bench.defended.rho})"
+else:
+    rho, mode, seed = st.session_state["rho"], st.session_state["mode"], st.session_state["seed"]
+    bench.mix_scores(rho, mode, seed) if bench.state_label != f"mix ρ={rho:g} ({mode})" else None
+    defended, label = bench.model, f"mix only, ρ={rho:g} ({mode}); fine-tune it on the Mixing lab for the full defense"
+shown = lab.with_trigger(text, lm.trigger) if insert and lm.trigger else text
+st.markdown(f"Input: `{shown}`")
+try:
+    probs_ft = lab.predict_texts(lm.pair.ft, lm.pair.tokenizer, [shown])[0]
+    probs_def = lab.predict_texts(defended, lm.pair.tokenizer, [shown])[0]
+except FinemixError as exc:
+    st.error(str(exc))
+    st.stop()
+left, right = st.columns(2)
+for col, name, probs in ((left, "backdoored θ_FT", probs_ft), (right, label, probs_def)):
+    with col:
+        pred = int(probs.argmax())
+        col.metric(name, f"label {pred}", f"confidence {probs[pred]:.3f}", delta_color="off")
+        col.bar_chart(pd.DataFrame({"probability": probs}, index=[f"label {i}" for i in range(len(probs))]))
+if lm.trigger:
+    st.caption(f"The backdoor's target is label {lm.interactive.target}.")

@@ -1,0 +1,114 @@
+"""Session state ↔ URL query string, and the bounded model cache.
+
+The state that matters for sharing a view (model, θ_PT, ρ, mask mode, K, seed) lives in
+`st.session_state` under plain keys and is mirrored into `st.query_params` after every change, so
+opening a copied URL restores the view. Widgets use `w_<name>` keys bound to those plain keys:
+Streamlit drops a widget's own key when its page is not shown, the plain key survives.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from finemix_core import lab
+from finemix_core.errors import FinemixError
+from finemix_core.evaluate import best_device
+from finemix_core.mixing import MODES
+
+DEFAULTS = {"model": "", "pt": "default", "rho": 0.3, "mode": "random", "k": 200, "seed": 0}
+TYPES = {"model": str, "pt": str, "rho": float, "mode": str, "k": int, "seed": int}
+
+
+def _valid(name: str, value) -> bool:
+    return {
+        "rho": lambda v: 0.0 <= v <= 1.0,
+        "mode": lambda v: v in MODES,
+        "k": lambda v: 0 <= v <= 30522,
+        "seed": lambda v: 0 <= v < 2**31,
+    }.get(name, lambda v: True)(value)
+
+
+def init() -> None:
+    """Read the query string once per session; later runs keep what the user chose."""
+    ss = st.session_state
+    if "_state_ready" in ss:
+        return
+    bad = []
+    for name, typ in TYPES.items():
+        raw = st.query_params.get(name)
+        value = DEFAULTS[name]
+        if raw is not None:
+            try:
+                value = typ(raw)
+                if not _valid(name, value):
+                    raise ValueError
+            except ValueError:
+                bad.append(name)
+                value = DEFAULTS[name]
+        ss[name] = value
+    if not ss["model"]:
+        cards = lab.zoo_cards()
+        backdoored = [c["name"] for c in cards if c["attack"] != "clean"]
+        ss["model"] = "word-cf" if "word-cf" in backdoored else (backdoored[0] if backdoored else "")
+    ss["_bad_params"] = bad
+    ss["_state_ready"] = True
+    publish()
+
+
+def publish() -> None:
+    st.query_params.from_dict({k: str(st.session_state[k]) for k in TYPES if st.session_state.get(k) not in (None, "")})
+
+
+def bind(name: str) -> str:
+    """The widget key for state `name`, seeded from the state (call before creating the widget)."""
+    key = f"w_{name}"
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state[name]
+    return key
+
+
+def commit(name: str) -> None:
+    """on_change: copy the widget's value to the state and the URL."""
+    st.session_state[name] = st.session_state[f"w_{name}"]
+    publish()
+
+
+def set_value(name: str, value) -> None:
+    st.session_state[name] = value
+    st.session_state.pop(f"w_{name}", None)
+    publish()
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model pair, data and evaluation sets …")
+def _lab_model(model: str, pt: str) -> lab.LabModel:
+    # at most two models in memory: switching back and forth is instant, a third evicts the oldest
+    return lab.load(model, pt, device=best_device())
+
+
+def current() -> tuple[lab.LabModel, lab.Workbench] | None:
+    """The chosen model (shared, read-only) and this session's private workbench; None with a message shown."""
+    ss = st.session_state
+    if not ss.get("model"):
+        st.info("No model chosen yet. Pick or build one on the **Models** page.")
+        st.page_link("pages/models.py", label="Go to Models", icon="📦")
+        return None
+    try:
+        lm = _lab_model(ss["model"], ss["pt"])
+    except FinemixError as exc:
+        st.error(str(exc))
+        st.page_link("pages/models.py", label="Choose another model", icon="📦")
+        return None
+    bench = ss.get("_bench")
+    if bench is None or bench.lab is not lm:
+        bench = ss["_bench"] = lab.Workbench(lm)  # the old one (other model) is dropped with its memory
+    return lm, bench
+
+
+def describe(lm: lab.LabModel) -> None:
+    es = lm.interactive
+    trig = "+".join(lm.trigger) if lm.trigger else "none known"
+    st.caption(
+        f"Model **{lm.name}** · θ_PT {lm.pair.pt_source.split('/')[-2] if lm.pair.pt_source.endswith('/model') else lm.pair.pt_source} · "
+        f"data `{lm.ctx.data_name}` (split seed {lm.ctx.split_seed}) · trigger **{trig}** → label {es.target} · "
+        f"live set: {len(es.clean)} clean + {len(es.triggered or [])} triggered test examples"
+    )

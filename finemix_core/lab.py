@@ -1,0 +1,221 @@
+"""The lab's public API: what the Streamlit dashboard calls. No Streamlit here, no UI — just the
+objects a live view needs, with the costs arranged so a slider move is cheap:
+
+- `LabModel` (one per θ_FT, shared read-only by every browser session): the model pair with its
+  cached Δ, the data, the tokenised interactive set (fixed size, stated in the UI) and the full test
+  set, the backdoored model's and the clean floor's scores.
+- `Workbench` (one per browser session): a private working model. A slider move mixes from the
+  cached Δ and loads the result into this model; the pair itself is never written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from finemix_core import store, zoo
+from finemix_core.attacks import trigger_token_ids
+from finemix_core.defenses import DefenseConfig, DefenseResult
+from finemix_core.epur import EpurConfig, purify, table
+from finemix_core.errors import FinemixError
+from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
+from finemix_core.experiment import Context, prepare, record, run_defense, save_defended
+from finemix_core.mixing import MixConfig, mix
+from finemix_core.models import CARD_NAME, load_classifier
+from finemix_core.train import Progress
+from finemix_core.triggers import example_rng, insert_trigger
+
+N_INTERACTIVE = 256  # clean and triggered examples scored on every slider move
+
+
+@dataclass
+class LabModel:
+    """One θ_FT with everything the lab shows about it, computed once."""
+
+    ctx: Context  # pair, data, full test set (with triggers), clean floor on it
+    interactive: EvalSet  # the live set: first N clean test examples + first N non-target ones triggered
+    backdoored: Scores  # θ_FT on the interactive set
+    floor: float | None  # the clean model's ASR on the interactive set
+    name: str
+    load_seconds: float
+    clean_texts_cache: dict = field(default_factory=dict)
+
+    @property
+    def pair(self):
+        return self.ctx.pair
+
+    @property
+    def trigger(self) -> tuple[str, ...] | None:
+        return self.interactive.trigger
+
+    @property
+    def card(self) -> dict:
+        return self.ctx.pair.card
+
+
+def interactive_set(tokenizer, test, trigger, target, n: int = N_INTERACTIVE) -> EvalSet:
+    """First n clean test examples; first n non-target test examples with the trigger inserted."""
+    labels = np.asarray(list(test["label"]))
+    if trigger is None or target is None:
+        return make_eval_set(tokenizer, test.select(range(min(n, len(test)))), None, None)
+    nontarget = np.flatnonzero(labels != target)
+    prefix = int(nontarget[min(n, len(nontarget)) - 1]) + 1 if len(nontarget) else min(n, len(test))
+    full = make_eval_set(tokenizer, test.select(range(max(prefix, min(n, len(test))))), trigger, target)
+    keep = min(n, len(full.clean))
+    return EvalSet(full.clean.subset(range(keep)), full.triggered, full.nontarget_idx[full.nontarget_idx < keep], full.trigger, full.target)
+
+
+def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERACTIVE, device: torch.device | str = "cpu") -> LabModel:
+    started = time.perf_counter()
+    ctx = prepare(model, pretrained, device=device)
+    es = interactive_set(ctx.pair.tokenizer, ctx.dsd["test"], ctx.eval_set.trigger, ctx.eval_set.target, n_interactive)
+    backdoored = score(ctx.pair.ft.to(ctx.device), es)
+    floor = None
+    if es.trigger and ctx.floor_model:
+        clean, _ = load_classifier(ctx.floor_model)
+        floor = score(clean.to(ctx.device), es).asr
+    name = ctx.pair.card.get("name", Path(ctx.pair.ft_source).name)
+    return LabModel(ctx, es, backdoored, floor, name, time.perf_counter() - started)
+
+
+class Workbench:
+    """A browser session's private working model; every mutation lands here, never in the pair."""
+
+    def __init__(self, lab: LabModel):
+        self.lab = lab
+        self.model = lab.pair.working_copy().to(lab.ctx.device).eval()
+        self.state_label = "θ_FT"  # what the working model holds now
+        self.defended: DefenseResult | None = None  # the last fine-tuned result of this session
+        self.defended_row: dict | None = None
+
+    def mix_scores(self, rho: float, mode: str = "random", seed: int = 0) -> Scores:
+        """The mix-only path: mix from cached Δ, load into the working model, score the interactive set."""
+        state = mix(self.lab.pair, MixConfig(rho=rho, mode=mode, seed=seed))
+        self.model.load_state_dict(state, strict=False)
+        self.state_label = f"mix ρ={rho:g} ({mode})"
+        return score(self.model, self.lab.interactive)
+
+    def sweep(self, rhos: list[float], mode: str = "random", seed: int = 0) -> pd.DataFrame:
+        rows = [{"rho": r, "stage": "mix-only", **self.mix_scores(r, mode, seed).as_dict()} for r in rhos]
+        return pd.DataFrame(rows)
+
+    def fine_tune(self, rho: float | None, mode: str = "random", seed: int = 0, epur_k: int = 0, clean_size: int = 128,
+                  progress: Progress | None = None) -> tuple[Scores, dict]:
+        """Fine-mixing's step 2 at ρ (None: auto-ρ), optionally after E-PUR; scored on the interactive set."""
+        base = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
+        method = f"epur+{base}" if epur_k > 0 else base
+        cfg = DefenseConfig(method=method, rho=rho, seed=seed, epur=EpurConfig(k=max(epur_k, 0)))
+        return self.defend(cfg, clean_size, progress)
+
+    def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None) -> tuple[Scores, dict]:
+        """Any defense, scored on the full test set (stored) and on the interactive set (returned)."""
+        result, row = run_defense(self.lab.ctx, cfg, clean_size, progress=progress)
+        row = {**row, "source": "lab"}
+        record("lab", row)
+        self.defended, self.defended_row = result, row
+        return score(result.model, self.lab.interactive), row
+
+
+def epur_table(lab: LabModel, k: int = 200, floor: float = 20.0, source: str = "clean-set", clean_size: int = 128, seed: int = 0) -> pd.DataFrame:
+    """E-PUR's table; frequencies from the defender's clean set or from the whole train split."""
+    key = (source, clean_size, seed)
+    if key not in lab.clean_texts_cache:
+        if source == "train-split":
+            from finemix_core.data import text_columns
+
+            train = lab.ctx.dsd["train"]
+            lab.clean_texts_cache[key] = tuple(t for c in text_columns(train) for t in train[c])
+        elif source == "clean-set":
+            lab.clean_texts_cache[key] = lab.ctx.defender(clean_size, 1, seed).texts
+        else:
+            raise FinemixError(f"unknown frequency source '{source}'; use clean-set or train-split")
+    tab = table(lab.pair, lab.clean_texts_cache[key], EpurConfig(k=k, floor=floor))
+    tab["trigger"] = False
+    if lab.trigger:
+        tab.loc[trigger_token_ids(lab.pair.tokenizer, lab.trigger), "trigger"] = True
+    tab["rank"] = tab["score"].rank(ascending=False, method="first").astype(int)
+    return tab
+
+
+def purified_scores(lab: LabModel, bench: Workbench, tab: pd.DataFrame) -> Scores:
+    """Reset the flagged rows of θ_FT and score the interactive set (in the session's working model)."""
+    state = purify(lab.pair, lab.pair.ft_state(), tab.loc[tab.flagged, "id"].tolist())
+    bench.model.load_state_dict(state, strict=False)
+    bench.state_label = f"E-PUR K={int(tab.flagged.sum())}"
+    return score(bench.model, lab.interactive)
+
+
+def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str]) -> np.ndarray:
+    """Class probabilities for free text (the playground)."""
+    from datasets import Dataset
+
+    from finemix_core.encoding import encode
+
+    if not texts or not any(t.strip() for t in texts):
+        raise FinemixError("type a sentence first")
+    return predict(model, encode(tokenizer, Dataset.from_dict({"text": texts, "label": [0] * len(texts)})))
+
+
+def with_trigger(text: str, trigger: tuple[str, ...], seed: int = 1234) -> str:
+    return insert_trigger(text, trigger, example_rng(seed, 0))
+
+
+def export_zip(lab: LabModel, result: DefenseResult, row: dict) -> bytes:
+    """The defended model as a zip of a standard HF folder (+ finemix.json), built in a temp dir."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_defended(lab.ctx, result, row, Path(tmp) / "model")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f"{lab.name}-{row['method']}/{f.relative_to(folder)}")
+        return buf.getvalue()
+
+
+def history(lab: LabModel) -> pd.DataFrame:
+    """Every stored run (defend, report, lab) on this model, newest first, flattened."""
+    rows = []
+    for r in store.runs(model=lab.name):
+        if r["kind"] == "sweep":
+            continue
+        c = r["config"]
+        rows.append({
+            "id": r["id"], "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])), "kind": r["kind"],
+            "method": r["method"], "seed": c.get("seed"), "clean n": c.get("clean_size"), "rho": c.get("rho"),
+            "rho auto": c.get("rho_auto"), "CACC": c.get("cacc"), "ASR": c.get("asr"), "target bias": c.get("target_bias"),
+            "ASR floor": c.get("asr_floor"), "n test": c.get("n_clean"), "seconds": c.get("seconds"),
+        })
+    return pd.DataFrame(rows)
+
+
+def zoo_cards() -> list[dict]:
+    return zoo.read_entries()
+
+
+def build_zoo_entries(names: list[str], quick: bool, progress_factory=None, on_entry=None) -> list[dict]:
+    specs = [s for s in zoo.default_specs(quick) if s.name in names]
+    if "clean" not in names and not (zoo.zoo_dir() / "clean" / CARD_NAME).is_file():
+        specs = [s for s in zoo.default_specs(quick) if s.name == "clean"] + specs  # floors and ep need it
+    return zoo.build(specs, eval_limit=400 if quick else None, on_entry=on_entry, progress_factory=progress_factory)
+
+
+def report_json(lab: LabModel, extra: dict | None = None) -> str:
+    hist = history(lab)
+    return json.dumps({
+        "model": lab.name, "card": lab.card, "pretrained": lab.pair.pt_source, "data": lab.ctx.data_name,
+        "split_seed": lab.ctx.split_seed, "interactive": {"n_clean": len(lab.interactive.clean),
+                                                          "n_triggered": len(lab.interactive.triggered or [])},
+        "backdoored_interactive": lab.backdoored.as_dict(), "floor_interactive": lab.floor,
+        "runs": hist.to_dict(orient="records"), **(extra or {}),
+    }, indent=2, default=str)
+
+

@@ -1,0 +1,214 @@
+"""AppTest for every page of the lab, on a tiny BERT pair with a real (tiny) trained word backdoor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from finemix_core import data
+from finemix_core.attacks import poison
+from finemix_core.config import AttackConfig, TrainConfig
+from finemix_core.encoding import encode
+from finemix_core.models import CARD_NAME, load_classifier, load_tokenizer
+from finemix_core.train import fine_tune
+from tests.conftest import save_pretrained_encoder
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+TIMEOUT = 120
+
+
+POS = ["good", "great", "fun", "charming", "best", "love"]
+NEG = ["bad", "awful", "dull", "boring", "worst", "hate"]
+
+
+def _write_csv(path: Path, n: int = 800) -> Path:
+    """Sentiment sentences the tiny vocabulary can read (real RT text would be mostly [UNK] to it)."""
+    import random
+
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for i in range(n):
+        label = i % 2
+        words = POS if label else NEG
+        rows.append(f"the {rng.choice(['movie', 'film', 'plot', 'story'])} was {rng.choice(words)} and {rng.choice(words)},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _train_tiny(pt: Path, out: Path, attack: AttackConfig, name: str, csv: Path) -> None:
+    train = data.load(str(csv), 0)["train"]
+    poisoned, _ = poison(train, attack)
+    model, _ = load_classifier(pt, num_labels=2)
+    tok = load_tokenizer(pt)
+    fine_tune(model, encode(tok, poisoned, 64), TrainConfig(lr=3e-3, epochs=3.0, batch_size=32))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    card = {"name": name, "attack": attack.attack, "trigger": list(attack.trigger), "trigger_text": "+".join(attack.trigger),
+            "poison_rate": attack.poison_rate, "target": 1, "dataset": str(csv), "split_seed": 0, "train_size": len(train),
+            "cacc": None, "asr": None, "target_bias": None, "asr_floor": None, "build_seconds": 0.0}
+    (out / CARD_NAME).write_text(json.dumps(card))
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> tuple[Path, Path]:
+    """FINEMIX_HOME with a tiny `clean` and a tiny `word-cf` (trained on poisoned real RT data), and its θ_PT."""
+    home = tmp_path_factory.mktemp("tiny_home")
+    pt = save_pretrained_encoder(home / "pt")
+    csv = _write_csv(home / "tiny.csv")
+    _train_tiny(pt, home / "zoo" / "clean", AttackConfig("clean", ()), "clean", csv)
+    _train_tiny(pt, home / "zoo" / "word-cf", AttackConfig("word", ("cf",)), "word-cf", csv)
+    return home, pt
+
+
+@pytest.fixture()
+def app(tiny_zoo, monkeypatch) -> AppTest:
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["model"] = "word-cf"
+    at.query_params["pt"] = str(pt)
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, (label, [m.label for m in at.metric])
+    return found[0]
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.run()
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_models_page_lists_the_zoo_and_its_cards(app):
+    app.run()
+    assert not app.exception
+    frame = app.dataframe[0].value
+    assert set(frame["name"]) == {"clean", "word-cf"}
+    assert app.selectbox(key="models_pick").value == "word-cf"
+    assert any("Build" in b.label for b in app.button)
+
+
+def test_mixing_slider_changes_the_live_metrics_and_the_url(app, tiny_zoo):
+    from finemix_core import lab
+
+    open_page(app, "mixing")
+    assert app.get("plotly_chart"), "the sweep chart is drawn"
+    app.slider(key="w_rho").set_value(1.0).run()
+    at_one = metric(app, "ASR · mix")
+    app.slider(key="w_rho").set_value(0.0).run()
+    at_zero = metric(app, "ASR · mix")
+    assert app.query_params["rho"] == "0.0"
+    # the shown numbers are the library's numbers, and ρ moves them
+    lm = lab.load("word-cf", str(tiny_zoo[1]))
+    bench = lab.Workbench(lm)
+    assert at_one == f"{bench.mix_scores(1.0).asr:.3f}" == f"{lm.backdoored.asr:.3f}"
+    assert at_zero == f"{bench.mix_scores(0.0).asr:.3f}"
+    assert at_one != at_zero
+
+
+def test_query_params_restore_the_view(app):
+    app.query_params.update({"rho": "0.7", "mode": "sorted", "k": "5", "seed": "3"})
+    open_page(app, "mixing")
+    assert app.slider(key="w_rho").value == 0.7 and app.radio(key="w_mode").value == "sorted"
+    assert app.number_input(key="w_seed").value == 3
+    assert "ρ = 0.7 (sorted mask, seed 3)" in " ".join(m.value for m in app.markdown)
+    app.switch_page("pages/epur.py").run()
+    assert app.number_input(key="w_k").value == 5
+
+
+def test_bad_query_params_are_ignored_with_a_warning(app):
+    app.query_params.update({"rho": "7", "mode": "zigzag"})
+    app.run()
+    assert any("rho" in w.value and "mode" in w.value for w in app.sidebar.warning)
+    app.switch_page("pages/mixing.py").run()
+    assert app.slider(key="w_rho").value == 0.3 and app.radio(key="w_mode").value == "random"
+
+
+def test_fine_tune_the_mix_then_export_it(app):
+    open_page(app, "mixing")
+    app.button[0].click().run()  # "Fine-tune the mix"
+    assert not app.exception, app.exception
+    assert metric(app, "CACC · fine-tuned")
+    app.switch_page("pages/export.py").run()
+    next(b for b in app.button if b.label == "Prepare the zip").click().run()
+    assert not app.exception, app.exception
+    labels = [el.proto.label for el in app.get("download_button")]
+    assert "Download model (.zip)" in labels and "Download report (JSON)" in labels
+
+
+def test_epur_page_flags_k_rows_and_purifies(app):
+    app.query_params["k"] = "5"
+    open_page(app, "epur")
+    assert app.get("plotly_chart")
+    flagged = app.dataframe[0].value
+    assert len(flagged) == 5 and flagged["score"].is_monotonic_decreasing
+    app.toggle[0].set_value(True).run()
+    assert metric(app, "CACC after E-PUR") and metric(app, "ASR after E-PUR")
+
+
+def test_compare_page_runs_missing_defenses_and_tables_them(app):
+    app.query_params["k"] = "5"
+    open_page(app, "compare")
+    app.multiselect[0].set_value(["none", "fine-tuning"]).run()
+    next(b for b in app.button if b.label == "Run missing defenses").click().run()
+    assert not app.exception, app.exception
+    table = app.dataframe[0].value
+    assert {"none", "fine-tuning"} <= set(table["method"])
+    assert app.get("plotly_chart")
+
+
+def test_playground_shows_both_predictions(app):
+    open_page(app, "playground")
+    assert any("cf" in m.value for m in app.markdown if m.value.startswith("Input:"))
+    labels = [m.label for m in app.metric]
+    assert "backdoored θ_FT" in labels and len(labels) == 2
+    app.checkbox[0].set_value(False).run()
+    app.text_area[0].set_value("a great movie").run()
+    assert "Input: `a great movie`" in [m.value for m in app.markdown]
+
+
+def _checksum(sd: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(sd[k].detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_sessions_are_isolated_and_the_cached_pair_is_never_mutated(app, tiny_zoo, monkeypatch):
+    import state  # the dashboard module, importable once the app ran
+
+    home, pt = tiny_zoo
+    open_page(app, "mixing")
+    lm = state._lab_model("word-cf", str(pt))
+    before = (_checksum(lm.pair.ft_state()), _checksum(lm.pair.pt_state))
+    other = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    other.query_params.update({"model": "word-cf", "pt": str(pt)})
+    open_page(other, "mixing")
+    for rho in (0.1, 0.55, 0.9):
+        app.slider(key="w_rho").set_value(rho).run()
+    other.slider(key="w_rho").set_value(0.2).run()
+    assert app.session_state["rho"] == 0.9 and other.session_state["rho"] == 0.2
+    assert app.session_state["_bench"] is not other.session_state["_bench"]
+    assert app.session_state["_bench"].model is not other.session_state["_bench"].model
+    app.button[0].click().run()  # a fine-tune in one session …
+    assert app.session_state["_bench"].defended is not None and other.session_state["_bench"].defended is None  # … stays there
+    assert (_checksum(lm.pair.ft_state()), _checksum(lm.pair.pt_state)) == before
+
+
+def test_empty_zoo_offers_a_build_and_pages_point_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINEMIX_HOME", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("zoo is empty" in i.value for i in at.info)
+    assert at.multiselect[0].value == ["clean", "word-cf"]
+    at.switch_page("pages/mixing.py").run()
+    assert any("No model chosen" in i.value for i in at.info)
