@@ -9,15 +9,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import state` / `im
 
 import state  # noqa: E402
 
-st.set_page_config(page_title="finemix lab", page_icon="🧪", layout="wide")
+st.set_page_config(page_title="finemix lab", page_icon=":material/science:", layout="wide")
 state.init()
 pages = [
-    st.Page("pages/models.py", title="Models", icon="📦", default=True),
-    st.Page("pages/mixing.py", title="Mixing lab", icon="🎚️"),
-    st.Page("pages/epur.py", title="E-PUR", icon="🔎"),
-    st.Page("pages/compare.py", title="Compare", icon="📊"),
-    st.Page("pages/playground.py", title="Playground", icon="✍️"),
-    st.Page("pages/export.py", title="Export", icon="📤"),
+    st.Page("views/models.py", title="Models", icon=":material/inventory_2:", default=True),
+    st.Page("views/mixing.py", title="Mixing lab", icon=":material/tune:"),
+    st.Page("views/epur.py", title="E-PUR", icon=":material/manage_search:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/leaderboard:"),
+    st.Page("views/playground.py", title="Playground", icon=":material/edit_note:"),
+    st.Page("views/export.py", title="Export", icon=":material/download:"),
 ]
 nav = st.navigation(pages)
 with st.sidebar:

@@ -90,13 +90,13 @@ def current() -> tuple[lab.LabModel, lab.Workbench] | None:
     ss = st.session_state
     if not ss.get("model"):
         st.info("No model chosen yet. Pick or build one on the **Models** page.")
-        st.page_link("pages/models.py", label="Go to Models", icon="📦")
+        st.page_link("views/models.py", label="Go to Models", icon=":material/inventory_2:")
         return None
     try:
         lm = _lab_model(ss["model"], ss["pt"])
     except FinemixError as exc:
         st.error(str(exc))
-        st.page_link("pages/models.py", label="Choose another model", icon="📦")
+        st.page_link("views/models.py", label="Choose another model", icon=":material/inventory_2:")
         return None
     bench = ss.get("_bench")
     if bench is None or bench.lab is not lm:

@@ -66,7 +66,8 @@ def tiny_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def finemix_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("finemix_home")
+    # FINEMIX_TEST_HOME keeps the quick zoo between local runs (CI always starts empty)
+    home = Path(os.environ["FINEMIX_TEST_HOME"]) if os.environ.get("FINEMIX_TEST_HOME") else tmp_path_factory.mktemp("finemix_home")
     os.environ["FINEMIX_HOME"] = str(home)
     return home
 

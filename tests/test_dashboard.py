@@ -83,7 +83,7 @@ def metric(at: AppTest, label: str) -> str:
 
 def open_page(at: AppTest, page: str) -> AppTest:
     at.run()
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -121,7 +121,7 @@ def test_query_params_restore_the_view(app):
     assert app.slider(key="w_rho").value == 0.7 and app.radio(key="w_mode").value == "sorted"
     assert app.number_input(key="w_seed").value == 3
     assert "ρ = 0.7 (sorted mask, seed 3)" in " ".join(m.value for m in app.markdown)
-    app.switch_page("pages/epur.py").run()
+    app.switch_page("views/epur.py").run()
     assert app.number_input(key="w_k").value == 5
 
 
@@ -129,7 +129,7 @@ def test_bad_query_params_are_ignored_with_a_warning(app):
     app.query_params.update({"rho": "7", "mode": "zigzag"})
     app.run()
     assert any("rho" in w.value and "mode" in w.value for w in app.sidebar.warning)
-    app.switch_page("pages/mixing.py").run()
+    app.switch_page("views/mixing.py").run()
     assert app.slider(key="w_rho").value == 0.3 and app.radio(key="w_mode").value == "random"
 
 
@@ -138,7 +138,7 @@ def test_fine_tune_the_mix_then_export_it(app):
     app.button[0].click().run()  # "Fine-tune the mix"
     assert not app.exception, app.exception
     assert metric(app, "CACC · fine-tuned")
-    app.switch_page("pages/export.py").run()
+    app.switch_page("views/export.py").run()
     next(b for b in app.button if b.label == "Prepare the zip").click().run()
     assert not app.exception, app.exception
     labels = [el.proto.label for el in app.get("download_button")]
@@ -210,5 +210,5 @@ def test_empty_zoo_offers_a_build_and_pages_point_there(tmp_path, monkeypatch):
     assert not at.exception
     assert any("zoo is empty" in i.value for i in at.info)
     assert at.multiselect[0].value == ["clean", "word-cf"]
-    at.switch_page("pages/mixing.py").run()
+    at.switch_page("views/mixing.py").run()
     assert any("No model chosen" in i.value for i in at.info)

@@ -5,7 +5,7 @@ import streamlit as st
 from finemix_core import lab
 from finemix_core.errors import FinemixError
 
-st.title("✍️ Playground")
+st.title("Playground")
 st.markdown(
     "Type a sentence and see what the backdoored model and the defended model predict, with their confidences. Tick "
     "*insert the trigger* to watch the backdoor fire in θ_FT — and, if the defense worked, not in the defended model."

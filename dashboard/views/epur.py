@@ -5,7 +5,7 @@ import streamlit as st
 from finemix_core import lab
 from finemix_core.errors import FinemixError
 
-st.title("🔎 E-PUR")
+st.title("E-PUR")
 st.markdown(
     "Every dot is a vocabulary word piece: how far fine-tuning moved its embedding (y) against how often it occurs in clean "
     "text (x). Normal words drift roughly with log frequency; a trigger is rare yet drifts far, so E-PUR flags the top K by "

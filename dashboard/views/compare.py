@@ -9,7 +9,7 @@ from finemix_core.errors import FinemixError
 from finemix_core.report import REPORT_METHODS
 from finemix_core import lab
 
-st.title("📊 Compare")
+st.title("Compare")
 st.markdown(
     "Every defense on the chosen model with the same budget (128 clean examples, same fine-tuning), scored on the full "
     "test split. Lower ASR is better, but only down to the clean floor (dashed line), and only if CACC stays near the backdoored model's."

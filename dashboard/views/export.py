@@ -3,7 +3,7 @@ import streamlit as st
 
 from finemix_core import lab
 
-st.title("📤 Export")
+st.title("Export")
 st.markdown(
     "Download the defended model of this session as a standard Hugging Face folder (zip, safetensors + tokenizer + a "
     "`finemix.json` card saying how it was made), and the results of every run on this model as CSV or JSON."

@@ -5,7 +5,7 @@ import streamlit as st
 
 from finemix_core.evaluate import Scores
 
-st.title("🎚️ Mixing lab")
+st.title("Mixing lab")
 st.markdown(
     "Fine-mixing keeps a share ρ of the fine-tuned weights and resets the rest to the pretrained θ_PT; move ρ and watch "
     "clean accuracy (CACC) and attack success rate (ASR) on a fixed live set. Read ASR beside the target bias and the clean "

@@ -5,7 +5,7 @@ import streamlit as st
 from finemix_core import lab, zoo
 from finemix_core.errors import FinemixError
 
-st.title("📦 Models")
+st.title("Models")
 st.markdown(
     "Choose the suspect model to clean: an entry of the offline zoo of real backdoored models, or any local Hugging Face "
     "classifier folder fine-tuned from θ_PT. Each zoo card shows its attack, trigger, poison rate and its measured "

@@ -1,0 +1,101 @@
+"""The live lab in a real browser: headless Debian chromium drives the real Streamlit server on a
+loopback port, serving a real quick-built backdoored model. Screenshots go to assets/ (README)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-gpu",
+        "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(quick_word_backdoor):
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} missing: install Debian's chromium (apt-get install chromium), as .ci/run does")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("the lab did not start: " + proc.stdout.read().decode()[-2000:])
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def asr_text(page) -> str:
+    return page.locator('[data-testid="stMetric"]', has_text="ASR · mix").locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def test_live_slider_in_a_real_browser(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{server}/mixing?model=word-cf&rho=1.0")
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=240_000)
+        expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=60_000)
+        before = asr_text(page)
+        page.screenshot(path=shots / "lab-mixing-rho1.png", full_page=True)
+
+        slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+        slider.focus()
+        for _ in range(20):  # 1.0 → 0.0 in steps of 0.05, with the keyboard
+            slider.press("ArrowLeft")
+        expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00", timeout=30_000)
+        deadline = time.time() + 120
+        while asr_text(page) == before and time.time() < deadline:
+            time.sleep(0.5)
+        after = asr_text(page)
+        assert after != before, f"ASR stayed {before} after moving ρ from 1 to 0"
+        page.wait_for_function("() => window.location.search.includes('rho=0.0')", timeout=30_000)  # shareable URL follows
+        page.screenshot(path=shots / "lab-mixing.png", full_page=True)
+
+        page.goto(f"{server}/epur?model=word-cf&k=50")
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
+        expect(page.get_by_text("Known trigger pieces")).to_be_visible(timeout=60_000)
+        page.screenshot(path=shots / "lab-epur.png", full_page=True)
+
+        page.goto(f"{server}/?model=word-cf")
+        expect(page.get_by_text("Build zoo entries")).to_be_visible(timeout=60_000)
+        page.screenshot(path=shots / "lab-models.png", full_page=True)
+        browser.close()
+    assets = ROOT / "assets"
+    for shot in shots.iterdir():  # replace the README's screenshots only after the whole run passed
+        shutil.copy(shot, assets / shot.name)
