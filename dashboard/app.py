@@ -7,7 +7,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import state` / `import charts` from the pages
 
-import state  # noqa: E402
+import state
 
 st.set_page_config(page_title="finemix lab", page_icon=":material/science:", layout="wide")
 state.init()

@@ -31,8 +31,9 @@ BASE_METHODS = ("none", "fine-tuning", "fine-pruning", "fine-mixing", "fine-mixi
 METHODS = (*BASE_METHODS, "epur", *(f"epur+{m}" for m in BASE_METHODS[1:]))
 GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))  # ρ and prune-ratio candidates
 
-# The defense budget. DESIGN.md §10 found lr 2e-5 too weak to wash out a rare-word backdoor on this θ_PT;
-# these defaults were chosen on the Rotten Tomatoes DEV split (see assets/report.md), never on test data.
+# The defense budget. DESIGN.md §10 measured lr 2e-5 × 5 epochs too weak to wash out a rare-word backdoor on
+# this θ_PT and lr 1e-4 × 10 epochs clearly better; we adopt the latter as is. It was not grid-searched here
+# (scripts/tune_defense.py does that on the DEV split, never on test) — see assets/report/report.md.
 DEFENSE_TRAIN = TrainConfig(lr=1e-4, epochs=10.0, batch_size=16)
 
 

@@ -131,17 +131,17 @@ def markdown(main: pd.DataFrame, sizes: pd.DataFrame, cfg: ReportConfig, command
     parts = [
         "# finemix reproduction report",
         "",
-        f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
-        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads), in {seconds / 60:.1f} minutes.",
+        (f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads), in {seconds / 60:.1f} minutes."),
         "",
-        f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "
-        f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over {int(first['n_nontarget'])} non-target).",
-        f"- Defender: {cfg.clean_size} clean training examples (stratified from train), up to 256 dev examples for auto-ρ and the prune "
+        (f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "
+        f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over {int(first['n_nontarget'])} non-target)."),
+        (f"- Defender: {cfg.clean_size} clean training examples (stratified from train), up to 256 dev examples for auto-ρ and the prune "
         f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW lr {DEFENSE_TRAIN.lr:g}, "
         f"{DEFENSE_TRAIN.epochs:g} epochs, batch {DEFENSE_TRAIN.batch_size}; ρ auto (smallest grid ρ within 2 dev points of θ_FT); "
-        "E-PUR K=200, c=20. Test data and triggered data are used for scoring only.",
-        "- ASR floor: the zoo's clean model on the same triggered test set. Target bias: non-target examples without the "
-        "trigger predicted as the target.",
+        "E-PUR K=200, c=20. Test data and triggered data are used for scoring only."),
+        ("- ASR floor: the zoo's clean model on the same triggered test set. Target bias: non-target examples without the "
+        "trigger predicted as the target."),
         "",
         summary[cols].to_markdown(index=False),
         "",

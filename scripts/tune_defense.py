@@ -7,7 +7,6 @@ learning rates / epochs / ρ on every backdoored zoo entry, scored on clean and 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import pandas as pd

@@ -186,7 +186,7 @@ def _checksum(sd: dict[str, torch.Tensor]) -> str:
 def test_sessions_are_isolated_and_the_cached_pair_is_never_mutated(app, tiny_zoo, monkeypatch):
     import state  # the dashboard module, importable once the app ran
 
-    home, pt = tiny_zoo
+    _home, pt = tiny_zoo
     open_page(app, "mixing")
     lm = state._lab_model("word-cf", str(pt))
     before = (_checksum(lm.pair.ft_state()), _checksum(lm.pair.pt_state))

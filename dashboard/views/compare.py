@@ -3,11 +3,11 @@ import pandas as pd
 import state
 import streamlit as st
 
+from finemix_core import lab
 from finemix_core.defenses import DefenseConfig
 from finemix_core.epur import EpurConfig
 from finemix_core.errors import FinemixError
 from finemix_core.report import REPORT_METHODS
-from finemix_core import lab
 
 st.title("Compare")
 st.markdown(
