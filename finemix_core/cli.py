@@ -1,4 +1,4 @@
-"""The `finemix` command line: zoo build|list, evaluate, defend, sweep, report, lab, datasets."""
+"""The `finemix` command line: zoo build|list, evaluate, defend, sweep, report, bench, lab, datasets."""
 
 from __future__ import annotations
 
@@ -365,6 +365,52 @@ def lab_cmd(
     typer.echo(f"finemix lab on http://{address}:{port} (Ctrl+C stops it)", err=True)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", address, "--server.port", str(port)]
     raise typer.Exit(subprocess.call(cmd, cwd=root, env=os.environ.copy()))
+
+
+@app.command("bench")
+@user_errors
+def bench_cmd(
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    model: Annotated[str | None, typer.Option(help="Zoo entry (default: word-cf).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per measurement (median).")] = 5,
+    end_to_end: Annotated[bool, typer.Option(help="Also time mix + fine-tune + score.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Live-slider cost vs a bare forward pass, our eval vs the HF pipeline, fast path, end-to-end Fine-mixing."""
+    from finemix_core import bench
+
+    if device not in ("cpu", "cuda"):
+        raise FinemixError(f"--device must be cpu or cuda, got '{device}'")
+    if repeats < 1:
+        raise FinemixError(f"--repeats must be ≥ 1, got {repeats}")
+    res = bench.run(bench.BenchConfig(model=model, device=device, repeats=repeats, end_to_end=end_to_end),
+                    log=lambda m: typer.echo(m, err=True))
+    if as_json:
+        typer.echo(json.dumps(res, default=str))
+        return
+    table = Table(title=f"finemix bench: {res['model']} on {res['device']} ({res['gpu'] or res['cpu']}, {res['threads']} threads), "
+                        f"live set {res['live_set']['clean']} clean + {res['live_set']['triggered']} triggered, median of {res['repeats']}")
+    for col in ("measure", "value", "target"):
+        table.add_column(col)
+    fast = res["fast_path"]
+    rows = [
+        ("bare forward (s)", f"{res['bare_forward_s']:.3f}", ""),
+        ("slider step (s)", f"{res['slider_step_s']:.3f}", ""),
+        ("  of which mix + load (s)", f"{res['mix_only_s']:.3f}", ""),
+        ("slider step / bare forward", f"{res['slider_over_bare']:.3f}", "≤ 1.15"),
+        ("our eval vs HF pipeline throughput", f"{res['ours_over_hf_throughput']:.2f}×", "≥ 1.5×"),
+        ("forward tokens/s", f"{res['tokens_per_s']:.0f}", ""),
+        ("forward GFLOP/s", f"{res['gflops_per_s']:.1f}", ""),
+        ("bf16 fast path speed-up", "n/a (no bf16 support)" if fast is None else f"{fast['speedup_vs_fp32']:.2f}×", "≥ 1.7×"),
+        ("bf16 CACC / ASR vs fp32", "n/a" if fast is None else
+         f"{fast['cacc_bf16']:.3f}/{fast['asr_bf16']:.3f} vs {fast['cacc_fp32']:.3f}/{fast['asr_fp32']:.3f}", "within 0.01"),
+        ("fine-mix end to end (s)", "skipped" if res["fine_mix_end_to_end_s"] is None else f"{res['fine_mix_end_to_end_s']:.1f}",
+         "≤ 30 (CPU), ≤ 3 (H100)"),
+        ("peak RSS of this process (MiB)", f"{res['peak_rss_mib']:.0f}", ""),
+    ] + [(f"zoo build {n} (s, from its card)", f"{v}", "") for n, v in res["zoo_build_s"].items()]
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
 
 
 @app.command("datasets")

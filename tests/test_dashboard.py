@@ -3,66 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from finemix_core import data
-from finemix_core.attacks import poison
-from finemix_core.config import AttackConfig, TrainConfig
-from finemix_core.encoding import encode
-from finemix_core.models import CARD_NAME, load_classifier, load_tokenizer
-from finemix_core.train import fine_tune
-from tests.conftest import save_pretrained_encoder
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 TIMEOUT = 120
-
-
-POS = ["good", "great", "fun", "charming", "best", "love"]
-NEG = ["bad", "awful", "dull", "boring", "worst", "hate"]
-
-
-def _write_csv(path: Path, n: int = 800) -> Path:
-    """Sentiment sentences the tiny vocabulary can read (real RT text would be mostly [UNK] to it)."""
-    import random
-
-    rng = random.Random(0)
-    rows = ["text,label"]
-    for i in range(n):
-        label = i % 2
-        words = POS if label else NEG
-        rows.append(f"the {rng.choice(['movie', 'film', 'plot', 'story'])} was {rng.choice(words)} and {rng.choice(words)},{label}")
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def _train_tiny(pt: Path, out: Path, attack: AttackConfig, name: str, csv: Path) -> None:
-    train = data.load(str(csv), 0)["train"]
-    poisoned, _ = poison(train, attack)
-    model, _ = load_classifier(pt, num_labels=2)
-    tok = load_tokenizer(pt)
-    fine_tune(model, encode(tok, poisoned, 64), TrainConfig(lr=3e-3, epochs=3.0, batch_size=32))
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    card = {"name": name, "attack": attack.attack, "trigger": list(attack.trigger), "trigger_text": "+".join(attack.trigger),
-            "poison_rate": attack.poison_rate, "target": 1, "dataset": str(csv), "split_seed": 0, "train_size": len(train),
-            "cacc": None, "asr": None, "target_bias": None, "asr_floor": None, "build_seconds": 0.0}
-    (out / CARD_NAME).write_text(json.dumps(card))
-
-
-@pytest.fixture(scope="session")
-def tiny_zoo(tmp_path_factory) -> tuple[Path, Path]:
-    """FINEMIX_HOME with a tiny `clean` and a tiny `word-cf` (trained on poisoned real RT data), and its θ_PT."""
-    home = tmp_path_factory.mktemp("tiny_home")
-    pt = save_pretrained_encoder(home / "pt")
-    csv = _write_csv(home / "tiny.csv")
-    _train_tiny(pt, home / "zoo" / "clean", AttackConfig("clean", ()), "clean", csv)
-    _train_tiny(pt, home / "zoo" / "word-cf", AttackConfig("word", ("cf",)), "word-cf", csv)
-    return home, pt
 
 
 @pytest.fixture()

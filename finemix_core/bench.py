@@ -1,0 +1,178 @@
+"""`finemix bench`: what a live slider move costs, measured as ratios in one process.
+
+Everything runs side by side on the same model pair, the same live set and the same threads, so the
+ratios hold even on a noisy machine where absolute seconds drift:
+- bare_forward: one inference_mode forward over the pre-tokenised, length-bucketed live set (the floor);
+- slider_step: what the lab does on a move — mix at a new ρ from the cached Δ, load into the working
+  model, score CACC and ASR — reported as slider_step / bare_forward;
+- hf_pipeline: transformers `pipeline("text-classification", batch_size=64)` on the same texts vs our
+  tokenise-and-predict path;
+- fast path: bf16 autocast (CPU with bf16 support, or CUDA) vs fp32 on the live set, with the CACC/ASR it gives;
+- fine_mix_end_to_end: mix + fine-tune on 128 clean examples + score, wall seconds;
+- zoo build seconds per entry, from the cards (measured when each entry was built);
+- tokens/s and achieved GFLOP/s (≈ 2 × non-embedding parameters per token) of the forward pass.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from finemix_core import lab, zoo
+from finemix_core.defenses import DefenseConfig, defend
+from finemix_core.encoding import encode
+from finemix_core.errors import FinemixError
+from finemix_core.evaluate import predict, score
+from finemix_core.mixing import MixConfig, mix
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str | None = None  # zoo entry (None: word-cf, else the first backdoored entry)
+    device: str = "cpu"  # cpu | cuda
+    repeats: int = 5  # timed repetitions per measurement (median reported)
+    n_live: int = lab.N_INTERACTIVE  # live set: clean and triggered examples each
+    end_to_end: bool = True  # include the fine-tune measurement (~25 s on 2 CPU cores)
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    fn()  # warm-up: allocator, kernels, caches
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _default_model() -> str:
+    cards = zoo.read_entries()
+    names = [c["name"] for c in cards if c["attack"] != "clean"]
+    if not names:
+        raise FinemixError("the zoo has no backdoored entry; run 'finemix zoo build --quick --only clean,word-cf' first")
+    return "word-cf" if "word-cf" in names else names[0]
+
+
+def _live_texts(lm: lab.LabModel) -> list[str]:
+    from finemix_core.data import text_columns
+
+    test = lm.ctx.dsd["test"]
+    if text_columns(test) != ["text"]:
+        raise FinemixError("bench compares against the HF pipeline on single-sentence data; pick a single-sentence model")
+    return list(test.select(range(len(lm.interactive.clean)))["text"])
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()) and _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FinemixError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    name = cfg.model or _default_model()
+    log(f"loading {name} …")
+    lm = lab.load(name, n_interactive=cfg.n_live, device=device)
+    bench = lab.Workbench(lm)
+    es = lm.interactive
+    sets = [es.clean] + ([es.triggered] if es.triggered is not None else [])
+    model = bench.model
+
+    def bare() -> None:
+        for enc in sets:
+            predict(model, enc)
+
+    rhos = iter(np.tile(np.round(np.linspace(0.05, 0.95, 19), 2), 100))
+
+    def slider() -> None:
+        bench.mix_scores(float(next(rhos)))
+
+    def mix_only() -> None:
+        model.load_state_dict(mix(lm.pair, MixConfig(rho=float(next(rhos)))), strict=False)
+
+    log("timing bare forward, slider step, mix alone …")
+    t_bare = _median_seconds(bare, cfg.repeats, sync)
+    t_slider = _median_seconds(slider, cfg.repeats, sync)
+    t_mix = _median_seconds(mix_only, cfg.repeats, sync)
+
+    # ours vs the HF pipeline: same texts, same model weights, same threads, tokenisation included on both sides
+    texts = _live_texts(lm)
+    from datasets import Dataset
+    from transformers import pipeline
+
+    tok = lm.pair.tokenizer
+    pipe = pipeline("text-classification", model=model, tokenizer=tok, batch_size=64, device=device)
+
+    def ours_eval() -> None:
+        predict(model, encode(tok, Dataset.from_dict({"text": texts, "label": [0] * len(texts)})))
+
+    def hf_eval() -> None:
+        pipe(texts, truncation=True, max_length=128)
+
+    log("timing our eval vs the HF pipeline …")
+    t_ours = _median_seconds(ours_eval, cfg.repeats, sync)
+    t_hf = _median_seconds(hf_eval, cfg.repeats, sync)
+
+    # reduced precision: bf16 autocast on the live set, speed and agreement with fp32
+    fast = None
+    if bf16_supported(device):
+        def bare_bf16() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                bare()
+
+        t_bf16 = _median_seconds(bare_bf16, cfg.repeats, sync)
+        bench.mix_scores(1.0)
+        fp32 = score(model, es)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            low = score(model, es)
+        fast = {"kind": "bf16 autocast", "seconds": t_bf16, "speedup_vs_fp32": t_bare / t_bf16,
+                "cacc_fp32": fp32.cacc, "cacc_bf16": low.cacc, "asr_fp32": fp32.asr, "asr_bf16": low.asr}
+
+    tokens = sum(len(ids) for enc in sets for ids in enc.input_ids)
+    emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    non_embedding = sum(p.numel() for p in model.parameters()) - emb
+
+    e2e = None
+    if cfg.end_to_end:
+        log("timing mix + fine-tune on 128 clean examples + score …")
+        dd = lm.ctx.defender(128, 256, 0)
+        start = time.perf_counter()
+        result = defend(lm.pair, dd, DefenseConfig(method="fine-mixing", rho=0.3), device)
+        score(result.model, es)
+        sync()
+        e2e = time.perf_counter() - start
+
+    cards = {c["name"]: c for c in zoo.read_entries()}
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "model": name, "device": device.type, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "live_set": {"clean": len(es.clean), "triggered": len(es.triggered or []), "tokens": tokens},
+        "bare_forward_s": t_bare, "slider_step_s": t_slider, "mix_only_s": t_mix,
+        "slider_over_bare": t_slider / t_bare,
+        "ours_eval_s": t_ours, "hf_pipeline_s": t_hf, "ours_over_hf_throughput": t_hf / t_ours,
+        "tokens_per_s": tokens / t_bare, "gflops_per_s": 2 * non_embedding * tokens / t_bare / 1e9,
+        "fast_path": fast, "fine_mix_end_to_end_s": e2e,
+        "zoo_build_s": {n: c.get("build_seconds") for n, c in cards.items()},
+        "peak_rss_mib": rss_mib, "repeats": cfg.repeats,
+    }

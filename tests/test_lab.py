@@ -1,0 +1,84 @@
+"""The lab's API (what the dashboard calls): cheap slider moves, private working models, bf16 agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from finemix_core import encoding, lab
+from finemix_core.config import TrainConfig
+from finemix_core.defenses import DefenseConfig
+from finemix_core.evaluate import predict, score
+from finemix_core.mixing import MixConfig, mix
+
+
+@pytest.fixture()
+def tiny_lab(tiny_zoo, monkeypatch) -> lab.LabModel:
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    return lab.load("word-cf", str(pt), n_interactive=32)
+
+
+def test_live_set_has_n_clean_and_n_triggered_examples(tiny_lab):
+    es = tiny_lab.interactive
+    assert len(es.clean) == 32 and len(es.triggered) == 32
+    labels = np.asarray(es.clean.labels)
+    assert (labels[es.nontarget_idx] != 1).all() and set(np.flatnonzero(labels != 1)) == set(es.nontarget_idx)
+    assert tiny_lab.floor is not None  # the tiny zoo's clean entry gives the floor
+
+
+def test_slider_moves_reuse_delta_and_never_retokenise(tiny_lab):
+    bench = lab.Workbench(tiny_lab)
+    delta = tiny_lab.pair.delta  # computed once per pair ...
+    calls = encoding.TOKENISE_CALLS
+    for rho in (0.1, 0.5, 0.9, 0.3):
+        bench.mix_scores(rho)
+    assert encoding.TOKENISE_CALLS == calls  # ... and no slider move tokenises
+    assert tiny_lab.pair.delta is delta and all(d is delta[k] for k, d in tiny_lab.pair.delta.items())
+
+
+def test_slider_scores_equal_an_independent_mix(tiny_lab):
+    bench = lab.Workbench(tiny_lab)
+    for rho in (0.0, 0.4, 1.0):
+        got = bench.mix_scores(rho, "sorted", 3)
+        ref = tiny_lab.pair.working_copy(mix(tiny_lab.pair, MixConfig(rho=rho, mode="sorted", seed=3)))
+        assert got == score(ref, tiny_lab.interactive)
+    assert bench.mix_scores(1.0) == tiny_lab.backdoored
+
+
+def test_workbenches_are_private(tiny_lab):
+    a, b = lab.Workbench(tiny_lab), lab.Workbench(tiny_lab)
+    a.mix_scores(0.0)
+    assert a.model is not b.model and a.model is not tiny_lab.pair.ft
+    sd_b, sd_ft = b.model.state_dict(), tiny_lab.pair.ft_state()
+    assert all(torch.equal(sd_b[k], sd_ft[k]) for k in sd_ft)  # b still holds θ_FT
+
+
+def test_epur_table_marks_the_trigger_and_k_rows(tiny_lab):
+    tab = lab.epur_table(tiny_lab, k=4, floor=20.0)
+    assert int(tab.flagged.sum()) == 4 and int(tab.trigger.sum()) == 1
+    assert tab.loc[tab.trigger, "token"].tolist() == ["cf"]
+    assert sorted(tab["rank"]) == list(range(1, len(tab) + 1))
+
+
+def test_bf16_fast_path_agrees_with_fp32(tiny_lab):
+    model = tiny_lab.pair.working_copy()
+    fp32 = predict(model, tiny_lab.interactive.clean)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = predict(model, tiny_lab.interactive.clean)
+    np.testing.assert_allclose(low, fp32, atol=0.03)
+    assert (low.argmax(1) == fp32.argmax(1)).mean() >= 0.95
+
+
+def test_playground_and_export(tiny_lab, tmp_path):
+    import io
+    import zipfile
+
+    probs = lab.predict_texts(tiny_lab.pair.ft, tiny_lab.pair.tokenizer, [lab.with_trigger("the movie was bad", ("cf",))])
+    assert probs.shape == (1, 2) and abs(probs.sum() - 1) < 1e-5
+    bench = lab.Workbench(tiny_lab)
+    bench.defend(DefenseConfig(method="fine-tuning", train=TrainConfig(lr=1e-3, epochs=1.0, batch_size=8)), 16)
+    blob = lab.export_zip(tiny_lab, bench.defended, bench.defended_row)
+    names = zipfile.ZipFile(io.BytesIO(blob)).namelist()
+    assert any(n.endswith("model.safetensors") for n in names) and any(n.endswith("finemix.json") for n in names)
