@@ -9,7 +9,6 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 TIMEOUT = 120
 
