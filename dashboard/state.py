@@ -104,6 +104,12 @@ def current() -> tuple[lab.LabModel, lab.Workbench] | None:
     return lm, bench
 
 
+def bf16_ok(lm: lab.LabModel) -> bool:
+    from finemix_core.bench import bf16_supported
+
+    return bf16_supported(lm.ctx.device)
+
+
 def describe(lm: lab.LabModel) -> None:
     es = lm.interactive
     trig = "+".join(lm.trigger) if lm.trigger else "none known"

@@ -31,7 +31,7 @@ from finemix_core.defenses import DefenseConfig, defend
 from finemix_core.encoding import encode
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import predict, score
-from finemix_core.mixing import MixConfig, mix
+from finemix_core.mixing import MixConfig, mix_into
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
         bench.mix_scores(float(next(rhos)))
 
     def mix_only() -> None:
-        model.load_state_dict(mix(lm.pair, MixConfig(rho=float(next(rhos)))), strict=False)
+        mix_into(lm.pair, MixConfig(rho=float(next(rhos))), bench.params)
 
     log("timing bare forward, slider step, mix alone …")
     t_bare = _median_seconds(bare, cfg.repeats, sync)

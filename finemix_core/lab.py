@@ -29,7 +29,7 @@ from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
 from finemix_core.experiment import Context, prepare, record, run_defense, save_defended
-from finemix_core.mixing import MixConfig, mix
+from finemix_core.mixing import MixConfig, mix_into
 from finemix_core.models import CARD_NAME, load_classifier
 from finemix_core.train import Progress
 from finemix_core.triggers import example_rng, insert_trigger
@@ -93,15 +93,23 @@ class Workbench:
     def __init__(self, lab: LabModel):
         self.lab = lab
         self.model = lab.pair.working_copy().to(lab.ctx.device).eval()
+        self.params = self.model.state_dict()  # views into the working model: mixes are written here in place
         self.state_label = "θ_FT"  # what the working model holds now
+        self.fast = False  # bf16 autocast for the live view (off by default; see `finemix bench`)
         self.defended: DefenseResult | None = None  # the last fine-tuned result of this session
         self.defended_row: dict | None = None
 
     def mix_scores(self, rho: float, mode: str = "random", seed: int = 0) -> Scores:
         """The mix-only path: mix from cached Δ, load into the working model, score the interactive set."""
-        state = mix(self.lab.pair, MixConfig(rho=rho, mode=mode, seed=seed))
-        self.model.load_state_dict(state, strict=False)
+        mix_into(self.lab.pair, MixConfig(rho=rho, mode=mode, seed=seed), self.params)
         self.state_label = f"mix ρ={rho:g} ({mode})"
+        return self.score()
+
+    def score(self) -> Scores:
+        """The live set through the working model; bf16 autocast when the fast path is on (approximate)."""
+        if self.fast:
+            with torch.autocast(self.lab.ctx.device.type, dtype=torch.bfloat16):
+                return score(self.model, self.lab.interactive)
         return score(self.model, self.lab.interactive)
 
     def sweep(self, rhos: list[float], mode: str = "random", seed: int = 0) -> pd.DataFrame:
@@ -151,7 +159,7 @@ def purified_scores(lab: LabModel, bench: Workbench, tab: pd.DataFrame) -> Score
     state = purify(lab.pair, lab.pair.ft_state(), tab.loc[tab.flagged, "id"].tolist())
     bench.model.load_state_dict(state, strict=False)
     bench.state_label = f"E-PUR K={int(tab.flagged.sum())}"
-    return score(bench.model, lab.interactive)
+    return bench.score()
 
 
 def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str]) -> np.ndarray:

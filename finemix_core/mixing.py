@@ -54,37 +54,79 @@ def sorted_mask(delta: torch.Tensor, rho: float) -> torch.Tensor:
     return mask.view(delta.shape)
 
 
+def _rank_of(order: torch.Tensor) -> torch.Tensor:
+    """rank[order[i]] = i: an element is kept at ρ iff its rank < round(ρ·n)."""
+    rank = torch.empty(len(order), dtype=torch.int32)
+    rank[order] = torch.arange(len(order), dtype=torch.int32)
+    return rank
+
+
+def ranks(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
+    """Per shared tensor, every element's position in the keep order, cached on the pair.
+
+    Random: the inverse of the same seeded permutations `random_mask` draws (same generator, same tensor
+    order), so `rank < round(ρ·n)` is exactly `random_mask`. Sorted: positions by descending |Δ|. A slider
+    move then costs one comparison per element instead of a permutation or a top-k.
+    """
+    key = (cfg.mode, cfg.scope if cfg.mode == "sorted" else "tensor", cfg.seed if cfg.mode == "random" else None)
+    cache = pair.mask_ranks
+    if key not in cache:
+        if len(cache) >= 2:  # bounded: int32 ranks cost as much memory as the model
+            cache.pop(next(iter(cache)))
+        delta = pair.delta
+        if cfg.mode == "random":
+            gen = torch.Generator().manual_seed(cfg.seed)
+            cache[key] = {k: _rank_of(torch.randperm(d.numel(), generator=gen)).view(d.shape) for k, d in delta.items()}
+        elif cfg.scope == "tensor":
+            cache[key] = {k: _rank_of(torch.argsort(d.abs().flatten(), descending=True, stable=True)).view(d.shape) for k, d in delta.items()}
+        else:
+            flat = torch.cat([d.abs().flatten() for d in delta.values()])
+            whole = _rank_of(torch.argsort(flat, descending=True, stable=True))
+            out, start = {}, 0
+            for k, d in delta.items():
+                out[k] = whole[start : start + d.numel()].view(d.shape)
+                start += d.numel()
+            cache[key] = out
+    return cache[key]
+
+
 def masks(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
     _check(cfg)
-    delta = pair.delta
-    if cfg.mode == "random":
-        gen = torch.Generator().manual_seed(cfg.seed)
-        return {k: random_mask(d.shape, cfg.rho, gen) for k, d in delta.items()}
-    if cfg.scope == "tensor":
-        return {k: sorted_mask(d, cfg.rho) for k, d in delta.items()}
-    flat = torch.cat([d.abs().flatten() for d in delta.values()])
-    whole = sorted_mask(flat, cfg.rho)
-    out, start = {}, 0
-    for k, d in delta.items():
-        out[k] = whole[start : start + d.numel()].view(d.shape)
-        start += d.numel()
-    return out
+    r = ranks(pair, cfg)
+    if cfg.mode == "sorted" and cfg.scope == "global":
+        keep = round(cfg.rho * sum(t.numel() for t in r.values()))
+        return {k: t < keep for k, t in r.items()}
+    return {k: t < round(cfg.rho * t.numel()) for k, t in r.items()}
+
+
+@torch.no_grad()
+def mix_into(pair: ModelPair, cfg: MixConfig, target: dict[str, torch.Tensor]) -> None:
+    """Write θ_mix into existing tensors (a working model's state_dict views): no allocation of a new state.
+
+    The lab calls this on every slider move; `target` must belong to a private copy, never to the pair.
+    """
+    _check(cfg)
+    ft = pair.ft_state()
+    if cfg.rho == 1.0:
+        for k in pair.shared_keys:
+            target[k].copy_(ft[k])
+    else:
+        for k, m in masks(pair, cfg).items():
+            torch.where(m, ft[k], pair.pt_state[k], out=target[k])
+    for k in pair.head_keys:
+        target[k].copy_(ft[k])
 
 
 def mix(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
     """New state dict: shared tensors mixed, head tensors from θ_FT (or re-initialised)."""
-    _check(cfg)
     ft = pair.ft_state()
-    if cfg.rho == 1.0:
-        mixed = {k: ft[k].clone() for k in pair.shared_keys}
-    else:
-        m = masks(pair, cfg)
-        mixed = {k: torch.where(m[k], ft[k], pt) for k, pt in pair.pt_state.items()}
-    head = {k: ft[k].clone() for k in pair.head_keys}
+    out = {k: torch.empty_like(ft[k]) for k in (*pair.shared_keys, *pair.head_keys)}
+    mix_into(pair, cfg, out)
+    head = {k: out[k] for k in pair.head_keys}
     if cfg.reinit_head:  # BERT's own init: weights ~ N(0, initializer_range), biases 0
         gen = torch.Generator().manual_seed(cfg.seed)
         std = getattr(pair.ft.config, "initializer_range", 0.02)
         for k, v in head.items():
             if v.is_floating_point():
                 head[k] = torch.randn(v.shape, generator=gen, dtype=v.dtype) * std if k.endswith("weight") else torch.zeros_like(v)
-    return {**mixed, **head}
+    return {**out, **head}

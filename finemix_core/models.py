@@ -115,6 +115,8 @@ class ModelPair:
     ft_source: str
     pt_source: str
     card: dict = field(default_factory=dict)
+    # mixing.ranks caches keep orders here; init=False so dataclasses.replace (a new θ_FT) starts empty
+    mask_ranks: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
     def shared_keys(self) -> tuple[str, ...]:

@@ -88,3 +88,36 @@ def test_reinit_head_replaces_the_classifier(pair):
 def test_bad_mix_configs(pair, cfg, msg):
     with pytest.raises(FinemixError, match=msg):
         mix(pair, cfg)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.77, 1.0])
+def test_cached_rank_masks_equal_the_direct_definitions(pair, rho):
+    from finemix_core.mixing import random_mask, sorted_mask
+
+    gen = torch.Generator().manual_seed(5)  # same generator, same tensor order as the cached ranks
+    got = masks(pair, MixConfig(rho=rho, seed=5))
+    for k, d in pair.delta.items():
+        assert torch.equal(got[k], random_mask(d.shape, rho, gen))
+    srt = masks(pair, MixConfig(rho=rho, mode="sorted"))
+    for k, d in pair.delta.items():
+        assert torch.equal(srt[k], sorted_mask(d, rho))  # no ties in a random Δ
+
+
+def test_mix_into_writes_in_place_and_matches_mix(pair):
+    from finemix_core.mixing import mix_into
+
+    model = pair.working_copy()
+    params = model.state_dict()
+    ptrs = {k: v.data_ptr() for k, v in params.items()}
+    for rho, mode in ((0.2, "random"), (0.6, "sorted"), (1.0, "random")):
+        mix_into(pair, MixConfig(rho=rho, mode=mode), params)
+        ref = mix(pair, MixConfig(rho=rho, mode=mode))
+        now = model.state_dict()
+        assert all(torch.equal(now[k], ref[k]) for k in ref)
+        assert all(now[k].data_ptr() == ptrs[k] for k in ptrs)  # the same storage: nothing re-allocated
+
+
+def test_rank_cache_is_bounded(pair):
+    for seed in range(5):
+        masks(pair, MixConfig(rho=0.5, seed=seed))
+    assert len(pair.mask_ranks) <= 2

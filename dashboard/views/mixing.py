@@ -45,8 +45,11 @@ def live() -> None:
               help="random: uniform positions; sorted: keep the largest |θ_FT − θ_PT|")
     right.number_input("seed", 0, 2**31 - 1, key=state.bind("seed"), on_change=state.commit, args=("seed",))
     rho, mode, seed = ss["rho"], ss["mode"], ss["seed"]
+    if state.bf16_ok(lm):
+        bench.fast = st.toggle("bf16 fast path (approximate; off by default)", key="fast_path",
+                               help="bf16 autocast for the live set only; `finemix bench` measures its speed and agreement with fp32")
     mixed = bench.mix_scores(rho, mode, seed)
-    st.markdown(f"**Mix only** at ρ = {rho:g} ({mode} mask, seed {seed}) — no fine-tuning")
+    st.markdown(f"**Mix only** at ρ = {rho:g} ({mode} mask, seed {seed}) — no fine-tuning" + (" · bf16" if bench.fast else ""))
     metric_row("mix", mixed, lm.backdoored, lm.floor)
     tuned_key = (lm.name, rho, mode, seed)
     tuned_points = ss.setdefault("_tuned", {})
