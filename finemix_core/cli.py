@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -172,15 +173,31 @@ def evaluate_cmd(
 # ---- defenses ----
 
 
-def _progress_bar(desc: str):
-    bar = tqdm(desc=desc, unit="step", file=sys.stderr, leave=False)
+class _ProgressBar:
+    """A tqdm bar created on the first step, so an early error prints its one line and nothing else."""
 
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
 
-    return bar, update
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(desc=self.desc, unit="step", file=sys.stderr, leave=False)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def check_writable(out: Path) -> None:
+    """Fail before hours of work when the output cannot be written: its nearest existing folder must be writable."""
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise FinemixError(f"cannot write {out}: {parent} is not a writable folder; choose another --out")
 
 
 def _rho(spec: str) -> float | None:
@@ -226,8 +243,13 @@ def defend_cmd(
 
     if out.exists() and not overwrite:
         raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
+    check_writable(out)
     if limit is not None and limit <= 0:
         raise FinemixError(f"--limit must be positive, got {limit}")
+    if clean_size <= 0:
+        raise FinemixError(f"--clean-size must be positive, got {clean_size}")
+    if epur_k < 0:
+        raise FinemixError(f"--epur-k {epur_k} must be ≥ 0")
     train = DEFENSE_TRAIN
     if lr is not None or epochs is not None:
         if (lr is not None and lr <= 0) or (epochs is not None and epochs <= 0):
@@ -235,14 +257,16 @@ def defend_cmd(
         train = dataclasses.replace(train, lr=lr or train.lr, epochs=epochs or train.epochs)
     cfg = DefenseConfig(method=method, rho=_rho(rho), epur=EpurConfig(k=epur_k, floor=epur_floor), seed=seed, train=train)
     ctx = experiment.prepare(
-        model, pretrained, clean_data, trigger=parse_trigger(trigger) if trigger else None, target=target,
+        model, pretrained, clean_data, trigger=parse_trigger(trigger) if trigger is not None else None, target=target,
         eval_limit=limit, allow_pickle=allow_pickle, device=best_device(),
     )
-    if epur_k > len(ctx.pair.tokenizer):
-        raise FinemixError(f"--epur-k {epur_k} is larger than the vocabulary ({len(ctx.pair.tokenizer)}); lower it")
-    bar, update = _progress_bar(f"{method}")
-    result, row = experiment.run_defense(ctx, cfg, clean_size, progress=update, log=lambda m: tqdm.write(m, file=sys.stderr))
-    bar.close()
+    if cfg.uses_epur and epur_k > len(ctx.pair.tokenizer):
+        raise FinemixError(f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range")
+    bar = _ProgressBar(method)
+    try:
+        result, row = experiment.run_defense(ctx, cfg, clean_size, progress=bar, log=lambda m: tqdm.write(m, file=sys.stderr))
+    finally:
+        bar.close()
     experiment.save_defended(ctx, result, row, out, overwrite)
     experiment.record("defend", {**row, "out": str(out)})
     if as_json:
@@ -281,6 +305,7 @@ def sweep_cmd(
         raise FinemixError(f"unknown mask mode '{mode}'; use one of {', '.join(MODES)}")
     if out.exists() and not overwrite:
         raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
+    check_writable(out)
     values = experiment.parse_range(rhos)
     ctx = experiment.prepare(model, eval_limit=limit, device=best_device())
     if ctx.eval_set.trigger is None:
@@ -299,10 +324,14 @@ def sweep_cmd(
 
 def write_csv_atomic(frame, out: Path) -> None:
     """Write a CSV beside its destination, then rename it into place (never a half file)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(tmp, index=False)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        raise FinemixError(f"cannot write {out}: {exc.strerror or exc}; choose a writable folder with free space") from None
 
 
 @app.command("report")
@@ -333,6 +362,7 @@ def report_cmd(
     bad = [m for m in chosen if m not in METHODS]
     if bad:
         raise FinemixError(f"unknown method '{bad[0]}'; use one of {', '.join(METHODS)}")
+    check_writable(out)
     seed_list = ints(seeds, "seeds")
     if not seed_list:
         raise FinemixError("--seeds needs at least one seed")

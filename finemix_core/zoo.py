@@ -65,10 +65,13 @@ def _clean_stale(root: Path) -> None:
 
 def atomic_save_dir(dest: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Write a folder under a temporary name beside `dest`, then rename it into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists() and not overwrite:
         raise FinemixError(f"output {dest} exists; choose another path or pass --overwrite")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    except OSError as exc:
+        raise FinemixError(f"cannot write {dest}: {exc.strerror or exc}; choose a writable folder with free space") from None
     try:
         write(tmp)
         if dest.exists():
@@ -78,6 +81,9 @@ def atomic_save_dir(dest: Path, write: Callable[[Path], None], overwrite: bool =
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(dest)
+    except OSError as exc:  # disk full, permissions: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FinemixError(f"cannot write {dest}: {exc.strerror or exc}; choose a writable folder with free space") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
