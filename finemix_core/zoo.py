@@ -63,13 +63,32 @@ def _clean_stale(root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _clean_dead_tmp(dest: Path) -> None:
+    """Remove temp folders for `dest` left by killed writers (their pid is gone); live writers keep theirs."""
+    for tmp in dest.parent.glob(f".tmp-{dest.name}-*"):
+        pid = tmp.name.removeprefix(f".tmp-{dest.name}-").split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_save_dir(dest: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Write a folder under a temporary name beside `dest`, then rename it into place."""
     if dest.exists() and not overwrite:
         raise FinemixError(f"output {dest} exists; choose another path or pass --overwrite")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+        _clean_dead_tmp(dest)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-{os.getpid()}-", dir=dest.parent))
     except OSError as exc:
         raise FinemixError(f"cannot write {dest}: {exc.strerror or exc}; choose a writable folder with free space") from None
     try:
