@@ -153,6 +153,7 @@ def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
     labels = pd.to_numeric(df["label"], errors="coerce")
     if labels.isna().any() or (labels % 1 != 0).any():
         bad = df["label"][labels.isna() | (labels % 1 != 0)].iloc[0]
+        bad = bad.item() if hasattr(bad, "item") else bad  # numpy scalar → plain Python for the message
         raise FinemixError(f"{source}: label {bad!r} is not an integer; use integer class ids 0..k-1")
     labels = labels.astype(int)
     if labels.min() < 0:
