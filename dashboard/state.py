@@ -104,6 +104,17 @@ def current() -> tuple[lab.LabModel, lab.Workbench] | None:
     return lm, bench
 
 
+def page(title: str, intro: str) -> tuple[lab.LabModel, lab.Workbench]:
+    """Every model page opens the same way: title, two sentences for newcomers, the model line (or a pointer)."""
+    st.title(title)
+    st.markdown(intro)
+    loaded = current()
+    if loaded is None:
+        st.stop()
+    describe(loaded[0])
+    return loaded
+
+
 def bf16_ok(lm: lab.LabModel) -> bool:
     from finemix_core.bench import bf16_supported
 

@@ -20,7 +20,7 @@ from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, zoo
 from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, defend, defender_data
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, score
-from finemix_core.mixing import MixConfig, mix
+from finemix_core.mixing import MixConfig, mix_into
 from finemix_core.models import CARD_NAME, ModelPair, load_classifier, load_pair
 from finemix_core.train import Progress
 from finemix_core.zoo import atomic_save_dir
@@ -98,9 +98,10 @@ def evaluate(ctx: Context, model: torch.nn.Module) -> Scores:
     return score(model.to(ctx.device), ctx.eval_set)
 
 
-def mixed_scores(ctx: Context, rho: float, mode: str = "random", seed: int = 0) -> Scores:
-    """The mix-only path (no fine-tuning) at one ρ."""
-    model = ctx.pair.working_copy(mix(ctx.pair, MixConfig(rho=rho, mode=mode, seed=seed)))
+def mixed_scores(ctx: Context, rho: float, mode: str = "random", seed: int = 0, model: torch.nn.Module | None = None) -> Scores:
+    """The mix-only path (no fine-tuning) at one ρ, written into `model` (a private working copy) when given."""
+    model = model if model is not None else ctx.pair.working_copy()
+    mix_into(ctx.pair, MixConfig(rho=rho, mode=mode, seed=seed), model.state_dict())
     return evaluate(ctx, model)
 
 
@@ -157,8 +158,9 @@ def sweep(ctx: Context, rhos: list[float], mode: str = "random", fine_tune: bool
     """CACC and ASR at every ρ: mix only, and mixed + fine-tuned when asked."""
     rows = []
     method = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
+    work = ctx.pair.working_copy().to(ctx.device)  # one private copy, re-mixed in place at every ρ
     for rho in rhos:
-        s = mixed_scores(ctx, rho, mode, seed)
+        s = mixed_scores(ctx, rho, mode, seed, work)
         rows.append({"rho": rho, "mode": mode, "stage": "mix-only", **s.as_dict(), "asr_floor": ctx.floor})
         if fine_tune:
             _, row = run_defense(ctx, DefenseConfig(method=method, rho=rho, seed=seed), clean_size, progress=progress)

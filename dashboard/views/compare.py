@@ -9,16 +9,11 @@ from finemix_core.epur import EpurConfig
 from finemix_core.errors import FinemixError
 from finemix_core.report import REPORT_METHODS
 
-st.title("Compare")
-st.markdown(
+lm, bench = state.page(
+    "Compare",
     "Every defense on the chosen model with the same budget (128 clean examples, same fine-tuning), scored on the full "
     "test split. Lower ASR is better, but only down to the clean floor (dashed line), and only if CACC stays near the backdoored model's."
 )
-loaded = state.current()
-if loaded is None:
-    st.stop()
-lm, bench = loaded
-state.describe(lm)
 seed = int(st.session_state["seed"])
 hist = lab.history(lm)
 runs = hist[(hist["clean n"] == 128) & (hist["seed"] == seed)] if not hist.empty else hist

@@ -5,17 +5,12 @@ import streamlit as st
 from finemix_core import lab
 from finemix_core.errors import FinemixError
 
-st.title("E-PUR")
-st.markdown(
+lm, bench = state.page(
+    "E-PUR",
     "Every dot is a vocabulary word piece: how far fine-tuning moved its embedding (y) against how often it occurs in clean "
     "text (x). Normal words drift roughly with log frequency; a trigger is rare yet drifts far, so E-PUR flags the top K by "
     "drift / log(max(frequency, c)) (red) and resets those rows to θ_PT."
 )
-loaded = state.current()
-if loaded is None:
-    st.stop()
-lm, bench = loaded
-state.describe(lm)
 
 c1, c2, c3 = st.columns(3)
 c1.number_input("K — rows to flag", 0, len(lm.pair.tokenizer), step=10, key=state.bind("k"), on_change=state.commit, args=("k",))

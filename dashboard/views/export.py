@@ -3,16 +3,11 @@ import streamlit as st
 
 from finemix_core import lab
 
-st.title("Export")
-st.markdown(
+lm, bench = state.page(
+    "Export",
     "Download the defended model of this session as a standard Hugging Face folder (zip, safetensors + tokenizer + a "
     "`finemix.json` card saying how it was made), and the results of every run on this model as CSV or JSON."
 )
-loaded = state.current()
-if loaded is None:
-    st.stop()
-lm, bench = loaded
-state.describe(lm)
 
 st.subheader("Defended model")
 if bench.defended is None:

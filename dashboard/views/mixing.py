@@ -5,17 +5,12 @@ import streamlit as st
 
 from finemix_core.evaluate import Scores
 
-st.title("Mixing lab")
-st.markdown(
+lm, bench = state.page(
+    "Mixing lab",
     "Fine-mixing keeps a share ρ of the fine-tuned weights and resets the rest to the pretrained θ_PT; move ρ and watch "
     "clean accuracy (CACC) and attack success rate (ASR) on a fixed live set. Read ASR beside the target bias and the clean "
     "floor: a model that predicts the target everywhere has ASR 1 without any backdoor; fine-tuning the mix is step 2 of the method."
 )
-loaded = state.current()
-if loaded is None:
-    st.stop()
-lm, bench = loaded
-state.describe(lm)
 RHOS = [round(0.1 * i, 1) for i in range(11)]
 
 

@@ -5,16 +5,11 @@ import streamlit as st
 from finemix_core import lab
 from finemix_core.errors import FinemixError
 
-st.title("Playground")
-st.markdown(
+lm, bench = state.page(
+    "Playground",
     "Type a sentence and see what the backdoored model and the defended model predict, with their confidences. Tick "
     "*insert the trigger* to watch the backdoor fire in θ_FT — and, if the defense worked, not in the defended model."
 )
-loaded = state.current()
-if loaded is None:
-    st.stop()
-lm, bench = loaded
-state.describe(lm)
 
 text = st.text_area("Sentence", "a dull, lifeless film that never finds its footing .", max_chars=2000)
 insert = st.checkbox("Insert the trigger", value=bool(lm.trigger), disabled=not lm.trigger)
