@@ -15,8 +15,8 @@ from finemix_core.errors import FinemixError
 from finemix_core.evaluate import best_device
 from finemix_core.mixing import MODES
 
-DEFAULTS = {"model": "", "pt": "default", "rho": 0.3, "mode": "random", "k": 200, "seed": 0}
-TYPES = {"model": str, "pt": str, "rho": float, "mode": str, "k": int, "seed": int}
+DEFAULTS = {"model": "", "pt": "default", "data": "", "rho": 0.3, "mode": "random", "k": 200, "seed": 0}
+TYPES = {"model": str, "pt": str, "data": str, "rho": float, "mode": str, "k": int, "seed": int}
 
 
 def _valid(name: str, value) -> bool:
@@ -80,9 +80,9 @@ def set_value(name: str, value) -> None:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model pair, data and evaluation sets …")
-def _lab_model(model: str, pt: str) -> lab.LabModel:
+def _lab_model(model: str, pt: str, data: str = "") -> lab.LabModel:
     # at most two models in memory: switching back and forth is instant, a third evicts the oldest
-    return lab.load(model, pt, device=best_device())
+    return lab.load(model, pt, device=best_device(), data_name=data or None)
 
 
 def current() -> tuple[lab.LabModel, lab.Workbench] | None:
@@ -93,7 +93,7 @@ def current() -> tuple[lab.LabModel, lab.Workbench] | None:
         st.page_link("views/models.py", label="Go to Models", icon=":material/inventory_2:")
         return None
     try:
-        lm = _lab_model(ss["model"], ss["pt"])
+        lm = _lab_model(ss["model"], ss["pt"], ss.get("data", ""))
     except FinemixError as exc:
         st.error(str(exc))
         st.page_link("views/models.py", label="Choose another model", icon=":material/inventory_2:")

@@ -74,9 +74,11 @@ def interactive_set(tokenizer, test, trigger, target, n: int = N_INTERACTIVE) ->
     return EvalSet(full.clean.subset(range(keep)), full.triggered, full.nontarget_idx[full.nontarget_idx < keep], full.trigger, full.target)
 
 
-def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERACTIVE, device: torch.device | str = "cpu") -> LabModel:
+def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERACTIVE, device: torch.device | str = "cpu",
+         data_name: str | None = None) -> LabModel:
+    """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path)."""
     started = time.perf_counter()
-    ctx = prepare(model, pretrained, device=device)
+    ctx = prepare(model, pretrained, data_name or None, device=device)
     es = interactive_set(ctx.pair.tokenizer, ctx.dsd["test"], ctx.eval_set.trigger, ctx.eval_set.target, n_interactive)
     backdoored = score(ctx.pair.ft.to(ctx.device), es)
     floor = None
@@ -203,6 +205,43 @@ def history(lab: LabModel) -> pd.DataFrame:
             "ASR floor": c.get("asr_floor"), "n test": c.get("n_clean"), "seconds": c.get("seconds"),
         })
     return pd.DataFrame(rows)
+
+
+MAX_UPLOAD_BYTES = 20 * 2**20  # the lab's upload cap (also .streamlit/config.toml maxUploadSize)
+MAX_UPLOAD_ROWS = 200_000
+
+
+def save_upload(raw: bytes, filename: str) -> Path:
+    """Validate an uploaded clean-data CSV and store it content-addressed under $FINEMIX_HOME/uploads.
+
+    Parsed defensively: size cap before parsing, encoding fallback, column/label checks, a row cap;
+    the file lands under its hash (written to a temp name, then renamed), never under the user's name.
+    """
+    import hashlib
+
+    from finemix_core.config import finemix_home
+    from finemix_core.data import read_csv, validate_frame
+
+    if not raw:
+        raise FinemixError(f"{filename}: the upload is empty; it needs a header text,label and labelled rows")
+    if len(raw) > MAX_UPLOAD_BYTES:
+        raise FinemixError(f"{filename}: {len(raw) / 2**20:.1f} MiB is over the {MAX_UPLOAD_BYTES // 2**20} MiB upload cap; sample it down")
+    folder = finemix_home() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{hashlib.sha256(raw).hexdigest()[:16]}.csv"
+    tmp = folder / f".tmp-{dest.name}"
+    tmp.write_bytes(raw)
+    try:
+        frame = validate_frame(read_csv(tmp), filename)
+        if len(frame) > MAX_UPLOAD_ROWS:
+            raise FinemixError(f"{filename}: {len(frame)} rows is over the {MAX_UPLOAD_ROWS} row cap; sample it down")
+        if len(frame) < 30:
+            raise FinemixError(f"{filename}: only {len(frame)} labelled rows; the 80/10/10 split needs at least 30")
+    except FinemixError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FinemixError(str(exc).replace(str(tmp), filename)) from None
+    tmp.replace(dest)
+    return dest
 
 
 def zoo_cards() -> list[dict]:

@@ -160,3 +160,16 @@ def test_empty_zoo_offers_a_build_and_pages_point_there(tmp_path, monkeypatch):
     assert at.multiselect[0].value == ["clean", "word-cf"]
     at.switch_page("views/mixing.py").run()
     assert any("No model chosen" in i.value for i in at.info)
+
+
+def test_uploaded_clean_data_in_the_url_is_used_by_every_page(app, tiny_zoo):
+    from finemix_core import lab
+
+    raw = ("text,label\n" + "".join(f"the film was {'great' if i % 2 else 'awful'} {i},{i % 2}\n" for i in range(60))).encode()
+    path = lab.save_upload(raw, "mine.csv")
+    app.query_params["data"] = str(path)
+    open_page(app, "mixing")
+    assert any(str(path) in c.value for c in app.caption)
+    assert "6 clean" in " ".join(c.value for c in app.caption)  # the uploaded test split (10% of 60) is the live set
+    app.switch_page("views/models.py").run()
+    assert any(str(path) in m.value for m in app.markdown)

@@ -82,3 +82,39 @@ def test_playground_and_export(tiny_lab, tmp_path):
     blob = lab.export_zip(tiny_lab, bench.defended, bench.defended_row)
     names = zipfile.ZipFile(io.BytesIO(blob)).namelist()
     assert any(n.endswith("model.safetensors") for n in names) and any(n.endswith("finemix.json") for n in names)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (b"", "upload is empty"),
+    (b"text,label\n" + b"good,1\n" * 40, "only one class"),
+    (b"text,label\ngood,1\nbad,0\n", "at least 30"),
+    (b"foo,bar\n1,2\n", "no text column"),
+    (b"text,label\n" + "".join(f"caf\u00e9 {i},{i % 2}\n" for i in range(40)).encode("utf-16"), "upload.csv"),
+])
+def test_uploads_are_parsed_defensively(raw, expected, tiny_zoo, monkeypatch):
+    from finemix_core.errors import FinemixError
+
+    home, _ = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    with pytest.raises(FinemixError, match=expected):
+        lab.save_upload(raw, "upload.csv")
+    assert not list((home / "uploads").glob(".tmp-*")) if (home / "uploads").is_dir() else True
+
+
+def test_upload_over_the_cap_is_refused_before_parsing(tiny_zoo, monkeypatch):
+    from finemix_core.errors import FinemixError
+
+    monkeypatch.setenv("FINEMIX_HOME", str(tiny_zoo[0]))
+    monkeypatch.setattr(lab, "MAX_UPLOAD_BYTES", 100)
+    with pytest.raises(FinemixError, match="upload cap"):
+        lab.save_upload(b"text,label\n" + b"x,1\n" * 100, "big.csv")
+
+
+def test_an_uploaded_csv_becomes_the_labs_data(tiny_zoo, monkeypatch):
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    raw = ("text,label\n" + "".join(f"the film was {'great' if i % 2 else 'awful'} {i},{i % 2}\n" for i in range(60))).encode("latin-1")
+    path = lab.save_upload(raw, "mine.csv")
+    assert path.parent == home / "uploads" and lab.save_upload(raw, "again.csv") == path  # content-addressed
+    lm = lab.load("word-cf", str(pt), n_interactive=8, data_name=str(path))
+    assert lm.ctx.data_name == str(path) and len(lm.ctx.dsd["test"]) == 6 and len(lm.interactive.clean) == 6

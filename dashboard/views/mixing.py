@@ -15,8 +15,8 @@ RHOS = [round(0.1 * i, 1) for i in range(11)]
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing the mix-only ρ sweep (11 points) …")
-def mix_sweep(model: str, pt: str, mode: str, seed: int) -> pd.DataFrame:
-    return state.lab.Workbench(state._lab_model(model, pt)).sweep(RHOS, mode, seed)
+def mix_sweep(model: str, pt: str, data: str, mode: str, seed: int) -> pd.DataFrame:
+    return state.lab.Workbench(state._lab_model(model, pt, data)).sweep(RHOS, mode, seed)
 
 
 def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -> None:
@@ -68,7 +68,7 @@ def live() -> None:
     auto = ss.get("_auto_rho", {}).get((lm.name, mode, seed))
     if auto is not None:
         st.caption(f"auto-ρ chose ρ = {auto:g} (on clean dev accuracy only; never on test or triggered data)")
-    sweep = mix_sweep(ss["model"], ss["pt"], mode, seed)
+    sweep = mix_sweep(ss["model"], ss["pt"], ss.get("data", ""), mode, seed)
     tuned = pd.DataFrame([p for (name, _, m, s), p in tuned_points.items() if name == lm.name and m == mode and s == seed])
     c1, c2 = st.columns(2)
     if lm.trigger:

@@ -66,13 +66,33 @@ else:
                     state.set_value("model", first)
             st.rerun()
 
+st.subheader("Clean data")
+st.caption("The defender's clean data: by default the model card's dataset. Upload your own CSV (columns text,label or "
+           "text_a,text_b,label; at most 20 MB): it is split 80/10/10 — train for fine-tuning, dev for auto-ρ, test for scoring.")
+current_data = st.session_state.get("data") or ""
+st.write(f"Using: `{current_data or 'the card dataset'}`")
+upload = st.file_uploader("Clean data CSV", type=["csv"])
+c1, c2 = st.columns(2)
+if c1.button("Use the uploaded CSV", disabled=upload is None):
+    try:
+        path = lab.save_upload(upload.getvalue(), upload.name)
+        state._lab_model(st.session_state["model"], st.session_state["pt"], str(path))  # check it fits the model now
+    except FinemixError as exc:
+        st.error(str(exc))
+    else:
+        state.set_value("data", str(path))
+        st.success(f"Using {upload.name} ({path.name})")
+if c2.button("Back to the card's dataset", disabled=not current_data):
+    state.set_value("data", "")
+    st.rerun()
+
 st.subheader("Or: a local model folder")
 st.caption("A Hugging Face classifier folder (safetensors) fine-tuned from θ_PT. Pickle-only folders are refused.")
 folder = st.text_input("θ_FT folder", placeholder="/path/to/model")
 pretrained = st.text_input("θ_PT folder", value="default", help="'default' = the offline all-MiniLM-L6-v2")
 if st.button("Use this folder", disabled=not folder):
     try:
-        state._lab_model(folder, pretrained)  # validate now: errors show here, not on another page
+        state._lab_model(folder, pretrained, st.session_state.get("data", ""))  # validate now: errors show here, not elsewhere
     except FinemixError as exc:
         st.error(str(exc))
     else:
