@@ -37,6 +37,7 @@ from finemix_core.mixing import MixConfig, mix_into
 @dataclass(frozen=True)
 class BenchConfig:
     model: str | None = None  # zoo entry (None: word-cf, else the first backdoored entry)
+    pretrained: str = "default"  # θ_PT
     device: str = "cpu"  # cpu | cuda
     repeats: int = 5  # timed repetitions per measurement (median reported)
     n_live: int = lab.N_INTERACTIVE  # live set: clean and triggered examples each
@@ -86,6 +87,35 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+LAB_MEMORY_PROBE = """
+import json, sys
+from finemix_core import lab
+names = sys.argv[1:]
+held = []
+for name in names:
+    lm = lab.load(name, device="cpu")
+    bench = lab.Workbench(lm)
+    bench.mix_scores(0.5)
+    held.append((lm, bench))
+rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+print(json.dumps({"models": names, "rss_mib": rss / 1024}))
+"""
+
+
+def lab_memory(names: list[str]) -> dict | None:
+    """RSS of a fresh process holding what the lab holds for each model: pair, Δ, data, live set, one workbench."""
+    import json
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").exists():
+        return None
+    out = subprocess.run([sys.executable, "-c", LAB_MEMORY_PROBE, *names], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise FinemixError(f"lab memory probe failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -93,7 +123,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = cfg.model or _default_model()
     log(f"loading {name} …")
-    lm = lab.load(name, n_interactive=cfg.n_live, device=device)
+    lm = lab.load(name, cfg.pretrained, n_interactive=cfg.n_live, device=device)
     bench = lab.Workbench(lm)
     es = lm.interactive
     sets = [es.clean] + ([es.triggered] if es.triggered is not None else [])
@@ -165,6 +195,9 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
 
     cards = {c["name"]: c for c in zoo.read_entries()}
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    others = [n for n, c in cards.items() if n != name and c["attack"] != "clean"]
+    log("measuring a fresh lab process with two models loaded …")
+    memory = lab_memory([name, others[0]]) if others and device.type == "cpu" else None
     return {
         "model": name, "device": device.type, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -175,5 +208,6 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
         "tokens_per_s": tokens / t_bare, "gflops_per_s": 2 * non_embedding * tokens / t_bare / 1e9,
         "fast_path": fast, "fine_mix_end_to_end_s": e2e,
         "zoo_build_s": {n: c.get("build_seconds") for n, c in cards.items()},
-        "peak_rss_mib": rss_mib, "repeats": cfg.repeats,
+        "peak_rss_mib": rss_mib, "lab_two_models_rss_mib": None if memory is None else memory["rss_mib"],
+        "lab_memory_models": None if memory is None else memory["models"], "repeats": cfg.repeats,
     }

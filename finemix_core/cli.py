@@ -436,7 +436,9 @@ def bench_cmd(
          f"{fast['cacc_bf16']:.3f}/{fast['asr_bf16']:.3f} vs {fast['cacc_fp32']:.3f}/{fast['asr_fp32']:.3f}", "within 0.01"),
         ("fine-mix end to end (s)", "skipped" if res["fine_mix_end_to_end_s"] is None else f"{res['fine_mix_end_to_end_s']:.1f}",
          "≤ 30 (CPU), ≤ 3 (H100)"),
-        ("peak RSS of this process (MiB)", f"{res['peak_rss_mib']:.0f}", ""),
+        ("peak RSS of this bench process (MiB)", f"{res['peak_rss_mib']:.0f}", ""),
+        ("lab process, two models loaded (MiB)", "n/a" if res["lab_two_models_rss_mib"] is None else
+         f"{res['lab_two_models_rss_mib']:.0f} ({' + '.join(res['lab_memory_models'])})", "≤ 1536"),
     ] + [(f"zoo build {n} (s, from its card)", f"{v}", "") for n, v in res["zoo_build_s"].items()]
     for r in rows:
         table.add_row(*r)
