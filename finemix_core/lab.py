@@ -58,6 +58,11 @@ class LabModel:
         return self.interactive.trigger
 
     @property
+    def short_name(self) -> str:
+        """For file names: the zoo name, or the folder's last part."""
+        return Path(self.name).name
+
+    @property
     def card(self) -> dict:
         return self.ctx.pair.card
 
@@ -85,7 +90,7 @@ def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERAC
     if es.trigger and ctx.floor_model:
         clean, _ = load_classifier(ctx.floor_model)
         floor = score(clean.to(ctx.device), es).asr
-    name = ctx.pair.card.get("name", Path(ctx.pair.ft_source).name)
+    name = ctx.pair.card.get("name", ctx.pair.ft_source)  # the key the result rows (and so the history) use
     return LabModel(ctx, es, backdoored, floor, name, time.perf_counter() - started)
 
 
@@ -187,7 +192,7 @@ def export_zip(lab: LabModel, result: DefenseResult, row: dict) -> bytes:
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(folder.rglob("*")):
                 if f.is_file():
-                    zf.write(f, f"{lab.name}-{row['method']}/{f.relative_to(folder)}")
+                    zf.write(f, f"{lab.short_name}-{row['method']}/{f.relative_to(folder)}")
         return buf.getvalue()
 
 

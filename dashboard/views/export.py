@@ -21,10 +21,10 @@ else:
             st.session_state["_zip"] = (id(bench.defended), lab.export_zip(lm, bench.defended, row))
     ready = st.session_state.get("_zip")
     if ready and ready[0] == id(bench.defended):
-        st.download_button("Download model (.zip)", ready[1], file_name=f"{lm.name}-{row['method']}.zip", mime="application/zip")
+        st.download_button("Download model (.zip)", ready[1], file_name=f"{lm.short_name}-{row['method']}.zip", mime="application/zip")
 
 st.subheader("Report")
 hist = lab.history(lm)
-st.download_button("Download runs (CSV)", hist.to_csv(index=False), file_name=f"{lm.name}-runs.csv", mime="text/csv")
-st.download_button("Download report (JSON)", lab.report_json(lm), file_name=f"{lm.name}-report.json", mime="application/json")
+st.download_button("Download runs (CSV)", hist.to_csv(index=False), file_name=f"{lm.short_name}-runs.csv", mime="text/csv")
+st.download_button("Download report (JSON)", lab.report_json(lm), file_name=f"{lm.short_name}-report.json", mime="application/json")
 st.dataframe(hist, hide_index=True, width="stretch")
