@@ -178,8 +178,7 @@ def test_uploaded_clean_data_in_the_url_is_used_by_every_page(app, tiny_zoo):
 def test_a_local_folder_can_be_chosen_and_a_bad_one_is_refused(app, tiny_zoo, tmp_path):
     home, pt = tiny_zoo
     app.run()
-    folder_input, pt_input = app.text_input[0], app.text_input[1]
-    folder_input.set_value(str(tmp_path)).run()  # an empty folder: no config.json
+    app.text_input[0].set_value(str(tmp_path)).run()  # an empty folder: no config.json
     app.text_input[1].set_value(str(pt)).run()
     next(b for b in app.button if b.label == "Use this folder").click().run()
     assert any("no config.json" in e.value for e in app.error)
