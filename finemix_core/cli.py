@@ -346,6 +346,7 @@ def report_cmd(
     size_entries: Annotated[str, typer.Option(help="Entries of the size study.")] = "word-cf,sentence",
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Re-run everything (default: reuse identical runs stored in the results database).")] = False,
 ) -> None:
     """The reproduction table: every zoo attack × every defense, mean ± std over seeds, plus a clean-size study."""
     from finemix_core import report
@@ -369,7 +370,7 @@ def report_cmd(
     cfg = report.ReportConfig(
         entries=tuple(e.strip() for e in entries.split(",")) if entries else None, methods=chosen, seeds=seed_list,
         clean_size=clean_size, sizes=ints(sizes, "sizes"), size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
-        eval_limit=limit,
+        eval_limit=limit, resume=not fresh,
     )
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
     path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))

@@ -7,6 +7,7 @@ The verdict lines compare against the targets of the defenses issue and say plai
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from finemix_core import zoo
+from finemix_core import store, zoo
 from finemix_core.defenses import DEFENSE_TRAIN, DefenseConfig
 from finemix_core.errors import FinemixError
 from finemix_core.experiment import Context, prepare, record, run_defense
@@ -35,6 +36,8 @@ class ReportConfig:
     size_entries: tuple[str, ...] = ("word-cf", "sentence")  # entries of the size study
     size_methods: tuple[str, ...] = ("fine-tuning", "fine-mixing")
     eval_limit: int | None = None  # score on the first N test examples only (quick looks)
+    pretrained: str = "default"  # θ_PT of every entry
+    resume: bool = True  # reuse identical runs already stored in the results database (an interrupted report continues)
 
 
 def _entries(cfg: ReportConfig) -> list[str]:
@@ -50,29 +53,42 @@ def _entries(cfg: ReportConfig) -> list[str]:
     return names
 
 
+def run_key(row: dict) -> str:
+    """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K)."""
+    fields = ("model", "method", "seed", "clean_size", "dev_size", "n_clean", "data", "split_seed", "train", "epur_k", "asr_floor")
+    return json.dumps({f: row.get(f) for f in fields}, sort_keys=True, default=str)
+
+
+def _planned_key(ctx: Context, cfg: DefenseConfig, clean_size: int) -> str:
+    return run_key({
+        "model": ctx.pair.card.get("name", ctx.pair.ft_source), "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size,
+        "dev_size": min(256, len(ctx.dsd["dev"])), "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name,
+        "split_seed": ctx.split_seed, "train": json.loads(json.dumps(cfg.train.__dict__)), "epur_k": cfg.epur.k if cfg.uses_epur else None,
+        "asr_floor": ctx.floor,
+    })
+
+
 def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All runs, one row each: (main table rows, size-study rows)."""
-    main, sizes = [], []
+    """All runs, one row each: (main table rows, size-study rows). Stored identical runs are reused when `resume`."""
+    stored = {run_key(r["config"]): r["config"] for r in reversed(store.runs(kind="report"))} if cfg.resume else {}
     contexts: dict[str, Context] = {}
-    for name in _entries(cfg):
-        ctx = contexts[name] = prepare(name, eval_limit=cfg.eval_limit, device=device)
-        for seed in cfg.seeds:
-            for method in cfg.methods:
-                _, row = run_defense(ctx, DefenseConfig(method=method, seed=seed), cfg.clean_size)
-                record("report", row)
-                main.append(row)
-                log(f"{name:12s} seed {seed} {method:20s} CACC {row['cacc']:.3f} ASR {row['asr']:.3f} ρ {row['rho']} ({row['seconds']:.0f}s)")
-    if cfg.sizes:
-        seed = cfg.seeds[0]
-        for name in cfg.size_entries:
-            if name not in contexts:
-                contexts[name] = prepare(name, eval_limit=cfg.eval_limit, device=device)
-            for size in cfg.sizes:
-                for method in cfg.size_methods:
-                    _, row = run_defense(contexts[name], DefenseConfig(method=method, seed=seed), size)
-                    record("report", row)
-                    sizes.append(row)
-                    log(f"{name:12s} size {size:4d} {method:20s} CACC {row['cacc']:.3f} ASR {row['asr']:.3f} ρ {row['rho']}")
+
+    def one(name: str, method: str, seed: int, size: int) -> dict:
+        if name not in contexts:
+            contexts[name] = prepare(name, cfg.pretrained, eval_limit=cfg.eval_limit, device=device)
+        dcfg = DefenseConfig(method=method, seed=seed)
+        key = _planned_key(contexts[name], dcfg, size)
+        if key in stored:
+            row, how = stored[key], "stored"
+        else:
+            _, row = run_defense(contexts[name], dcfg, size)
+            record("report", row)
+            stored[key], how = row, f"{row['seconds']:.0f}s"
+        log(f"{name:12s} seed {seed} n {size:4d} {method:20s} CACC {row['cacc']:.3f} ASR {row['asr']:.3f} ρ {row['rho']} ({how})")
+        return row
+
+    main = [one(name, method, seed, cfg.clean_size) for name in _entries(cfg) for seed in cfg.seeds for method in cfg.methods]
+    sizes = [one(name, method, cfg.seeds[0], size) for name in cfg.size_entries for size in cfg.sizes for method in cfg.size_methods]
     return pd.DataFrame(main), pd.DataFrame(sizes)
 
 

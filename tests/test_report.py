@@ -1,0 +1,58 @@
+"""The report on the tiny zoo: every entry × method × seed, mean ± std, verdicts, files; an interrupted
+report resumes from the results database instead of re-running."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from finemix_core import experiment, report
+from finemix_core.config import TrainConfig
+from finemix_core.defenses import DefenseConfig
+
+
+@pytest.fixture()
+def cheap(monkeypatch):
+    """A one-epoch budget so the tiny report takes seconds (the real default is tested by the e2e test)."""
+    fast = TrainConfig(lr=1e-3, epochs=1.0, batch_size=16)
+    calls = []
+    real = experiment.run_defense
+
+    def counted(ctx, cfg: DefenseConfig, clean_size, *args, **kwargs):
+        calls.append((cfg.method, cfg.seed, clean_size))
+        return real(ctx, DefenseConfig(method=cfg.method, seed=cfg.seed, train=fast, rho_grid=(0.3, 0.7)), clean_size, *args, **kwargs)
+
+    monkeypatch.setattr(report, "run_defense", counted)
+    monkeypatch.setattr(report, "_planned_key", lambda ctx, cfg, size: report.run_key({
+        "model": ctx.pair.card.get("name"), "method": cfg.method, "seed": cfg.seed, "clean_size": size, "dev_size": min(256, len(ctx.dsd["dev"])),
+        "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name, "split_seed": ctx.split_seed, "train": fast.__dict__,
+        "epur_k": 5 if cfg.uses_epur else None, "asr_floor": ctx.floor}))
+    return calls
+
+
+def test_report_tables_verdicts_files_and_resume(tiny_zoo, monkeypatch, tmp_path, cheap):
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    cfg = report.ReportConfig(methods=("none", "fine-tuning", "fine-mixing"), seeds=(0, 1), clean_size=32, sizes=(16, 32),
+                              size_entries=("word-cf",), pretrained=str(pt))
+    out = report.write(tmp_path / "rep", cfg, "finemix report (test)")
+    main = pd.read_csv(out / "runs.csv")
+    assert len(main) == 3 * 2 and set(main.method) == {"none", "fine-tuning", "fine-mixing"} and set(main.seed) == {0, 1}
+    assert len(pd.read_csv(out / "sizes.csv")) == 2 * 2
+    text = (out / "report.md").read_text()
+    assert "finemix report (test)" in text and "seeds 0, 1" in text and "word-cf" in text and "± " in text
+    assert "## Against the targets" in text and ("MET" in text or "MISSED" in text)
+    assert len(cheap) == 6 + 4 - 2  # the size study's n=32 runs at seed 0 are the main table's: reused
+    cheap.clear()
+    report.write(tmp_path / "again", cfg, "again")  # everything is stored: nothing re-runs
+    assert cheap == []
+    report.write(tmp_path / "fresh", report.ReportConfig(**{**cfg.__dict__, "resume": False}), "fresh")
+    assert len(cheap) == 8  # fresh: re-runs everything once (the n=32 size runs are still shared within the run)
+
+
+def test_summary_is_mean_and_population_std():
+    rows = pd.DataFrame({"model": ["m"] * 3, "method": ["x"] * 3, "attack": ["word"] * 3, "trigger": ["cf"] * 3, "cacc": [0.8, 0.9, 1.0],
+                         "asr": [0.1, 0.2, 0.3], "target_bias": [0.2] * 3, "asr_floor": [0.15] * 3, "rho": [0.3, 0.3, 0.5],
+                         "seed": [0, 1, 2], "clean_size": [128] * 3})
+    s = report.summarise(rows).iloc[0]
+    assert s["CACC"] == "0.900 ± 0.082" and s["ASR"] == "0.200 ± 0.082" and s["ρ chosen"] == "0.3, 0.5" and s["seeds"] == "0,1,2"
