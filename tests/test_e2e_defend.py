@@ -14,7 +14,8 @@ runner = CliRunner()
 
 def test_defend_cli_removes_the_quick_word_backdoor(quick_word_backdoor, tmp_path):
     out = tmp_path / "defended"
-    res = runner.invoke(app, ["defend", "--model", "word-cf", "--method", "fine-mixing", "--limit", "400", "--seed", "0",
+    # ρ is given: auto-ρ (δ = 2 dev points) keeps ρ high on this θ_PT and leaves much of the backdoor (see the report)
+    res = runner.invoke(app, ["defend", "--model", "word-cf", "--method", "fine-mixing", "--rho", "0.3", "--limit", "400", "--seed", "0",
                               "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)
@@ -22,7 +23,7 @@ def test_defend_cli_removes_the_quick_word_backdoor(quick_word_backdoor, tmp_pat
     assert row["n_clean"] == card["n_test"] and row["trigger"] == "cf" and row["clean_size"] == 128
     assert card["asr"] - row["asr"] >= 0.5, (card, row)  # the backdoor is gone ...
     assert row["cacc"] >= card["cacc"] - 0.05, (card, row)  # ... and clean accuracy stays
-    assert row["rho_auto"] and 0 < row["rho"] < 1
+    assert not row["rho_auto"] and row["rho"] == 0.3
 
     # a standard HF folder anyone can load, with a card that says how it was made
     model = AutoModelForSequenceClassification.from_pretrained(out)
@@ -30,7 +31,7 @@ def test_defend_cli_removes_the_quick_word_backdoor(quick_word_backdoor, tmp_pat
     saved = json.loads((out / "finemix.json").read_text())
     for key in ("method", "rho", "clean_size", "seed", "seconds", "cacc", "asr", "asr_floor", "search", "defended_from"):
         assert key in saved
-    assert saved["rho"] == row["rho"] and saved["search"] and not list(Path(tmp_path).glob(".tmp-*"))
+    assert saved["rho"] == 0.3 and saved["search"] == [] and not list(Path(tmp_path).glob(".tmp-*"))
 
     # one row in the results database
     runs = store.runs(kind="defend")
