@@ -344,6 +344,7 @@ def report_cmd(
     clean_size: Annotated[int, typer.Option(help="Clean examples per defense.")] = 128,
     sizes: Annotated[str, typer.Option(help="Clean-set sizes for the size study ('' skips it).")] = "32,64,128,512",
     size_entries: Annotated[str, typer.Option(help="Entries of the size study.")] = "word-cf,sentence",
+    fixed_rhos: Annotated[str, typer.Option(help="Fixed ρ values for the ρ-sensitivity section ('' skips it).")] = "0.1,0.3,0.5",
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     fresh: Annotated[bool, typer.Option(help="Re-run everything (default: reuse identical runs stored in the results database).")] = False,
@@ -359,6 +360,15 @@ def report_cmd(
         except ValueError:
             raise FinemixError(f"--{what} must be comma-separated integers, got '{spec}'") from None
 
+    def rho_list(spec: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(x) for x in spec.split(",") if x.strip())
+        except ValueError:
+            raise FinemixError(f"--fixed-rhos must be comma-separated numbers in [0, 1], got '{spec}'") from None
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            raise FinemixError(f"--fixed-rhos values must lie in [0, 1], got '{spec}'")
+        return values
+
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else report.REPORT_METHODS
     bad = [m for m in chosen if m not in METHODS]
     if bad:
@@ -370,7 +380,7 @@ def report_cmd(
     cfg = report.ReportConfig(
         entries=tuple(e.strip() for e in entries.split(",")) if entries else None, methods=chosen, seeds=seed_list,
         clean_size=clean_size, sizes=ints(sizes, "sizes"), size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
-        eval_limit=limit, resume=not fresh,
+        eval_limit=limit, resume=not fresh, fixed_rhos=rho_list(fixed_rhos),
     )
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
     path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))

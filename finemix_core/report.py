@@ -35,6 +35,7 @@ class ReportConfig:
     sizes: tuple[int, ...] = (32, 64, 128, 512)  # clean-set-size study (empty: skip it)
     size_entries: tuple[str, ...] = ("word-cf", "sentence")  # entries of the size study
     size_methods: tuple[str, ...] = ("fine-tuning", "fine-mixing")
+    fixed_rhos: tuple[float, ...] = (0.1, 0.3, 0.5)  # ρ-sensitivity section at the first seed (empty: skip); never used for verdicts
     eval_limit: int | None = None  # score on the first N test examples only (quick looks)
     pretrained: str = "default"  # θ_PT of every entry
     resume: bool = True  # reuse identical runs already stored in the results database (an interrupted report continues)
@@ -54,9 +55,12 @@ def _entries(cfg: ReportConfig) -> list[str]:
 
 
 def run_key(row: dict) -> str:
-    """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K)."""
+    """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K, fixed ρ)."""
     fields = ("model", "method", "seed", "clean_size", "dev_size", "n_clean", "data", "split_seed", "train", "epur_k", "asr_floor")
-    return json.dumps({f: row.get(f) for f in fields}, sort_keys=True, default=str)
+    key = {f: row.get(f) for f in fields}
+    # a run with a fixed ρ is another experiment than the auto-ρ run of the same method
+    key["rho_fixed"] = row.get("rho_fixed", None if row.get("rho_auto", True) else row.get("rho"))
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def _planned_key(ctx: Context, cfg: DefenseConfig, clean_size: int) -> str:
@@ -64,22 +68,35 @@ def _planned_key(ctx: Context, cfg: DefenseConfig, clean_size: int) -> str:
         "model": ctx.pair.card.get("name", ctx.pair.ft_source), "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size,
         "dev_size": min(256, len(ctx.dsd["dev"])), "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name,
         "split_seed": ctx.split_seed, "train": json.loads(json.dumps(cfg.train.__dict__)), "epur_k": cfg.epur.k if cfg.uses_epur else None,
-        "asr_floor": ctx.floor,
+        "asr_floor": ctx.floor, "rho_fixed": cfg.rho,
     })
 
 
-def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All runs, one row each: (main table rows, size-study rows). Stored identical runs are reused when `resume`."""
+@dataclass
+class ReportRuns:
+    """Every run of a report, one row each, by section."""
+
+    main: pd.DataFrame  # entry × method × seed
+    sizes: pd.DataFrame  # clean-set-size study
+    fixed: pd.DataFrame  # ρ sensitivity at fixed ρ
+    reused: int  # runs taken from the results database instead of re-run
+
+
+def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> ReportRuns:
+    """All runs of the report. Stored identical runs are reused when `resume`."""
     stored = {run_key(r["config"]): r["config"] for r in reversed(store.runs(kind="report"))} if cfg.resume else {}
     contexts: dict[str, Context] = {}
+    reused = 0
+    attacks = {c["name"]: c["attack"] for c in zoo.read_entries()}
 
-    def one(name: str, method: str, seed: int, size: int) -> dict:
+    def one(name: str, method: str, seed: int, size: int, rho: float | None = None) -> dict:
         if name not in contexts:
             contexts[name] = prepare(name, cfg.pretrained, eval_limit=cfg.eval_limit, device=device)
-        dcfg = DefenseConfig(method=method, seed=seed)
+        dcfg = DefenseConfig(method=method, seed=seed, rho=rho)
         key = _planned_key(contexts[name], dcfg, size)
         if key in stored:
-            row, how = stored[key], "stored"
+            nonlocal reused
+            row, how, reused = stored[key], "stored", reused + 1
         else:
             _, row = run_defense(contexts[name], dcfg, size)
             record("report", row)
@@ -89,7 +106,13 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
 
     main = [one(name, method, seed, cfg.clean_size) for name in _entries(cfg) for seed in cfg.seeds for method in cfg.methods]
     sizes = [one(name, method, cfg.seeds[0], size) for name in cfg.size_entries for size in cfg.sizes for method in cfg.size_methods]
-    return pd.DataFrame(main), pd.DataFrame(sizes)
+    fixed = [one(name, _ours(attacks[name]), cfg.seeds[0], cfg.clean_size, rho) for name in _entries(cfg) for rho in cfg.fixed_rhos]
+    return ReportRuns(pd.DataFrame(main), pd.DataFrame(sizes), pd.DataFrame(fixed), reused)
+
+
+def _ours(attack: str | None) -> str:
+    """The method the targets judge: Fine-mixing, with E-PUR first against embedding poisoning."""
+    return "epur+fine-mixing" if attack == "ep" else "fine-mixing"
 
 
 def _pm(values: pd.Series) -> str:
@@ -121,7 +144,7 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
     lines = []
     for model, grp in summary.groupby("model", sort=False):
         by = grp.set_index("method")
-        ours = "epur+fine-mixing" if by["attack"].iloc[0] == "ep" else "fine-mixing"
+        ours = _ours(by["attack"].iloc[0])
         if not {"none", ours}.issubset(by.index):
             continue
         o, base = by.loc[ours], by.loc["none"]
@@ -140,15 +163,20 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown(main: pd.DataFrame, sizes: pd.DataFrame, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:
+def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:
+    main, sizes, fixed = runs.main, runs.sizes, runs.fixed
     summary = summarise(main)
     first = main.iloc[0]
+    every = pd.concat([main, sizes, fixed])
+    n_runs = len({run_key(row) for row in every.to_dict("records")})
     cols = ["model", "attack", "method", "CACC", "ASR", "target bias", "ASR floor", "ρ chosen"]
     parts = [
         "# finemix reproduction report",
         "",
         (f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
-        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads), in {seconds / 60:.1f} minutes."),
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads). The {n_runs} runs took "
+        f"{every['seconds'].sum() / 60:.0f} minutes of compute in all; this invocation took {seconds / 60:.1f} minutes and reused "
+        f"{runs.reused} stored runs from the results database."),
         "",
         (f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "
         f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over {int(first['n_nontarget'])} non-target)."),
@@ -169,6 +197,13 @@ def markdown(main: pd.DataFrame, sizes: pd.DataFrame, cfg: ReportConfig, command
         s = summarise(sizes, by=("model", "clean_size", "method"))
         parts += ["", f"## Clean-set size (seed {cfg.seeds[0]})", "",
                   s[["model", "clean_size", "method", "CACC", "ASR", "ASR floor", "ρ chosen"]].rename(columns={"clean_size": "clean n"}).to_markdown(index=False)]
+    if not fixed.empty:
+        f = fixed.rename(columns={"rho": "ρ", "cacc": "CACC", "asr": "ASR", "asr_floor": "ASR floor"})
+        parts += ["", f"## ρ sensitivity (fixed ρ, seed {cfg.seeds[0]}, {cfg.clean_size} clean examples)", "",
+                  ("What Fine-mixing gives when ρ is set by hand instead of by auto-ρ. These ρ values were fixed before the run "
+                   "(the grid of DESIGN.md §10), shown to expose the trade-off, and are never used for the verdicts above: "
+                   "picking the best one here would be tuning on test data."), "",
+                  f[["model", "method", "ρ", "CACC", "ASR", "ASR floor"]].round(3).to_markdown(index=False)]
     return "\n".join(parts) + "\n"
 
 
@@ -179,14 +214,15 @@ def write(out: Path, cfg: ReportConfig, command: str, device: torch.device | str
     if out.exists() and not overwrite:  # fail before an hour of work, not after it
         raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
     started = time.perf_counter()
-    main, sizes = run(cfg, device, log)
-    text = markdown(main, sizes, cfg, command, time.perf_counter() - started, torch.device(device).type)
+    runs = run(cfg, device, log)
+    text = markdown(runs, cfg, command, time.perf_counter() - started, torch.device(device).type)
 
     def write_files(tmp: Path) -> None:
         (tmp / "report.md").write_text(text)
-        main.to_csv(tmp / "runs.csv", index=False)
-        if not sizes.empty:
-            sizes.to_csv(tmp / "sizes.csv", index=False)
+        runs.main.to_csv(tmp / "runs.csv", index=False)
+        for name, frame in (("sizes.csv", runs.sizes), ("fixed_rho.csv", runs.fixed)):
+            if not frame.empty:
+                frame.to_csv(tmp / name, index=False)
         (tmp / "config.json").write_text(pd.Series(asdict(replace(cfg))).to_json(indent=2))
 
     return atomic_save_dir(out, write_files, overwrite)

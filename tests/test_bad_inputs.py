@@ -137,6 +137,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("report unknown method", ["report", "--methods", "none,magic", "--out", "{tmp}/r"], None, "unknown method"),
     ("report seeds", ["report", "--seeds", "a,b", "--out", "{tmp}/r"], None, "integers"),
     ("report unknown entry", ["report", "--entries", "nope", "--out", "{tmp}/r"], None, "not built"),
+    ("report fixed rho", ["report", "--fixed-rhos", "0.3,2", "--out", "{tmp}/r"], None, "[0, 1]"),
     ("zoo unknown entry", ["zoo", "build", "--only", "bogus"], None, "unknown zoo entry"),
     ("bench device", ["bench", "--device", "tpu"], None, "cpu or cuda"),
     ("bench repeats", ["bench", "--repeats", "0"], None, "--repeats"),
