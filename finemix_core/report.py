@@ -80,13 +80,15 @@ class ReportRuns:
     sizes: pd.DataFrame  # clean-set-size study
     fixed: pd.DataFrame  # ρ sensitivity at fixed ρ
     reused: int  # runs taken from the results database instead of re-run
+    used: dict[str, dict]  # every distinct run of the report by its run_key (one run can serve two sections)
 
 
 def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> ReportRuns:
     """All runs of the report. Stored identical runs are reused when `resume`."""
     stored = {run_key(r["config"]): r["config"] for r in reversed(store.runs(kind="report"))} if cfg.resume else {}
     contexts: dict[str, Context] = {}
-    reused = 0
+    reused, from_db = 0, set(stored)
+    used: dict[str, dict] = {}
     attacks = {c["name"]: c["attack"] for c in zoo.read_entries()}
 
     def one(name: str, method: str, seed: int, size: int, rho: float | None = None) -> dict:
@@ -96,18 +98,20 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
         key = _planned_key(contexts[name], dcfg, size)
         if key in stored:
             nonlocal reused
-            row, how, reused = stored[key], "stored", reused + 1
+            reused += key in from_db and key not in used  # a run shared by two sections counts once
+            row, how = stored[key], "stored"
         else:
             _, row = run_defense(contexts[name], dcfg, size)
             record("report", row)
             stored[key], how = row, f"{row['seconds']:.0f}s"
+        used[key] = row
         log(f"{name:12s} seed {seed} n {size:4d} {method:20s} CACC {row['cacc']:.3f} ASR {row['asr']:.3f} ρ {row['rho']} ({how})")
         return row
 
     main = [one(name, method, seed, cfg.clean_size) for name in _entries(cfg) for seed in cfg.seeds for method in cfg.methods]
     sizes = [one(name, method, cfg.seeds[0], size) for name in cfg.size_entries for size in cfg.sizes for method in cfg.size_methods]
     fixed = [one(name, _ours(attacks[name]), cfg.seeds[0], cfg.clean_size, rho) for name in _entries(cfg) for rho in cfg.fixed_rhos]
-    return ReportRuns(pd.DataFrame(main), pd.DataFrame(sizes), pd.DataFrame(fixed), reused)
+    return ReportRuns(pd.DataFrame(main), pd.DataFrame(sizes), pd.DataFrame(fixed), reused, used)
 
 
 def _ours(attack: str | None) -> str:
@@ -167,15 +171,14 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
     main, sizes, fixed = runs.main, runs.sizes, runs.fixed
     summary = summarise(main)
     first = main.iloc[0]
-    every = pd.concat([main, sizes, fixed])
-    n_runs = len({run_key(row) for row in every.to_dict("records")})
+    compute = sum(row["seconds"] for row in runs.used.values())
     cols = ["model", "attack", "method", "CACC", "ASR", "target bias", "ASR floor", "ρ chosen"]
     parts = [
         "# finemix reproduction report",
         "",
         (f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
-        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads). The {n_runs} runs took "
-        f"{every['seconds'].sum() / 60:.0f} minutes of compute in all; this invocation took {seconds / 60:.1f} minutes and reused "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads). The {len(runs.used)} runs took "
+        f"{compute / 60:.0f} minutes of compute in all; this invocation took {seconds / 60:.1f} minutes and reused "
         f"{runs.reused} stored runs from the results database."),
         "",
         (f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "

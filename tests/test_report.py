@@ -45,11 +45,11 @@ def test_report_tables_verdicts_files_and_resume(tiny_zoo, monkeypatch, tmp_path
     assert "finemix report (test)" in text and "seeds 0, 1" in text and "word-cf" in text and "± " in text
     assert "## Against the targets" in text and ("MET" in text or "MISSED" in text)
     assert "## ρ sensitivity (fixed ρ, seed 0" in text and "never used for the verdicts" in text
-    assert "The 10 runs took" in text and "reused 2 stored runs" in text
+    assert "The 10 runs took" in text and "reused 0 stored runs" in text
     assert len(cheap) == 6 + 4 - 2 + 2  # the size study's n=32 runs at seed 0 are the main table's: reused
     cheap.clear()
-    report.write(tmp_path / "again", cfg, "again")  # everything is stored: nothing re-runs
-    assert cheap == []
+    again = report.write(tmp_path / "again", cfg, "again")  # everything is stored: nothing re-runs
+    assert cheap == [] and "The 10 runs took" in (again / "report.md").read_text() and "reused 10 stored runs" in (again / "report.md").read_text()
     report.write(tmp_path / "fresh", report.ReportConfig(**{**cfg.__dict__, "resume": False}), "fresh")
     assert len(cheap) == 10  # fresh: re-runs everything once (the n=32 size runs are still shared within the run)
 
