@@ -222,6 +222,7 @@ def defend_cmd(
     clean_data: Annotated[str | None, typer.Option(help="Defender's clean data: dataset name or CSV (default: the card's).")] = None,
     clean_size: Annotated[int, typer.Option(help="Clean training examples for the fine-tune step.")] = 128,
     rho: Annotated[str, typer.Option(help="Reserve ratio in [0, 1], or 'auto' (chosen on clean dev accuracy).")] = "auto",
+    delta: Annotated[float, typer.Option(help="auto-ρ / prune-ratio tolerance: allowed drop of clean dev accuracy vs θ_FT (0.02 = 2 points).")] = 0.02,
     epur_k: Annotated[int, typer.Option(help="E-PUR: embedding rows reset to θ_PT.")] = 200,
     epur_floor: Annotated[float, typer.Option(help="E-PUR: frequency floor c.")] = 20.0,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
@@ -250,12 +251,14 @@ def defend_cmd(
         raise FinemixError(f"--clean-size must be positive, got {clean_size}")
     if epur_k < 0:
         raise FinemixError(f"--epur-k {epur_k} must be ≥ 0")
+    if not 0.0 <= delta <= 1.0:
+        raise FinemixError(f"--delta {delta} outside [0, 1]; it is an accuracy drop, e.g. 0.02 for 2 points")
     train = DEFENSE_TRAIN
     if lr is not None or epochs is not None:
         if (lr is not None and lr <= 0) or (epochs is not None and epochs <= 0):
             raise FinemixError("--lr and --epochs must be positive")
         train = dataclasses.replace(train, lr=lr or train.lr, epochs=epochs or train.epochs)
-    cfg = DefenseConfig(method=method, rho=_rho(rho), epur=EpurConfig(k=epur_k, floor=epur_floor), seed=seed, train=train)
+    cfg = DefenseConfig(method=method, rho=_rho(rho), delta=delta, epur=EpurConfig(k=epur_k, floor=epur_floor), seed=seed, train=train)
     ctx = experiment.prepare(
         model, pretrained, clean_data, trigger=parse_trigger(trigger) if trigger is not None else None, target=target,
         eval_limit=limit, allow_pickle=allow_pickle, device=best_device(),

@@ -61,7 +61,7 @@ class AttackConfig:
 class EvalConfig:
     """How CACC and ASR are measured (DESIGN.md §5)."""
 
-    batch_size: int = 64  # inference batch (length-sorted, dynamic padding)
+    batch_size: int = 32  # inference batch (length-sorted, dynamic padding)
     max_length: int = MAX_LENGTH
     seed: int = 1234  # trigger positions for ASR; differs from attack seeds on purpose
     limit: int | None = None  # evaluate on the first N test examples only (quick looks)

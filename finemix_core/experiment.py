@@ -120,7 +120,7 @@ def run_defense(
     row = {
         "model": ctx.pair.card.get("name", ctx.pair.ft_source), "attack": ctx.pair.card.get("attack"),
         "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size, "dev_size": len(dd.dev),
-        "rho": result.rho, "rho_auto": result.rho_auto, "prune_ratio": result.prune_ratio,
+        "rho": result.rho, "rho_auto": result.rho_auto, "delta": cfg.delta, "prune_ratio": result.prune_ratio,
         "epur_k": cfg.epur.k if cfg.uses_epur else None, "flagged_top": result.flagged[:10],
         "dev_acc": result.dev_acc, "ft_dev_acc": result.ft_dev_acc,
         **scores.as_dict(), "asr_floor": ctx.floor, "data": ctx.data_name, "split_seed": ctx.split_seed,

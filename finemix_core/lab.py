@@ -10,6 +10,7 @@ objects a live view needs, with the costs arranged so a slider move is cheap:
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import tempfile
@@ -102,7 +103,8 @@ class Workbench:
         self.model = lab.pair.working_copy().to(lab.ctx.device).eval()
         self.params = self.model.state_dict()  # views into the working model: mixes are written here in place
         self.state_label = "θ_FT"  # what the working model holds now
-        self.fast = False  # bf16 autocast for the live view (off by default; see `finemix bench`)
+        self.fast = False  # bf16 live view (off by default; see `finemix bench`)
+        self._bf16: torch.nn.Module | None = None  # bf16 twin of the working model, made on first use of the fast path
         self.defended: DefenseResult | None = None  # the last fine-tuned result of this session
         self.defended_row: dict | None = None
 
@@ -113,22 +115,30 @@ class Workbench:
         return self.score()
 
     def score(self) -> Scores:
-        """The live set through the working model; bf16 autocast when the fast path is on (approximate)."""
-        if self.fast:
-            with torch.autocast(self.lab.ctx.device.type, dtype=torch.bfloat16):
-                return score(self.model, self.lab.interactive)
-        return score(self.model, self.lab.interactive)
+        """The live set through the working model, or through its bf16 twin when the fast path is on (approximate)."""
+        return score(self.bf16_model() if self.fast else self.model, self.lab.interactive)
+
+    @torch.no_grad()
+    def bf16_model(self) -> torch.nn.Module:
+        """The working model's weights cast into a bf16 twin. Casting once per move beats autocast, which re-casts
+        every weight in every batch (measured in `finemix bench`)."""
+        if self._bf16 is None:
+            self._bf16 = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+        for name, value in self._bf16.state_dict().items():
+            value.copy_(self.params[name])
+        return self._bf16
 
     def sweep(self, rhos: list[float], mode: str = "random", seed: int = 0) -> pd.DataFrame:
         rows = [{"rho": r, "stage": "mix-only", **self.mix_scores(r, mode, seed).as_dict()} for r in rhos]
         return pd.DataFrame(rows)
 
     def fine_tune(self, rho: float | None, mode: str = "random", seed: int = 0, epur_k: int = 0, clean_size: int = 128,
-                  progress: Progress | None = None) -> tuple[Scores, dict]:
-        """Fine-mixing's step 2 at ρ (None: auto-ρ), optionally after E-PUR; scored on the interactive set."""
+                  progress: Progress | None = None, delta: float = 0.02) -> tuple[Scores, dict]:
+        """Fine-mixing's step 2 at ρ (None: auto-ρ within `delta` of θ_FT's dev accuracy), optionally after E-PUR;
+        scored on the interactive set."""
         base = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
         method = f"epur+{base}" if epur_k > 0 else base
-        cfg = DefenseConfig(method=method, rho=rho, seed=seed, epur=EpurConfig(k=max(epur_k, 0)))
+        cfg = DefenseConfig(method=method, rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=max(epur_k, 0)))
         return self.defend(cfg, clean_size, progress)
 
     def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None) -> tuple[Scores, dict]:

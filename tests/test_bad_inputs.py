@@ -120,6 +120,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("rho negative", ["defend", "--model", "word-cf", "--rho", "-0.1", "--out", "{tmp}/o"], None, "outside [0, 1]"),
     ("rho not a number", ["defend", "--model", "word-cf", "--rho", "half", "--out", "{tmp}/o"], None, "'auto' or a number"),
     ("unknown method", ["defend", "--model", "word-cf", "--method", "magic", "--out", "{tmp}/o"], None, "unknown method"),
+    ("delta above one", ["defend", "--model", "word-cf", "--delta", "2", "--out", "{tmp}/o"], None, "--delta 2.0 outside [0, 1]"),
     ("K negative", ["defend", "--model", "word-cf", "--epur-k", "-1", "--out", "{tmp}/o"], None, "--epur-k -1"),
     ("K above vocabulary", ["defend", "--model", "word-cf", "--pretrained", "{pt}", "--method", "epur", "--epur-k", "100000", "--out", "{tmp}/o"],
      None, "vocabulary size"),

@@ -93,6 +93,14 @@ def test_fine_tune_the_mix_then_export_it(app):
     assert "Download model (.zip)" in labels and "Download report (JSON)" in labels
 
 
+def test_auto_rho_uses_the_chosen_tolerance(app):
+    open_page(app, "mixing")
+    app.number_input(key="auto_tolerance").set_value(50.0).run()  # every candidate passes: the smallest grid ρ
+    next(b for b in app.button if b.label == "Find auto-ρ").click().run()
+    assert not app.exception, app.exception
+    assert "auto-ρ chose ρ = 0.1 with a tolerance of 50 dev points" in " ".join(c.value for c in app.caption)
+
+
 def test_epur_page_flags_k_rows_and_purifies(app):
     app.query_params["k"] = "5"
     open_page(app, "epur")

@@ -62,13 +62,20 @@ def test_epur_table_marks_the_trigger_and_k_rows(tiny_lab):
     assert sorted(tab["rank"]) == list(range(1, len(tab) + 1))
 
 
-def test_bf16_fast_path_agrees_with_fp32(tiny_lab):
-    model = tiny_lab.pair.working_copy()
-    fp32 = predict(model, tiny_lab.interactive.clean)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = predict(model, tiny_lab.interactive.clean)
-    np.testing.assert_allclose(low, fp32, atol=0.03)
-    assert (low.argmax(1) == fp32.argmax(1)).mean() >= 0.95
+def test_bf16_fast_path_agrees_with_fp32_and_follows_every_mix(tiny_lab):
+    bench = lab.Workbench(tiny_lab)
+    for rho in (1.0, 0.3):  # the bf16 twin is refreshed from the working weights on every move
+        bench.fast = False
+        exact = bench.mix_scores(rho)
+        fp32 = predict(bench.model, tiny_lab.interactive.clean)
+        bench.fast = True
+        fast = bench.mix_scores(rho)
+        low = predict(bench.bf16_model(), tiny_lab.interactive.clean)
+        assert next(bench.bf16_model().parameters()).dtype == torch.bfloat16
+        np.testing.assert_allclose(low, fp32, atol=0.03)
+        assert (low.argmax(1) == fp32.argmax(1)).mean() >= 0.95
+        assert abs(fast.cacc - exact.cacc) <= 0.05
+    assert next(bench.model.parameters()).dtype == torch.float32  # the fp32 working model is untouched
 
 
 def test_playground_and_export(tiny_lab, tmp_path):

@@ -42,22 +42,27 @@ def live() -> None:
     rho, mode, seed = ss["rho"], ss["mode"], ss["seed"]
     if state.bf16_ok(lm):
         bench.fast = st.toggle("bf16 fast path (approximate; off by default)", key="fast_path",
-                               help="bf16 autocast for the live set only; `finemix bench` measures its speed and agreement with fp32")
+                               help="the live set through a bf16 copy of the working weights (cast once per move); `finemix bench` measures its speed and agreement with fp32")
     mixed = bench.mix_scores(rho, mode, seed)
     st.markdown(f"**Mix only** at ρ = {rho:g} ({mode} mask, seed {seed}) — no fine-tuning" + (" · bf16" if bench.fast else ""))
     metric_row("mix", mixed, lm.backdoored, lm.floor)
     tuned_key = (lm.name, rho, mode, seed)
     tuned_points = ss.setdefault("_tuned", {})
-    b1, b2 = st.columns(2)
+    b1, b2, b3 = st.columns([2, 1, 1])
     if b1.button("Fine-tune the mix (128 clean examples)", help="Fine-mixing step 2: AdamW on the defender's clean set; ~1 min on 2 CPU cores"):
         bar = st.progress(0.0, text="fine-tuning …")
         scores, row = bench.fine_tune(rho, mode, seed, progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"))
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
         bar.empty()
-    if b2.button("Find auto-ρ", help="Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within 2 points of θ_FT's; several fine-tunes"):
+    points = b3.number_input("tolerance (dev points)", 0.0, 50.0, 2.0, 0.5, key="auto_tolerance",
+                             help="auto-ρ accepts a clean DEV accuracy this many points below θ_FT's; larger = lower ρ, more of the "
+                                  "backdoor removed, more clean accuracy lost")
+    if b2.button("Find auto-ρ", help=f"Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within {points:g} points of θ_FT's; "
+                 "several fine-tunes"):
         bar = st.progress(0.0, text="searching ρ on dev accuracy …")
-        scores, row = bench.fine_tune(None, mode, seed, progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning a candidate: step {d}/{t}"))
-        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed)] = row["rho"]
+        scores, row = bench.fine_tune(None, mode, seed, delta=points / 100,
+                                      progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning a candidate: step {d}/{t}"))
+        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed)] = (row["rho"], points)
         tuned_points[(lm.name, row["rho"], mode, seed)] = {"rho": row["rho"], "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
         bar.empty()
     if tuned_key in tuned_points:
@@ -65,9 +70,10 @@ def live() -> None:
         st.markdown(f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test']['cacc']:.3f}, "
                     f"ASR {p['test']['asr'] if p['test']['asr'] is None else round(p['test']['asr'], 3)})")
         metric_row("fine-tuned", Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"]), lm.backdoored, lm.floor)
-    auto = ss.get("_auto_rho", {}).get((lm.name, mode, seed))
+    auto, tolerance = ss.get("_auto_rho", {}).get((lm.name, mode, seed), (None, None))
     if auto is not None:
-        st.caption(f"auto-ρ chose ρ = {auto:g} (on clean dev accuracy only; never on test or triggered data)")
+        st.caption(f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
+                   "never on test or triggered data)")
     sweep = mix_sweep(ss["model"], ss["pt"], ss.get("data", ""), mode, seed)
     tuned = pd.DataFrame([p for (name, _, m, s), p in tuned_points.items() if name == lm.name and m == mode and s == seed])
     c1, c2 = st.columns(2)
