@@ -348,6 +348,7 @@ def report_cmd(
     sizes: Annotated[str, typer.Option(help="Clean-set sizes for the size study ('' skips it).")] = "32,64,128,512",
     size_entries: Annotated[str, typer.Option(help="Entries of the size study.")] = "word-cf,sentence",
     fixed_rhos: Annotated[str, typer.Option(help="Fixed ρ values for the ρ-sensitivity section ('' skips it).")] = "0.1,0.3,0.5",
+    loose_delta: Annotated[str, typer.Option(help="A looser auto-ρ dev tolerance for its own section ('' skips it).")] = "0.05",
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     fresh: Annotated[bool, typer.Option(help="Re-run everything (default: reuse identical runs stored in the results database).")] = False,
@@ -372,6 +373,17 @@ def report_cmd(
             raise FinemixError(f"--fixed-rhos values must lie in [0, 1], got '{spec}'")
         return values
 
+    def one_delta(spec: str) -> float | None:
+        if not spec.strip():
+            return None
+        try:
+            value = float(spec)
+        except ValueError:
+            raise FinemixError(f"--loose-delta must be a number in [0, 1] or '', got '{spec}'") from None
+        if not 0.0 <= value <= 1.0:
+            raise FinemixError(f"--loose-delta {value} outside [0, 1]; it is an accuracy drop, e.g. 0.05 for 5 points")
+        return value
+
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else report.REPORT_METHODS
     bad = [m for m in chosen if m not in METHODS]
     if bad:
@@ -383,7 +395,7 @@ def report_cmd(
     cfg = report.ReportConfig(
         entries=tuple(e.strip() for e in entries.split(",")) if entries else None, methods=chosen, seeds=seed_list,
         clean_size=clean_size, sizes=ints(sizes, "sizes"), size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
-        eval_limit=limit, resume=not fresh, fixed_rhos=rho_list(fixed_rhos),
+        eval_limit=limit, resume=not fresh, fixed_rhos=rho_list(fixed_rhos), loose_delta=one_delta(loose_delta),
     )
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
     path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))

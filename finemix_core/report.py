@@ -36,6 +36,7 @@ class ReportConfig:
     size_entries: tuple[str, ...] = ("word-cf", "sentence")  # entries of the size study
     size_methods: tuple[str, ...] = ("fine-tuning", "fine-mixing")
     fixed_rhos: tuple[float, ...] = (0.1, 0.3, 0.5)  # ρ-sensitivity section at the first seed (empty: skip); never used for verdicts
+    loose_delta: float | None = 0.05  # auto-ρ again with this looser dev tolerance, every seed (None: skip); never used for verdicts
     eval_limit: int | None = None  # score on the first N test examples only (quick looks)
     pretrained: str = "default"  # θ_PT of every entry
     resume: bool = True  # reuse identical runs already stored in the results database (an interrupted report continues)
@@ -55,11 +56,12 @@ def _entries(cfg: ReportConfig) -> list[str]:
 
 
 def run_key(row: dict) -> str:
-    """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K, fixed ρ)."""
+    """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K, fixed ρ, δ)."""
     fields = ("model", "method", "seed", "clean_size", "dev_size", "n_clean", "data", "split_seed", "train", "epur_k", "asr_floor")
     key = {f: row.get(f) for f in fields}
     # a run with a fixed ρ is another experiment than the auto-ρ run of the same method
     key["rho_fixed"] = row.get("rho_fixed", None if row.get("rho_auto", True) else row.get("rho"))
+    key["delta"] = row.get("delta", DefenseConfig.delta)  # rows stored before δ was recorded ran with the default
     return json.dumps(key, sort_keys=True, default=str)
 
 
@@ -68,7 +70,7 @@ def _planned_key(ctx: Context, cfg: DefenseConfig, clean_size: int) -> str:
         "model": ctx.pair.card.get("name", ctx.pair.ft_source), "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size,
         "dev_size": min(256, len(ctx.dsd["dev"])), "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name,
         "split_seed": ctx.split_seed, "train": json.loads(json.dumps(cfg.train.__dict__)), "epur_k": cfg.epur.k if cfg.uses_epur else None,
-        "asr_floor": ctx.floor, "rho_fixed": cfg.rho,
+        "asr_floor": ctx.floor, "rho_fixed": cfg.rho, "delta": cfg.delta,
     })
 
 
@@ -79,6 +81,7 @@ class ReportRuns:
     main: pd.DataFrame  # entry × method × seed
     sizes: pd.DataFrame  # clean-set-size study
     fixed: pd.DataFrame  # ρ sensitivity at fixed ρ
+    loose: pd.DataFrame  # auto-ρ with the looser tolerance
     used: dict[str, dict]  # every distinct run of the report by its run_key (one run can serve two sections)
     reused: int  # how many of them came from the results database instead of being run
 
@@ -91,10 +94,10 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
     used: dict[str, dict] = {}
     attacks = {c["name"]: c["attack"] for c in zoo.read_entries()}
 
-    def one(name: str, method: str, seed: int, size: int, rho: float | None = None) -> dict:
+    def one(name: str, method: str, seed: int, size: int, rho: float | None = None, delta: float = DefenseConfig.delta) -> dict:
         if name not in contexts:
             contexts[name] = prepare(name, cfg.pretrained, eval_limit=cfg.eval_limit, device=device)
-        dcfg = DefenseConfig(method=method, seed=seed, rho=rho)
+        dcfg = DefenseConfig(method=method, seed=seed, rho=rho, delta=delta)
         key = _planned_key(contexts[name], dcfg, size)
         if key in stored:
             row, how = stored[key], "stored"
@@ -109,7 +112,9 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
     main = [one(name, method, seed, cfg.clean_size) for name in _entries(cfg) for seed in cfg.seeds for method in cfg.methods]
     sizes = [one(name, method, cfg.seeds[0], size) for name in cfg.size_entries for size in cfg.sizes for method in cfg.size_methods]
     fixed = [one(name, _ours(attacks[name]), cfg.seeds[0], cfg.clean_size, rho) for name in _entries(cfg) for rho in cfg.fixed_rhos]
-    return ReportRuns(pd.DataFrame(main), pd.DataFrame(sizes), pd.DataFrame(fixed), used, len(used.keys() & from_db))
+    loose = [] if cfg.loose_delta is None else [
+        one(name, _ours(attacks[name]), seed, cfg.clean_size, delta=cfg.loose_delta) for name in _entries(cfg) for seed in cfg.seeds]
+    return ReportRuns(pd.DataFrame(main), pd.DataFrame(sizes), pd.DataFrame(fixed), pd.DataFrame(loose), used, len(used.keys() & from_db))
 
 
 def _ours(attack: str | None) -> str:
@@ -166,7 +171,7 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
 
 
 def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:
-    main, sizes, fixed = runs.main, runs.sizes, runs.fixed
+    main, sizes, fixed, loose = runs.main, runs.sizes, runs.fixed, runs.loose
     summary = summarise(main)
     first = main.iloc[0]
     compute = sum(row["seconds"] for row in runs.used.values())
@@ -205,6 +210,15 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
                    "(around the ρ = 0.2–0.3 that DESIGN.md §10 measured), shown to expose the trade-off, and are never used for "
                    "the verdicts above: picking the best one here would be tuning on test data."), "",
                   f[["model", "method", "ρ", "CACC", "ASR", "ASR floor"]].round(3).to_markdown(index=False)]
+    if not loose.empty:
+        points = f"{cfg.loose_delta * 100:g}"
+        pairs = set(zip(loose.model, loose.method))
+        strict = main[[pair in pairs for pair in zip(main.model, main.method)]]
+        both = pd.concat([summarise(strict).assign(δ="2"), summarise(loose).assign(δ=points)])
+        parts += ["", f"## Auto-ρ with a looser tolerance (δ = {points} dev points, seeds {', '.join(map(str, cfg.seeds))})", "",
+                  (f"The defender's own knob: auto-ρ accepting a clean dev accuracy up to {points} points below θ_FT's instead of 2. "
+                   "Still chosen on dev data only, fixed before the run, and not used for the verdicts above."), "",
+                  both.sort_values(["model", "δ"])[["model", "method", "δ", "CACC", "ASR", "ASR floor", "ρ chosen"]].to_markdown(index=False)]
     return "\n".join(parts) + "\n"
 
 
@@ -221,7 +235,7 @@ def write(out: Path, cfg: ReportConfig, command: str, device: torch.device | str
     def write_files(tmp: Path) -> None:
         (tmp / "report.md").write_text(text)
         runs.main.to_csv(tmp / "runs.csv", index=False)
-        for name, frame in (("sizes.csv", runs.sizes), ("fixed_rho.csv", runs.fixed)):
+        for name, frame in (("sizes.csv", runs.sizes), ("fixed_rho.csv", runs.fixed), ("loose_delta.csv", runs.loose)):
             if not frame.empty:
                 frame.to_csv(tmp / name, index=False)
         (tmp / "config.json").write_text(pd.Series(asdict(replace(cfg))).to_json(indent=2))

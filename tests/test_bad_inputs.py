@@ -139,6 +139,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("report seeds", ["report", "--seeds", "a,b", "--out", "{tmp}/r"], None, "integers"),
     ("report unknown entry", ["report", "--entries", "nope", "--out", "{tmp}/r"], None, "not built"),
     ("report fixed rho", ["report", "--fixed-rhos", "0.3,2", "--out", "{tmp}/r"], None, "[0, 1]"),
+    ("report loose delta", ["report", "--loose-delta", "5", "--out", "{tmp}/r"], None, "--loose-delta 5.0 outside [0, 1]"),
     ("zoo unknown entry", ["zoo", "build", "--only", "bogus"], None, "unknown zoo entry"),
     ("bench device", ["bench", "--device", "tpu"], None, "cpu or cuda"),
     ("bench repeats", ["bench", "--repeats", "0"], None, "--repeats"),

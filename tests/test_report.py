@@ -20,13 +20,13 @@ def cheap(monkeypatch):
 
     def counted(ctx, cfg: DefenseConfig, clean_size, *args, **kwargs):
         calls.append((cfg.method, cfg.seed, clean_size))
-        return real(ctx, DefenseConfig(method=cfg.method, seed=cfg.seed, rho=cfg.rho, train=fast, rho_grid=(0.3, 0.7)), clean_size, *args, **kwargs)
+        return real(ctx, DefenseConfig(method=cfg.method, seed=cfg.seed, rho=cfg.rho, delta=cfg.delta, train=fast, rho_grid=(0.3, 0.7)), clean_size, *args, **kwargs)
 
     monkeypatch.setattr(report, "run_defense", counted)
     monkeypatch.setattr(report, "_planned_key", lambda ctx, cfg, size: report.run_key({
         "model": ctx.pair.card.get("name"), "method": cfg.method, "seed": cfg.seed, "clean_size": size, "dev_size": min(256, len(ctx.dsd["dev"])),
         "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name, "split_seed": ctx.split_seed, "train": fast.__dict__,
-        "epur_k": 5 if cfg.uses_epur else None, "asr_floor": ctx.floor, "rho_fixed": cfg.rho}))
+        "epur_k": 5 if cfg.uses_epur else None, "asr_floor": ctx.floor, "rho_fixed": cfg.rho, "delta": cfg.delta}))
     return calls
 
 
@@ -34,7 +34,7 @@ def test_report_tables_verdicts_files_and_resume(tiny_zoo, monkeypatch, tmp_path
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
     cfg = report.ReportConfig(methods=("none", "fine-tuning", "fine-mixing"), seeds=(0, 1), clean_size=32, sizes=(16, 32),
-                              size_entries=("word-cf",), fixed_rhos=(0.0, 1.0), pretrained=str(pt))
+                              size_entries=("word-cf",), fixed_rhos=(0.0, 1.0), loose_delta=1.0, pretrained=str(pt))
     out = report.write(tmp_path / "rep", cfg, "finemix report (test)")
     main = pd.read_csv(out / "runs.csv")
     assert len(main) == 3 * 2 and set(main.method) == {"none", "fine-tuning", "fine-mixing"} and set(main.seed) == {0, 1}
@@ -45,13 +45,16 @@ def test_report_tables_verdicts_files_and_resume(tiny_zoo, monkeypatch, tmp_path
     assert "finemix report (test)" in text and "seeds 0, 1" in text and "word-cf" in text and "± " in text
     assert "## Against the targets" in text and ("MET" in text or "MISSED" in text)
     assert "## ρ sensitivity (fixed ρ, seed 0" in text and "never used for the verdicts" in text
-    assert "The 10 runs took" in text and "reused 0 stored runs" in text
-    assert len(cheap) == 6 + 4 - 2 + 2  # the size study's n=32 runs at seed 0 are the main table's: reused
+    loose = pd.read_csv(out / "loose_delta.csv")  # δ = 100 points: every candidate passes, so auto-ρ takes the smallest grid ρ
+    assert list(loose.seed) == [0, 1] and set(loose.rho) == {0.3} and set(loose.delta) == {1.0}
+    assert "## Auto-ρ with a looser tolerance (δ = 100 dev points" in text
+    assert "The 12 runs took" in text and "reused 0 stored runs" in text
+    assert len(cheap) == 6 + 4 - 2 + 2 + 2  # the size study's n=32 runs at seed 0 are the main table's: reused
     cheap.clear()
     again = report.write(tmp_path / "again", cfg, "again")  # everything is stored: nothing re-runs
-    assert cheap == [] and "The 10 runs took" in (again / "report.md").read_text() and "reused 10 stored runs" in (again / "report.md").read_text()
+    assert cheap == [] and "The 12 runs took" in (again / "report.md").read_text() and "reused 12 stored runs" in (again / "report.md").read_text()
     report.write(tmp_path / "fresh", report.ReportConfig(**{**cfg.__dict__, "resume": False}), "fresh")
-    assert len(cheap) == 10  # fresh: re-runs everything once (the n=32 size runs are still shared within the run)
+    assert len(cheap) == 12  # fresh: re-runs everything once (the n=32 size runs are still shared within the run)
 
 
 def test_summary_is_mean_and_population_std():
