@@ -86,7 +86,8 @@ def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERAC
     started = time.perf_counter()
     ctx = prepare(model, pretrained, data_name or None, device=device)
     es = interactive_set(ctx.pair.tokenizer, ctx.dsd["test"], ctx.eval_set.trigger, ctx.eval_set.target, n_interactive)
-    backdoored = score(ctx.pair.ft.to(ctx.device), es)
+    # the pair stays in host memory (mixing reads it there); on a GPU score a copy, never move the cached θ_FT
+    backdoored = score(ctx.pair.ft if ctx.device.type == "cpu" else ctx.pair.working_copy().to(ctx.device), es)
     floor = None
     if es.trigger and ctx.floor_model:
         clean, _ = load_classifier(ctx.floor_model)

@@ -112,7 +112,10 @@ def mix_into(pair: ModelPair, cfg: MixConfig, target: dict[str, torch.Tensor]) -
             target[k].copy_(ft[k])
     else:
         for k, m in masks(pair, cfg).items():
-            torch.where(m, ft[k], pair.pt_state[k], out=target[k])
+            if target[k].device == m.device:
+                torch.where(m, ft[k], pair.pt_state[k], out=target[k])
+            else:  # a GPU working model: the pair stays in host memory; mix there, then one transfer per tensor
+                target[k].copy_(torch.where(m, ft[k], pair.pt_state[k]))
     for k in pair.head_keys:
         target[k].copy_(ft[k])
 
