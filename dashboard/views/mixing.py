@@ -49,7 +49,7 @@ def live() -> None:
     tuned_key = (lm.name, rho, mode, seed)
     tuned_points = ss.setdefault("_tuned", {})
     b1, b2, b3 = st.columns([2, 1, 1])
-    if b1.button("Fine-tune the mix (128 clean examples)", help="Fine-mixing step 2: AdamW on the defender's clean set; ~1 min on 2 CPU cores"):
+    if b1.button("Fine-tune the mix (128 clean examples)", help="Fine-mixing step 2: AdamW on the defender's clean set; ~30 s on 2 CPU cores"):
         bar = st.progress(0.0, text="fine-tuning …")
         scores, row = bench.fine_tune(rho, mode, seed, progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"))
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}

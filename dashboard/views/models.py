@@ -31,7 +31,7 @@ if cards:
             st.json(card)
 else:
     st.info("The zoo is empty on this machine. Build the demo pair below: a clean model and a `cf` word backdoor, "
-            "about 2–4 minutes on 2 CPU cores in quick mode.")
+            "about 2 minutes on 2 CPU cores in quick mode (measured: 1 min 54 s).")
 
 st.subheader("Build zoo entries")
 specs = zoo.default_specs()
@@ -39,7 +39,7 @@ missing = [s.name for s in specs if s.name not in built]
 if not missing:
     st.success("Every default entry is built.")
 else:
-    quick = st.toggle("Quick mode (1,200 training examples: ~1 min per entry on 2 cores; full: ~2–3 min per entry)", value=True)
+    quick = st.toggle("Quick mode (1,200 training examples: ~1 min per entry on 2 cores; full: ~5 min per entry)", value=True)
     default_pick = [n for n in ("clean", "word-cf") if n in missing] or missing[:1]
     wanted = st.multiselect("Entries to build", missing, default=default_pick)
     if st.button("Build", disabled=not wanted):
