@@ -200,16 +200,21 @@ def check_writable(out: Path) -> None:
         raise FinemixError(f"cannot write {out}: {parent} is not a writable folder; choose another --out")
 
 
-def _rho(spec: str) -> float | None:
-    if spec == "auto":
+def _unit_interval(spec: str, flag: str, unset: str, why: str) -> float | None:
+    """A number in [0, 1] given to `flag`, or None for the word `unset`; `why` explains the range in the error."""
+    if spec.strip() == unset:
         return None
     try:
         value = float(spec)
     except ValueError:
-        raise FinemixError(f"--rho must be 'auto' or a number in [0, 1], got '{spec}'") from None
+        raise FinemixError(f"{flag} must be {unset!r} or a number in [0, 1], got '{spec}'") from None
     if not 0.0 <= value <= 1.0:
-        raise FinemixError(f"--rho {value} outside [0, 1]; 0 keeps θ_PT, 1 keeps θ_FT (or use auto)")
+        raise FinemixError(f"{flag} {value} outside [0, 1]; {why}")
     return value
+
+
+def _rho(spec: str) -> float | None:
+    return _unit_interval(spec, "--rho", "auto", "0 keeps θ_PT, 1 keeps θ_FT (or use auto)")
 
 
 @app.command("defend")
@@ -373,17 +378,6 @@ def report_cmd(
             raise FinemixError(f"--fixed-rhos values must lie in [0, 1], got '{spec}'")
         return values
 
-    def one_delta(spec: str) -> float | None:
-        if not spec.strip():
-            return None
-        try:
-            value = float(spec)
-        except ValueError:
-            raise FinemixError(f"--loose-delta must be a number in [0, 1] or '', got '{spec}'") from None
-        if not 0.0 <= value <= 1.0:
-            raise FinemixError(f"--loose-delta {value} outside [0, 1]; it is an accuracy drop, e.g. 0.05 for 5 points")
-        return value
-
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else report.REPORT_METHODS
     bad = [m for m in chosen if m not in METHODS]
     if bad:
@@ -395,7 +389,7 @@ def report_cmd(
     cfg = report.ReportConfig(
         entries=tuple(e.strip() for e in entries.split(",")) if entries else None, methods=chosen, seeds=seed_list,
         clean_size=clean_size, sizes=ints(sizes, "sizes"), size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
-        eval_limit=limit, resume=not fresh, fixed_rhos=rho_list(fixed_rhos), loose_delta=one_delta(loose_delta),
+        eval_limit=limit, resume=not fresh, fixed_rhos=rho_list(fixed_rhos), loose_delta=_unit_interval(loose_delta, "--loose-delta", "", "it is an accuracy drop, e.g. 0.05 for 5 points"),
     )
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
     path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))
