@@ -170,15 +170,13 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
     if bf16_supported(device):
         bench.mix_scores(1.0)
 
-        def live(fast_on: bool) -> Callable[[], Scores]:
-            def run_live() -> Scores:
-                bench.fast = fast_on
-                return bench.score()
-            return run_live
+        def live(fast_on: bool) -> Scores:
+            bench.fast = fast_on
+            return bench.score()
 
-        t_fp32_live = _median_seconds(live(False), cfg.repeats, sync)
-        t_bf16 = _median_seconds(live(True), cfg.repeats, sync)
-        fp32, low = live(False)(), live(True)()
+        t_fp32_live = _median_seconds(lambda: live(False), cfg.repeats, sync)
+        t_bf16 = _median_seconds(lambda: live(True), cfg.repeats, sync)
+        fp32, low = live(False), live(True)
         bench.fast = False
         fast = {"kind": "bf16 weights (cast once per move)", "seconds": t_bf16, "fp32_seconds": t_fp32_live,
                 "speedup_vs_fp32": t_fp32_live / t_bf16,

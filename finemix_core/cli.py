@@ -338,7 +338,8 @@ def write_csv_atomic(frame, out: Path) -> None:
         frame.to_csv(tmp, index=False)
         tmp.replace(out)
     except OSError as exc:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
         raise FinemixError(f"cannot write {out}: {exc.strerror or exc}; choose a writable folder with free space") from None
 
 
@@ -369,15 +370,6 @@ def report_cmd(
         except ValueError:
             raise FinemixError(f"--{what} must be comma-separated integers, got '{spec}'") from None
 
-    def rho_list(spec: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(x) for x in spec.split(",") if x.strip())
-        except ValueError:
-            raise FinemixError(f"--fixed-rhos must be comma-separated numbers in [0, 1], got '{spec}'") from None
-        if any(not 0.0 <= v <= 1.0 for v in values):
-            raise FinemixError(f"--fixed-rhos values must lie in [0, 1], got '{spec}'")
-        return values
-
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else report.REPORT_METHODS
     bad = [m for m in chosen if m not in METHODS]
     if bad:
@@ -389,7 +381,9 @@ def report_cmd(
     cfg = report.ReportConfig(
         entries=tuple(e.strip() for e in entries.split(",")) if entries else None, methods=chosen, seeds=seed_list,
         clean_size=clean_size, sizes=ints(sizes, "sizes"), size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
-        eval_limit=limit, resume=not fresh, fixed_rhos=rho_list(fixed_rhos), loose_delta=_unit_interval(loose_delta, "--loose-delta", "", "it is an accuracy drop, e.g. 0.05 for 5 points"),
+        eval_limit=limit, resume=not fresh,
+        fixed_rhos=tuple(_unit_interval(x, "--fixed-rhos", "", "ρ is a share of weights") for x in fixed_rhos.split(",") if x.strip()),
+        loose_delta=_unit_interval(loose_delta, "--loose-delta", "", "it is an accuracy drop, e.g. 0.05 for 5 points"),
     )
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
     path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))

@@ -32,8 +32,8 @@ METHODS = (*BASE_METHODS, "epur", *(f"epur+{m}" for m in BASE_METHODS[1:]))
 GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))  # ρ and prune-ratio candidates
 
 # The defense budget. DESIGN.md §10 measured lr 2e-5 × 5 epochs too weak to wash out a rare-word backdoor on
-# this θ_PT and lr 1e-4 × 10 epochs clearly better; we adopt the latter as is. It was not grid-searched here
-# (scripts/tune_defense.py does that on the DEV split, never on test) — see assets/report/report.md.
+# this θ_PT and lr 1e-4 × 10 epochs clearly better; we adopt the latter as is, not grid-searched here (and never
+# on test data). Its cost shows in assets/report/report.md: plain fine-tuning loses ~2 CACC points with it.
 DEFENSE_TRAIN = TrainConfig(lr=1e-4, epochs=10.0, batch_size=16)
 
 
