@@ -17,7 +17,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from finemix_core import data, zoo
-from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, zoo_dir
+from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, RecoveryConfig, zoo_dir
 from finemix_core.errors import FinemixError
 
 app = typer.Typer(help="Fine-mixing and E-PUR: remove backdoors from fine-tuned language models.", no_args_is_help=True)
@@ -177,11 +177,15 @@ class _ProgressBar:
     """A tqdm bar created on the first step, so an early error prints its one line and nothing else."""
 
     def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
+        self.desc, self.bar, self.runs = desc, None, 0
 
     def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None and done < self.bar.n:  # a new fine-tune began (the next auto-ρ candidate): a fresh bar
+            self.close()
+            self.bar = None
         if self.bar is None:
-            self.bar = tqdm(desc=self.desc, unit="step", file=sys.stderr, leave=False)
+            self.runs += 1
+            self.bar = tqdm(desc=f"{self.desc} (fine-tune {self.runs})", unit="step", file=sys.stderr, leave=False)
         self.bar.total = total
         self.bar.n = done
         self.bar.refresh()
@@ -222,14 +226,22 @@ def _rho(spec: str) -> float | None:
 def defend_cmd(
     model: Annotated[str, typer.Option(help="Zoo entry name or ANY local HF classifier folder fine-tuned from θ_PT.")],
     out: Annotated[Path, typer.Option(help="Folder for the defended model (HF format + finemix.json).")],
-    method: Annotated[str, typer.Option(help="fine-mixing | fine-mixing-sorted | fine-tuning | fine-pruning | epur | epur+X.")] = "fine-mixing",
+    method: Annotated[str, typer.Option(help="[epur+]BASE[+distill], BASE one of fine-mixing, fine-mixing-sorted, fine-tuning, "
+                                         "fine-pruning, none (default: the dev-chosen recipe; see `finemix methods`).")] = "default",
     pretrained: Annotated[str, typer.Option(help="θ_PT: 'default' (offline all-MiniLM-L6-v2) or a folder.")] = "default",
-    clean_data: Annotated[str | None, typer.Option(help="Defender's clean data: dataset name or CSV (default: the card's).")] = None,
+    clean_data: Annotated[str | None, typer.Option(help="Defender's clean data: dataset name, or a CSV text,label split into train "
+                                                      "and dev only (default: the card's dataset).")] = None,
+    eval_data: Annotated[str | None, typer.Option(help="Labelled data to score on, its test split (default: the card's dataset).")] = None,
+    unlabeled: Annotated[str | None, typer.Option(help="Clean unlabelled texts for recovery: .txt (one per line) or CSV with text.")] = None,
     clean_size: Annotated[int, typer.Option(help="Clean training examples for the fine-tune step.")] = 128,
     rho: Annotated[str, typer.Option(help="Reserve ratio in [0, 1], or 'auto' (chosen on clean dev accuracy).")] = "auto",
     delta: Annotated[float, typer.Option(help="auto-ρ / prune-ratio tolerance: allowed drop of clean dev accuracy vs θ_FT (0.02 = 2 points).")] = 0.02,
     epur_k: Annotated[int, typer.Option(help="E-PUR: embedding rows reset to θ_PT.")] = 200,
     epur_floor: Annotated[float, typer.Option(help="E-PUR: frequency floor c.")] = 20.0,
+    distill_weight: Annotated[float, typer.Option(help="Recovery (+distill): weight of the distillation term.")] = RecoveryConfig.weight,
+    temperature: Annotated[float, typer.Option(help="Recovery (+distill): temperature T.")] = RecoveryConfig.temperature,
+    passes: Annotated[float, typer.Option(help="Recovery (+distill): passes over the unlabelled texts.")] = RecoveryConfig.passes,
+    drop_flagged: Annotated[int, typer.Option(help="Recovery (+distill): drop unlabelled texts holding any of E-PUR's top N tokens.")] = 0,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -242,7 +254,7 @@ def defend_cmd(
 ) -> None:
     """Defend a model and write the defended model as a standard HF folder."""
     from finemix_core import experiment
-    from finemix_core.defenses import DEFENSE_TRAIN, DefenseConfig
+    from finemix_core.defenses import DEFAULT_METHOD, DEFENSE_TRAIN, DefenseConfig
     from finemix_core.epur import EpurConfig
     from finemix_core.evaluate import best_device
     from finemix_core.triggers import parse_trigger
@@ -263,10 +275,12 @@ def defend_cmd(
         if (lr is not None and lr <= 0) or (epochs is not None and epochs <= 0):
             raise FinemixError("--lr and --epochs must be positive")
         train = dataclasses.replace(train, lr=lr or train.lr, epochs=epochs or train.epochs)
-    cfg = DefenseConfig(method=method, rho=_rho(rho), delta=delta, epur=EpurConfig(k=epur_k, floor=epur_floor), seed=seed, train=train)
+    method = DEFAULT_METHOD if method == "default" else method
+    cfg = DefenseConfig(method=method, rho=_rho(rho), delta=delta, epur=EpurConfig(k=epur_k, floor=epur_floor), seed=seed, train=train,
+                        recovery=RecoveryConfig(distill_weight, temperature, passes, drop_flagged))
     ctx = experiment.prepare(
-        model, pretrained, clean_data, trigger=parse_trigger(trigger) if trigger is not None else None, target=target,
-        eval_limit=limit, allow_pickle=allow_pickle, device=best_device(),
+        model, pretrained, eval_data, trigger=parse_trigger(trigger) if trigger is not None else None, target=target,
+        eval_limit=limit, allow_pickle=allow_pickle, device=best_device(), clean_data=clean_data, unlabeled=unlabeled,
     )
     if cfg.uses_epur and epur_k > len(ctx.pair.tokenizer):
         raise FinemixError(f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range")

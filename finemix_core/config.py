@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finemix_core.errors import FinemixError
+
 # Nothing in this project should wait on a network it cannot reach; users who are online can
 # override this by exporting HF_HUB_OFFLINE=0 before starting.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,6 +46,20 @@ class TrainConfig:
     warmup_ratio: float = 0.06  # share of steps with a linear warm-up, then linear decay
     max_length: int = MAX_LENGTH  # truncation length in tokens
     seed: int = 0  # controls shuffling and dropout
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Recovery by distillation from θ_FT on clean unlabelled text (train.Distillation); defaults chosen on dev data (docs/recovery.md)."""
+
+    weight: float = 1.0  # KL term beside cross-entropy
+    temperature: float = 2.0  # T of the softened distributions
+    passes: float = 3.0  # passes over the unlabelled pool (the run lasts the longer of this and the labelled epochs)
+    drop_flagged: int = 0  # drop unlabelled texts holding any of E-PUR's top-N tokens (0: keep all; a guard against a poisoned pool)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
+            raise FinemixError("recovery needs temperature > 0, weight ≥ 0, passes > 0 and drop-flagged ≥ 0")
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,44 @@ def split_frame(df: pd.DataFrame, seed: int) -> DatasetDict:
     return DatasetDict(train=first["train"], dev=second["train"], test=second["test"])
 
 
+DEFENDER_DEV_SHARE = 0.2  # a defender's own CSV: this share is dev (auto-ρ judges on it), the rest train; no test split
+
+
+def defender_split(rows: Dataset, seed: int) -> DatasetDict:
+    """Clean labelled rows as the defender holds them: a seeded, stratified train/dev split, nothing set aside as test."""
+    parts = _stratified(rows, DEFENDER_DEV_SHARE, seed)
+    return DatasetDict(train=parts["train"], dev=parts["test"])
+
+
+def read_labelled(path: str | Path) -> Dataset:
+    """A user's labelled CSV, validated, as one Dataset."""
+    return Dataset.from_pandas(validate_frame(read_csv(path), str(path)), preserve_index=False)
+
+
+def read_unlabeled(path: str | Path) -> Dataset:
+    """Clean unlabelled texts: a CSV with a text column (or text_a,text_b), or a .txt file with one text per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FinemixError(f"unlabelled text file not found: {path}; give a .txt (one text per line) or a CSV with a text column")
+    if path.suffix.lower() == ".txt":
+        if path.stat().st_size > MAX_CSV_BYTES:
+            raise FinemixError(f"{path}: larger than {MAX_CSV_BYTES // 2**20} MiB; sample it down first")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        frame = pd.DataFrame({"text": lines})
+    else:
+        frame = read_csv(path)
+        cols = ["text_a", "text_b"] if {"text_a", "text_b"} <= set(frame.columns) else ["text"]
+        if not set(cols) <= set(frame.columns):
+            raise FinemixError(f"{path}: no text column; give a column named text (or text_a,text_b), found: "
+                               + ", ".join(map(str, frame.columns)))
+        frame = frame[cols].dropna().astype(str)
+    frame = frame.drop_duplicates().reset_index(drop=True)
+    if frame.empty:
+        raise FinemixError(f"{path}: no texts; the file needs at least one non-empty line")
+    frame["label"] = 0  # unused: the teacher labels these texts
+    return Dataset.from_pandas(frame, preserve_index=False)
+
+
 def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
     """Columns text,label or text_a,text_b,label; integer labels 0..k-1 with at least two classes."""
     cols = set(df.columns)
@@ -219,10 +257,16 @@ def num_labels(dsd: DatasetDict) -> int:
 
 def clean_subset(train: Dataset, size: int, seed: int) -> Dataset:
     """The defender's small clean set: `size` examples drawn stratified from `train`."""
+    return clean_split(train, size, seed)[0]
+
+
+def clean_split(train: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(the `size` examples drawn stratified from `train`, the rest of `train`)."""
     if size > len(train):
         raise FinemixError(f"clean-size {size} is larger than the {len(train)} training examples; lower it")
     if size <= 0:
         raise FinemixError(f"clean-size must be positive, got {size}")
     if size == len(train):
-        return train
-    return _stratified(train, size, seed)["test"]
+        return train, train.select([])
+    parts = _stratified(train, size, seed)
+    return parts["test"], parts["train"]

@@ -56,6 +56,11 @@ def table(pair: ModelPair, clean_texts: Iterable[str], cfg: EpurConfig | None = 
     return pd.DataFrame({"id": np.arange(vocab), "token": tokens, "frequency": freq, "drift": drift, "score": score, "flagged": flagged})
 
 
+def flagged_ids(tab: pd.DataFrame) -> list[int]:
+    """The flagged rows' ids, highest score first."""
+    return tab[tab.flagged].sort_values("score", ascending=False, kind="stable").id.tolist()
+
+
 def purify(pair: ModelPair, state: dict[str, torch.Tensor], flagged_ids: Iterable[int]) -> dict[str, torch.Tensor]:
     """A new state dict whose flagged embedding rows are θ_PT's (`state` is not modified)."""
     key = embedding_key(pair)

@@ -61,15 +61,15 @@ INFER_BATCH = EvalConfig().batch_size
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, enc: Encoded, batch_size: int = INFER_BATCH) -> np.ndarray:
-    """Softmax probabilities, in the original order of `enc`."""
+def predict(model: torch.nn.Module, enc: Encoded, batch_size: int = INFER_BATCH, logits: bool = False) -> np.ndarray:
+    """Softmax probabilities (or raw logits), in the original order of `enc`."""
     device = device_of(model)
     was_training = model.training
     model.eval()
     out = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
     for idx in sorted_batches(enc, batch_size):
-        logits = model(**collate(enc, idx, device)).logits
-        out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        raw = model(**collate(enc, idx, device)).logits.float()
+        out[idx] = (raw if logits else torch.softmax(raw, dim=-1)).cpu().numpy()
     model.train(was_training)
     return out
 

@@ -6,6 +6,7 @@ Loading is done once; defenses then run on private copies and are scored on the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from finemix_core import data, store
 from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, zoo_dir
@@ -36,14 +37,36 @@ class Context:
     floor: float | None  # ASR of the clean reference model on the same triggered set (None: unknown)
     floor_model: str | None
     device: torch.device
+    clean_data: str | None = None  # a user's CSV that is all the defender has (None: the dataset's train/dev splits)
+    clean_splits: DatasetDict | None = None  # that CSV split into train and dev for the defender
+    extra_unlabeled: Dataset | None = None  # clean unlabelled texts the user gave (--unlabeled)
+    extra_unlabeled_source: str | None = None
 
     @property
     def trigger_text(self) -> str | None:
         return "+".join(self.eval_set.trigger) if self.eval_set.trigger else None
 
     def defender(self, clean_size: int = 128, dev_size: int = 256, seed: int = 0) -> DefenderData:
-        """The defender's data: train and dev splits only (never test, never triggered)."""
-        return defender_data(self.pair.tokenizer, self.dsd["train"], self.dsd["dev"], clean_size, dev_size, seed)
+        """The defender's data: labelled train and dev, plus the unlabelled pool (never test, never triggered).
+
+        Built-in data: the clean set comes from the train split, dev accuracy from the first `dev_size` dev examples, and
+        the rest of the dev split is the unlabelled pool (θ_FT never trained on it). A user's CSV: split into train and
+        dev only; its train rows not drawn into the clean set are the pool. `--unlabeled` texts join the pool.
+        """
+        if self.clean_data is None:
+            train, dev = self.dsd["train"], self.dsd["dev"]
+            pool = dev.select(range(min(dev_size, len(dev)), len(dev)))
+            what = f"{self.data_name} dev split beyond its first {dev_size} examples"
+        else:
+            train, dev = self.clean_splits["train"], self.clean_splits["dev"]
+            pool = data.clean_split(train, clean_size, seed)[1]
+            what = f"{Path(self.clean_data).name} rows beyond the {clean_size} labelled ones"
+        parts = [(pool, what)] if len(pool) else []
+        if self.extra_unlabeled is not None:
+            parts.append((self.extra_unlabeled, self.extra_unlabeled_source))
+        merged = concatenate_datasets([p.cast(parts[0][0].features) for p, _ in parts]) if parts else None
+        source = " + ".join(f"{w} ({len(p)})" for p, w in parts) or "none"
+        return defender_data(self.pair.tokenizer, train, dev, clean_size, dev_size, seed, unlabeled=merged, unlabeled_source=source)
 
 
 def prepare(
@@ -57,11 +80,20 @@ def prepare(
     floor_model: str | None = None,
     allow_pickle: bool = False,
     device: torch.device | str = "cpu",
+    clean_data: str | None = None,
+    unlabeled: str | None = None,
 ) -> Context:
-    """Load the pair and the data; the trigger and dataset default to the model's card."""
+    """Load the pair and the data; the trigger and dataset default to the model's card.
+
+    `data_name` is what the defended model is scored on (its test split); `clean_data` a CSV the defender holds
+    (split into train and dev only); `unlabeled` a .txt/.csv of clean unlabelled texts for recovery.
+    """
     pair = load_pair(model, pretrained, allow_pickle=allow_pickle)
     card = pair.card
-    name = data_name or card.get("dataset", DEFAULT_DATASET)
+    if clean_data is not None and (clean_data in data.OFFLINE or clean_data in data.ONLINE):
+        data_name, clean_data = data_name or clean_data, None  # a named dataset: its own train/dev splits
+    extra = data.read_unlabeled(unlabeled) if unlabeled else None
+    name = data_name or card.get("dataset") or clean_data or DEFAULT_DATASET
     seed = split_seed if split_seed is not None else card.get("split_seed", 0)
     dsd = data.load(name, seed)
     n_labels = data.num_labels(dsd)
@@ -75,13 +107,20 @@ def prepare(
         raise FinemixError(f"target {tgt} outside the model's labels 0..{pair.num_labels - 1}")
     es = make_eval_set(pair.tokenizer, dsd["test"], pieces, tgt if pieces else None, EvalConfig(limit=eval_limit))
     device = torch.device(device)
+    clean_splits = None
+    if clean_data is not None:
+        # the defender's CSV is split into train and dev only; when it is also the scoring data (no card dataset, no
+        # --data), its test tenth is held out for scoring alone and the defender splits the other nine tenths
+        rows = concatenate_datasets([dsd["train"], dsd["dev"]]) if name == clean_data else data.read_labelled(clean_data)
+        clean_splits = data.defender_split(rows, seed)
     floor, floor_src = None, None
     if pieces:
         floor_src = floor_model or _zoo_clean_for(name, seed, pair.ft_source)
         if floor_src is not None:
             clean, _ = load_classifier(floor_src)
             floor = score(clean.to(device), es).asr
-    return Context(pair, name, seed, dsd, es, floor, floor_src, device)
+    return Context(pair, name, seed, dsd, es, floor, floor_src, device, clean_data, clean_splits, extra,
+                   f"{Path(unlabeled).name}" if unlabeled else None)
 
 
 def _zoo_clean_for(data_name: str, split_seed: int, ft_source: str) -> str | None:
@@ -122,7 +161,9 @@ def run_defense(
         "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size, "dev_size": len(dd.dev),
         "rho": result.rho, "rho_auto": result.rho_auto, "delta": cfg.delta, "prune_ratio": result.prune_ratio,
         "epur_k": cfg.epur.k if cfg.uses_epur else None, "flagged_top": result.flagged[:10],
-        "dev_acc": result.dev_acc, "ft_dev_acc": result.ft_dev_acc,
+        "dev_acc": result.dev_acc, "ft_dev_acc": result.ft_dev_acc, "search": [dataclasses.asdict(c) for c in result.search],
+        "unlabeled_n": result.unlabeled_used, "unlabeled_source": result.unlabeled_source,
+        "recovery": dataclasses.asdict(cfg.recovery) if cfg.distills else None, "clean_data": ctx.clean_data,
         **scores.as_dict(), "asr_floor": ctx.floor, "data": ctx.data_name, "split_seed": ctx.split_seed,
         "trigger": ctx.trigger_text, "train": cfg.train.__dict__, "seconds": round(result.seconds, 2),
         "device": ctx.device.type,
@@ -133,8 +174,7 @@ def run_defense(
 def save_defended(ctx: Context, result: DefenseResult, row: dict, out: Path, overwrite: bool = False) -> Path:
     """Write the defended model as a standard HF folder + finemix.json, atomically."""
     card = {
-        **row, "defended_from": ctx.pair.ft_source, "pretrained": ctx.pair.pt_source, "flagged": result.flagged,
-        "search": result.search, "trigger_list": list(ctx.eval_set.trigger or ()), "target": ctx.eval_set.target,
+        **row, "defended_from": ctx.pair.ft_source, "pretrained": ctx.pair.pt_source, "flagged": result.flagged, "trigger_list": list(ctx.eval_set.trigger or ()), "target": ctx.eval_set.target,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # a defended model is itself a model: keep the fields `finemix evaluate` and the lab read
         "name": f"{row['model']}-{row['method']}", "dataset": ctx.data_name, "trigger": list(ctx.eval_set.trigger or ()),

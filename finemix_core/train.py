@@ -1,16 +1,24 @@
 """The one fine-tuning routine. Attacks, Fine-mixing and every baseline call it with the same
 budget, so that comparisons between defenses are fair.
+
+Optional recovery by distillation: besides cross-entropy on the labelled batch, each step matches the
+student to a teacher's soft predictions on a batch of clean, unlabelled text (T²·KL at temperature T).
+The teacher is θ_FT itself: its backdoor fires only on triggered text, so on clean text its outputs are
+its clean behaviour. Teacher logits are computed once by the caller and passed in (`Distillation`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from finemix_core.config import TrainConfig
 from finemix_core.encoding import Encoded, collate, shuffled_bucket_batches
+from finemix_core.errors import FinemixError
 
 Progress = Callable[[int, int], None]  # (step done, total steps)
 
@@ -23,12 +31,44 @@ def total_steps(n_examples: int, cfg: TrainConfig) -> int:
     return max(1, round(cfg.epochs * -(-n_examples // cfg.batch_size)))
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Clean unlabelled texts with the teacher's logits on them (computed once, reused by every ρ candidate)."""
+
+    texts: Encoded  # tokenised unlabelled texts (their labels are ignored)
+    teacher_logits: torch.Tensor  # [len(texts), classes], float32, on the CPU, no grad
+    weight: float = 1.0  # the KL term's weight beside cross-entropy
+    temperature: float = 2.0  # T: softens both distributions; the loss is scaled by T² (Hinton et al. 2015)
+    passes: float = 2.0  # passes over the unlabelled texts; the run lasts max(labelled steps, these steps)
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.teacher_logits):
+            raise FinemixError(f"{len(self.texts)} unlabelled texts but {len(self.teacher_logits)} teacher rows")
+        if self.temperature <= 0 or self.weight < 0 or self.passes <= 0:
+            raise FinemixError("distillation needs temperature > 0, weight ≥ 0 and passes > 0")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(teacher ‖ student) on softened distributions, mean over the batch; the teacher gets no gradient."""
+    t = temperature
+    teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+    student = F.log_softmax(student_logits.float() / t, dim=-1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * t * t
+
+
+def _cycle(data: Encoded, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless seeded bucketed batches over `data` (a fresh shuffle each pass)."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield from shuffled_bucket_batches(data, batch_size, gen)
+
+
 def training_batches(
-    data: Encoded, cfg: TrainConfig, device: torch.device
+    data: Encoded, cfg: TrainConfig, device: torch.device, total: int | None = None
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int, int]]:
-    """(batch, labels, step, total) for round(epochs · steps per epoch) steps, seeded order."""
+    """(batch, labels, step, total) for `total` steps (default round(epochs · steps per epoch)), seeded order."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    total = total_steps(len(data), cfg)
+    total = total or total_steps(len(data), cfg)
     step = 0
     while True:
         for batch_idx in shuffled_bucket_batches(data, cfg.batch_size, gen):
@@ -39,17 +79,26 @@ def training_batches(
                 return
 
 
+def _joint(labelled: dict[str, torch.Tensor], unlabelled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One padded batch holding both parts, so a step is one forward pass (cheaper than two on CPU)."""
+    width = max(labelled["input_ids"].shape[1], unlabelled["input_ids"].shape[1])
+    return {k: torch.cat([F.pad(labelled[k], (0, width - labelled[k].shape[1])),
+                          F.pad(unlabelled[k], (0, width - unlabelled[k].shape[1]))]) for k in labelled}
+
+
 def fine_tune(
     model: torch.nn.Module,
     data: Encoded,
     cfg: TrainConfig,
     progress: Progress | None = None,
     after_step: Callable[[torch.nn.Module], None] | None = None,
+    distill: Distillation | None = None,
 ) -> torch.nn.Module:
     """Train `model` in place on `data` with AdamW and a linear warm-up/decay schedule.
 
     `model` must be the caller's private copy. `after_step` runs after each optimiser step
-    (fine-pruning uses it to keep pruned neurons at zero).
+    (fine-pruning uses it to keep pruned neurons at zero). With `distill`, every step adds
+    weight · T²·KL(teacher ‖ model) on a batch of the unlabelled texts (same batch size).
     """
     torch.manual_seed(cfg.seed)
     device = device_of(model)
@@ -60,9 +109,21 @@ def fine_tune(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda")
     )
     total = total_steps(len(data), cfg)
+    unlabelled = None
+    if distill is not None and len(distill.texts):
+        total = max(total, total_steps(len(distill.texts), TrainConfig(epochs=distill.passes, batch_size=cfg.batch_size)))
+        unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
     schedule = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
-    for batch, labels, step, total in training_batches(data, cfg, device):
-        model(**batch, labels=labels).loss.backward()
+    for batch, labels, step, total in training_batches(data, cfg, device, total):
+        if unlabelled is None:
+            loss = model(**batch, labels=labels).loss
+        else:
+            idx = next(unlabelled)
+            logits = model(**_joint(batch, collate(distill.texts, idx, device))).logits
+            n = len(labels)
+            loss = F.cross_entropy(logits[:n], labels) + distill.weight * distillation_loss(
+                logits[n:], distill.teacher_logits[idx].to(device), distill.temperature)
+        loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

@@ -12,6 +12,8 @@ from datasets import Dataset
 
 from finemix_core.config import TrainConfig
 from finemix_core.defenses import (
+    METHODS,
+    REGISTRY,
     DefenderData,
     DefenseConfig,
     apply_pruning,
@@ -23,6 +25,11 @@ from finemix_core.defenses import (
     pick_smallest,
     prune_plan,
 )
+from finemix_core.defenses import first_passing, guarded_pool
+from finemix_core.defenses.base import Job
+from finemix_core.config import RecoveryConfig
+from finemix_core.evaluate import predict
+from finemix_core.train import Distillation, distillation_loss, fine_tune
 from finemix_core.epur import EpurConfig, embedding_key
 from finemix_core.errors import FinemixError
 from finemix_core.models import load_pair
@@ -60,9 +67,11 @@ def cfg(method: str, **kw) -> DefenseConfig:
     return DefenseConfig(method=method, train=FAST, **kw)
 
 
-def test_defender_data_holds_only_clean_train_and_dev():
-    # auto-ρ and the prune ratio can only read what DefenderData carries: no test split, no triggered text
-    assert {f.name for f in dataclasses.fields(DefenderData)} == {"train", "dev", "texts"}
+def test_defender_data_holds_only_clean_train_dev_and_unlabelled_text():
+    # auto-ρ, the prune ratio and recovery can only read what DefenderData carries: no test split, no triggered text
+    assert {f.name for f in dataclasses.fields(DefenderData)} == {"train", "dev", "texts", "unlabeled", "unlabeled_source"}
+    # and a registered defense only receives a Job: the pair, that data, the config and the shared trainer
+    assert {f.name for f in dataclasses.fields(Job)} == {"pair", "dd", "cfg", "device", "target", "progress", "say", "distill", "search"}
 
 
 def test_defender_data_is_stratified_and_sized(dd):
@@ -141,7 +150,7 @@ def test_fine_pruning_keeps_pruned_neurons_at_zero_through_fine_tuning(pair, dd)
 
 def test_fine_pruning_auto_ratio_is_searched_on_dev(pair, dd):
     res = defend(pair, dd, cfg("fine-pruning", delta=1.0))  # any accuracy passes → the largest grid value
-    assert res.prune_ratio == 0.9 and {"prune_ratio", "dev_acc"} == set(res.search[0])
+    assert res.prune_ratio == 0.9 and res.search[0].knob == "prune_ratio" and all(c.passed for c in res.search)
 
 
 @pytest.mark.parametrize("method", ["fine-mixing", "fine-mixing-sorted", "fine-tuning", "fine-pruning", "epur+fine-mixing"])
@@ -161,7 +170,7 @@ def test_auto_rho_picks_the_smallest_grid_value_within_delta(pair, dd):
     loose = defend(pair, dd, cfg("fine-mixing", delta=1.0, rho_grid=(0.2, 0.5, 0.8)))
     assert loose.rho == 0.2 and loose.rho_auto  # everything passes: the smallest ρ
     strict = defend(pair, dd, cfg("fine-mixing", delta=0.0, rho_grid=(0.2, 0.5, 0.8)))
-    tried = {s["rho"]: s["dev_acc"] for s in strict.search}
+    tried = {c.value: c.dev_acc for c in strict.search}
     passing = [r for r, acc in tried.items() if acc >= strict.ft_dev_acc]
     assert strict.rho == (min(passing) if passing else 0.8)
 
@@ -184,3 +193,98 @@ def test_bad_configs_are_refused():
         DefenseConfig(rho=1.5)
     with pytest.raises(FinemixError, match="prune ratio"):
         DefenseConfig(method="fine-pruning", prune_ratio=1.0)
+
+
+# ---- the registry ----
+
+
+def test_every_registered_defense_runs_with_and_without_epur_and_recovery(pair, tiny_pool_dd):
+    for base in REGISTRY:
+        for method in (base, f"epur+{base}" if base != "none" else "epur", *((f"{base}+distill",) if base != "none" else ())):
+            res = defend(pair, tiny_pool_dd, cfg(method, rho=0.5, prune_ratio=0.2))
+            assert res.method == method and res.model is not None and 0.0 <= res.dev_acc <= 1.0
+            assert (res.unlabeled_used > 0) == method.endswith("+distill")
+    assert set(METHODS) >= {"epur+fine-mixing+distill", "fine-tuning+distill", "fine-pruning", "none"}
+
+
+def test_unknown_method_is_one_line_naming_the_choices():
+    with pytest.raises(FinemixError, match=r"unknown method 'fine-mixng'; use one of none, fine-tuning") as info:
+        DefenseConfig(method="fine-mixng")
+    assert "\n" not in str(info.value)
+    with pytest.raises(FinemixError, match="unknown method"):
+        DefenseConfig(method="none+distill")  # nothing is trained, so there is nothing to recover
+
+
+def test_distill_without_unlabelled_text_is_refused(pair, dd):
+    with pytest.raises(FinemixError, match="needs clean unlabelled texts"):
+        defend(pair, dd, cfg("fine-tuning+distill"))
+
+
+# ---- recovery by distillation ----
+
+
+@pytest.fixture()
+def tiny_pool_dd(pair) -> DefenderData:
+    train = Dataset.from_dict({"text": POS * 3 + NEG * 3, "label": [1] * 18 + [0] * 18})
+    dev = Dataset.from_dict({"text": POS + NEG, "label": [1] * 6 + [0] * 6})
+    pool = Dataset.from_dict({"text": ["a fun film", "cf the best plot", "awful and boring", "the cast was great", "cf dull"],
+                              "label": [0] * 5})
+    return defender_data(pair.tokenizer, train, dev, 16, 12, 0, 32, unlabeled=pool, unlabeled_source="test pool")
+
+
+def test_pool_texts_join_epur_frequencies_and_are_encoded(tiny_pool_dd):
+    assert len(tiny_pool_dd.unlabeled) == 5 and tiny_pool_dd.unlabeled_source == "test pool"
+    assert len(tiny_pool_dd.texts) == 16 + 5 and "cf dull" in tiny_pool_dd.texts
+
+
+def test_guard_drops_exactly_the_texts_holding_flagged_tokens(pair, tiny_pool_dd):
+    cf = pair.tokenizer.convert_tokens_to_ids("cf")
+    assert guarded_pool(tiny_pool_dd, {cf}) == [0, 2, 3]
+    assert guarded_pool(tiny_pool_dd, set()) == [0, 1, 2, 3, 4]
+
+
+def test_drop_flagged_guard_shrinks_what_is_distilled(pair, tiny_pool_dd):
+    logs: list[str] = []
+    everything = len(pair.tokenizer)  # every row counts as suspicious: every text holds one, none is left to distil
+    res = defend(pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=RecoveryConfig(drop_flagged=everything)), log=logs.append)
+    assert res.unlabeled_used == 0 and any("guard: 5 of 5" in m for m in logs)
+    kept = defend(pair, tiny_pool_dd, cfg("fine-tuning+distill"))
+    assert kept.unlabeled_used == 5 and kept.unlabeled_source == "test pool"
+
+
+def test_distillation_loss_is_zero_when_student_equals_teacher():
+    logits = torch.randn(6, 3)
+    assert distillation_loss(logits.clone(), logits, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(logits + 1.0, logits, 2.0).item() == pytest.approx(0.0, abs=1e-6)  # a shift is the same distribution
+
+
+def test_distillation_loss_matches_the_formula_and_only_the_student_gets_gradient():
+    student = torch.randn(4, 2, requires_grad=True)
+    teacher_logits = torch.randn(4, 2, requires_grad=True)
+    loss = distillation_loss(student, teacher_logits, 3.0)
+    p = torch.softmax(teacher_logits.detach() / 3, -1)
+    q = torch.softmax(student.detach() / 3, -1)
+    assert loss.item() == pytest.approx(float((p * (p.log() - q.log())).sum(-1).mean() * 9), rel=1e-5)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher_logits.grad is None  # the teacher is a fixed target
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(pair, tiny_pool_dd):
+    # with weight 1 and no labelled signal to speak of, the student's pool predictions approach the teacher's
+    model = pair.working_copy()
+    pool = tiny_pool_dd.unlabeled
+    target = torch.tensor([[4.0, -4.0]] * len(pool))
+    before = distillation_loss(torch.from_numpy(predict(model, pool, logits=True)), target, 2.0).item()
+    fine_tune(model, tiny_pool_dd.train, TrainConfig(lr=3e-3, epochs=1.0, batch_size=4),
+              distill=Distillation(pool, target, weight=10.0, temperature=2.0, passes=8))
+    after = distillation_loss(torch.from_numpy(predict(model, pool, logits=True)), target, 2.0).item()
+    assert after < before * 0.5, (before, after)
+
+
+def test_recovery_auto_rho_scans_up_from_the_bottom_and_stops_at_the_first_pass(pair, tiny_pool_dd):
+    res = defend(pair, tiny_pool_dd, cfg("fine-mixing+distill", delta=1.0))  # everything passes
+    assert res.rho == 0.1 and [c.value for c in res.search] == [0.1]
+    calls = []
+    assert first_passing([0.5, 0.1, 0.3], lambda x: calls.append(x) or x >= 0.3) == (0.3, True) and calls == [0.1, 0.3]
+    assert first_passing([0.1, 0.2], lambda x: False) == (0.2, False)

@@ -1,0 +1,167 @@
+"""Defenses (DESIGN.md §2, §3, §6) behind one registry.
+
+A method name is `[epur+]BASE[+distill]`:
+- BASE is a registered defense: one module, one `run(job) -> Outcome` function, one entry in REGISTRY
+  (adding a defense = adding a module and a line here; the CLI, report and lab read METHODS).
+- `epur+` first resets the embedding rows E-PUR flags (DESIGN.md §3), then runs BASE on the purified model.
+- `+distill` adds recovery to the shared fine-tuning routine: distillation from θ_FT's own predictions on
+  the defender's clean unlabelled texts (train.Distillation), and makes auto-ρ scan up from a low ρ.
+
+Every method fine-tunes with the same routine and budget; every choice is made on clean dev data only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from finemix_core.defenses import fine_mixing, fine_pruning, fine_tuning
+from finemix_core.defenses.base import (
+    DEFENSE_TRAIN,
+    GRID,
+    RECOVERY_GRID,
+    Candidate,
+    DefenderData,
+    DefenseConfig,
+    Defense,
+    Job,
+    RecoveryConfig,
+    accuracy,
+    defender_data,
+    first_passing,
+    pick_largest,
+    pick_smallest,
+)
+from finemix_core.defenses.fine_pruning import apply_pruning, ffn_activations, ffn_layers, prune_plan
+from finemix_core.epur import flagged_ids, purify, table
+from finemix_core.errors import FinemixError
+from finemix_core.evaluate import predict
+from finemix_core.models import ModelPair
+from finemix_core.train import Distillation, Progress
+
+REGISTRY: dict[str, Defense] = {
+    "none": fine_tuning.keep,
+    "fine-tuning": fine_tuning.run,
+    "fine-pruning": fine_pruning.run,
+    "fine-mixing": fine_mixing.run_random,
+    "fine-mixing-sorted": fine_mixing.run_sorted,
+}
+TRAINED = tuple(b for b in REGISTRY if b != "none")  # bases that fine-tune (so can take +distill)
+METHODS = (
+    *REGISTRY, "epur", *(f"epur+{b}" for b in TRAINED),
+    *(f"{b}+distill" for b in TRAINED), *(f"epur+{b}+distill" for b in TRAINED),
+)
+# The default `finemix defend` (chosen on the zoo's dev splits only; docs/recovery.md): E-PUR, Fine-mixing at the
+# smallest ρ whose dev accuracy after recovery stays within δ of θ_FT's, recovery by distillation.
+DEFAULT_METHOD = "epur+fine-mixing+distill"
+PAPER_METHODS = ("fine-mixing", "epur+fine-mixing")  # the paper's recipe, kept as it was for side-by-side rows
+
+__all__ = [
+    "DEFAULT_METHOD", "DEFENSE_TRAIN", "GRID", "METHODS", "RECOVERY_GRID", "REGISTRY", "Candidate", "DefenderData",
+    "DefenseConfig", "DefenseResult", "RecoveryConfig", "accuracy", "apply_pruning", "defend", "defender_data",
+    "ffn_activations", "ffn_layers", "first_passing", "parse_method", "pick_largest", "pick_smallest", "prune_plan",
+]
+
+
+def parse_method(method: str) -> tuple[bool, str, bool]:
+    """'epur+fine-mixing+distill' → (E-PUR first, 'fine-mixing', distill); unknown names get the one-line error."""
+    if method not in METHODS:
+        raise FinemixError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
+    epur = method.startswith("epur")
+    base = method.removeprefix("epur").removeprefix("+").removesuffix("+distill") or "none"
+    return epur, base, method.endswith("+distill")
+
+
+@dataclass
+class DefenseResult:
+    """The defended model and how it was made."""
+
+    model: torch.nn.Module
+    method: str
+    rho: float | None  # the ρ used (auto's choice when auto)
+    rho_auto: bool
+    prune_ratio: float | None
+    flagged: list[str]  # E-PUR's flagged tokens, highest score first
+    dev_acc: float  # clean dev accuracy of the defended model
+    ft_dev_acc: float  # clean dev accuracy of θ_FT (the reference for δ)
+    search: list[Candidate]  # every candidate a dev-only search tried, in order
+    unlabeled_used: int  # unlabelled texts distilled on (0 without +distill)
+    unlabeled_source: str  # where they came from
+    seconds: float
+
+    def summary(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "model"} | {"seconds": round(self.seconds, 2)}
+
+
+def purified_pair(pair: ModelPair, ids: Sequence[int]) -> ModelPair:
+    """A new pair whose θ_FT has the flagged embedding rows reset to θ_PT (the input pair is untouched)."""
+    ft = pair.working_copy(purify(pair, pair.ft_state(), ids))
+    ft.requires_grad_(False)
+    return dataclasses.replace(pair, ft=ft)  # a fresh dataclass: Δ is recomputed for the purified θ_FT
+
+
+def guarded_pool(dd: DefenderData, flagged_token_ids: set[int]) -> list[int]:
+    """Positions of the unlabelled texts that hold none of the flagged token ids."""
+    if dd.unlabeled is None:
+        return []
+    return [i for i, ids in enumerate(dd.unlabeled.input_ids) if not flagged_token_ids.intersection(ids)]
+
+
+def teacher(model: torch.nn.Module, dd: DefenderData, rec: RecoveryConfig, keep: Sequence[int]) -> Distillation | None:
+    """The teacher's logits on the kept unlabelled texts, computed once for every candidate of the run."""
+    if dd.unlabeled is None or not keep:
+        return None
+    texts = dd.unlabeled.subset(keep)
+    logits = torch.from_numpy(predict(model, texts, logits=True)).float()
+    return Distillation(texts, logits, rec.weight, rec.temperature, rec.passes)
+
+
+def defend(
+    pair: ModelPair,
+    dd: DefenderData,
+    cfg: DefenseConfig,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> DefenseResult:
+    """Run one defense on a private copy of θ_FT; `pair` is never modified."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    say = log or (lambda _msg: None)
+    use_epur, base, distill = parse_method(cfg.method)
+    ft_model = pair.working_copy().to(device)
+    ft_dev = accuracy(ft_model, dd.dev)
+    flagged: list[str] = []
+    ranked: list[int] = []  # E-PUR's flagged rows, best first
+    suspicious: list[int] = []  # the guard's top rows by the same score (its own count, independent of K)
+    if use_epur or (distill and cfg.recovery.drop_flagged):
+        tab = table(pair, dd.texts, cfg.epur)
+        ranked = flagged_ids(tab)
+        suspicious = tab.sort_values("score", ascending=False, kind="stable").id.tolist()[: cfg.recovery.drop_flagged]
+    if use_epur:
+        flagged = pair.tokenizer.convert_ids_to_tokens(ranked)
+        pair = purified_pair(pair, ranked)
+        say(f"E-PUR reset {len(flagged)} embedding rows (top: {', '.join(flagged[:5])})")
+    job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say)
+    if distill:
+        if dd.unlabeled is None:
+            raise FinemixError(f"{cfg.method} needs clean unlabelled texts; pass --unlabeled PATH or use data with a dev split")
+        keep = guarded_pool(dd, set(suspicious)) if cfg.recovery.drop_flagged else list(range(len(dd.unlabeled)))
+        if cfg.recovery.drop_flagged:
+            say(f"guard: {len(dd.unlabeled) - len(keep)} of {len(dd.unlabeled)} unlabelled texts hold one of E-PUR's top "
+                f"{cfg.recovery.drop_flagged} tokens and are dropped")
+        # the teacher is the model the defense starts from (after E-PUR when asked): θ_FT's clean behaviour
+        job.distill = teacher(pair.ft if device.type == "cpu" else pair.working_copy().to(device), dd, cfg.recovery, keep)
+        say(f"recovery: distilling θ_FT on {len(keep)} clean unlabelled texts ({dd.unlabeled_source})")
+    out = REGISTRY[base](job)
+    out.model.eval()
+    return DefenseResult(
+        model=out.model, method=cfg.method, rho=out.rho, rho_auto=cfg.rho is None and out.rho is not None,
+        prune_ratio=out.prune_ratio, flagged=flagged, dev_acc=accuracy(out.model, dd.dev), ft_dev_acc=ft_dev, search=job.search,
+        unlabeled_used=len(job.distill.texts) if job.distill else 0, unlabeled_source=dd.unlabeled_source if job.distill else "none",
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,209 @@
+"""What every defense shares: its config, the defender's data, the job it receives, what it returns,
+and the dev-only searches (ρ, prune ratio).
+
+The defender's data is a `DefenderData`: a small labelled clean training set, a labelled clean dev set
+and a pool of clean unlabelled texts. Nothing here ever sees test data or triggered inputs — every
+choice a defense makes (ρ, prune ratio) reads clean dev accuracy alone, by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from finemix_core import data
+from finemix_core.config import RecoveryConfig, TrainConfig
+from finemix_core.encoding import Encoded, encode
+from finemix_core.epur import EpurConfig
+from finemix_core.errors import FinemixError
+from finemix_core.evaluate import predict
+from finemix_core.models import ModelPair
+from finemix_core.train import Distillation, Progress, fine_tune
+
+GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))  # the paper recipe's ρ and prune-ratio candidates
+# With recovery the dev accuracy stays high at low ρ, so the search starts at the bottom and stops at the
+# first ρ that passes: usually one or two candidates (each ~1 min on 2 cores) instead of a bisection's three or four.
+RECOVERY_GRID = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+# The paper recipe's budget. DESIGN.md §10 measured lr 2e-5 × 5 epochs too weak to wash out a rare-word backdoor on
+# this θ_PT and lr 1e-4 × 10 epochs clearly better; we adopt the latter as is (never tuned on test data).
+DEFENSE_TRAIN = TrainConfig(lr=1e-4, epochs=10.0, batch_size=16)
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """One defense run. `method` is [epur+]BASE[+distill], BASE a registered defense (see defenses.METHODS)."""
+
+    method: str = "fine-mixing"
+    rho: float | None = None  # reserve ratio; None = auto (smallest grid ρ within `delta` of θ_FT's dev accuracy)
+    rho_grid: tuple[float, ...] | None = None  # auto-ρ candidates (None: GRID by bisection, RECOVERY_GRID from the bottom with +distill)
+    delta: float = 0.02  # allowed clean dev-accuracy drop for auto-ρ and the prune ratio
+    mix_scope: str = "tensor"  # sorted masks: rank per tensor or globally
+    epur: EpurConfig = field(default_factory=EpurConfig)  # K and the frequency floor c
+    prune_ratio: float | None = None  # fine-pruning share of FFN neurons per layer; None = largest grid value within delta
+    train: TrainConfig = DEFENSE_TRAIN  # the same budget for every method
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)  # used by +distill methods only
+    seed: int = 0  # masks, fine-tuning order and dropout
+
+    def __post_init__(self) -> None:
+        from finemix_core.defenses import parse_method  # the registry lives in the package
+
+        parse_method(self.method)
+        if self.rho is not None and not 0.0 <= self.rho <= 1.0:
+            raise FinemixError(f"rho {self.rho} outside [0, 1]; 0 keeps θ_PT, 1 keeps θ_FT (or use auto)")
+        if self.prune_ratio is not None and not 0.0 <= self.prune_ratio < 1.0:
+            raise FinemixError(f"prune ratio {self.prune_ratio} outside [0, 1)")
+        if self.rho_grid is not None and (not self.rho_grid or any(not 0.0 <= r <= 1.0 for r in self.rho_grid)):
+            raise FinemixError("rho grid must be non-empty values in [0, 1]")
+        if self.delta < 0:
+            raise FinemixError(f"delta {self.delta} must be ≥ 0")
+
+    @property
+    def uses_epur(self) -> bool:
+        return self.method.startswith("epur")
+
+    @property
+    def distills(self) -> bool:
+        return self.method.endswith("+distill")
+
+    @property
+    def base(self) -> str:
+        """The registered defense after E-PUR and before recovery ('none' for plain epur)."""
+        from finemix_core.defenses import parse_method
+
+        return parse_method(self.method)[1]
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        return self.rho_grid or (RECOVERY_GRID if self.distills else GRID)
+
+
+@dataclass(frozen=True)
+class DefenderData:
+    """All the defender has: labelled clean train and dev sets, clean unlabelled texts, and where they came from."""
+
+    train: Encoded
+    dev: Encoded
+    texts: tuple[str, ...]  # every clean text the defender holds (E-PUR's frequency source): train + unlabelled pool
+    unlabeled: Encoded | None = None  # the pool for recovery (never test, never θ_FT's training text); labels unused
+    unlabeled_source: str = "none"  # what the pool is, for the card and the report
+
+
+def defender_data(
+    tokenizer, train: Dataset, dev: Dataset, clean_size: int = 128, dev_size: int = 256, seed: int = 0, max_length: int = 128,
+    unlabeled: Dataset | None = None, unlabeled_source: str = "none",
+) -> DefenderData:
+    """Draw the clean set (stratified, seeded) from `train`, up to `dev_size` examples from `dev`; `unlabeled` is the pool."""
+    small = data.clean_subset(train, clean_size, seed)
+    if len(dev) == 0:
+        raise FinemixError("the dev split is empty; provide more clean data (auto-ρ needs held-out examples)")
+    dev = dev.select(range(min(dev_size, len(dev))))
+    texts = tuple(t for col in data.text_columns(small) for t in small[col])
+    pool = None
+    if unlabeled is not None and len(unlabeled):
+        pool = encode(tokenizer, unlabeled, max_length)
+        texts += tuple(t for col in data.text_columns(unlabeled) for t in unlabeled[col])
+    return DefenderData(encode(tokenizer, small, max_length), encode(tokenizer, dev, max_length), texts, pool,
+                        unlabeled_source if pool is not None else "none")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One value a dev-only search tried, with the clean dev accuracy it reached."""
+
+    knob: str  # "rho" | "prune_ratio"
+    value: float
+    dev_acc: float
+    passed: bool
+
+
+@dataclass
+class Job:
+    """What a registered defense receives: the (possibly purified) pair, the defender's data and the shared trainer."""
+
+    pair: ModelPair
+    dd: DefenderData
+    cfg: DefenseConfig
+    device: torch.device
+    target: float  # the dev accuracy a candidate must reach (θ_FT's − δ)
+    progress: Progress | None
+    say: Callable[[str], None]
+    distill: Distillation | None = None  # set for +distill methods: the teacher's logits on the pool, computed once
+    search: list[Candidate] = field(default_factory=list)
+
+    def train(self, model: torch.nn.Module, after_step: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
+        """The one fine-tuning routine with the shared budget (and recovery when asked)."""
+        return fine_tune(model, self.dd.train, dataclasses.replace(self.cfg.train, seed=self.cfg.seed), self.progress, after_step,
+                         self.distill)
+
+    def try_value(self, knob: str, value: float, model: torch.nn.Module) -> bool:
+        """Score a candidate on clean dev data, record it, and say whether it reaches the target."""
+        acc = accuracy(model, self.dd.dev)
+        ok = acc >= self.target
+        self.search.append(Candidate(knob, value, acc, ok))
+        self.say(f"{knob} {value:.2f}: dev accuracy {acc:.3f} (need ≥ {self.target:.3f}) → {'pass' if ok else 'fail'}")
+        return ok
+
+
+@dataclass
+class Outcome:
+    """What a registered defense returns."""
+
+    model: torch.nn.Module
+    rho: float | None = None
+    prune_ratio: float | None = None
+
+
+Defense = Callable[[Job], Outcome]  # the one signature of every registered defense
+
+
+def accuracy(model: torch.nn.Module, enc: Encoded) -> float:
+    return float((predict(model, enc).argmax(1) == np.asarray(enc.labels)).mean())
+
+
+def pick_smallest(grid: Sequence[float], passes: Callable[[float], bool]) -> tuple[float, bool]:
+    """Smallest grid value that passes, by bisection over the sorted grid (assumes passing is monotone).
+
+    Returns (value, found); when nothing passes, the largest value and False.
+    """
+    values = sorted(grid)
+    lo, hi = 0, len(values) - 1
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if passes(values[mid]):
+            best, hi = mid, mid - 1
+        else:
+            lo = mid + 1
+    return (values[best], True) if best is not None else (values[-1], False)
+
+
+def first_passing(grid: Sequence[float], passes: Callable[[float], bool]) -> tuple[float, bool]:
+    """Smallest grid value that passes, scanning up from the bottom and stopping at the first pass.
+
+    Cheaper than bisection when low values usually pass (recovery); (largest, False) when none does.
+    """
+    values = sorted(grid)
+    for v in values:
+        if passes(v):
+            return v, True
+    return values[-1], False
+
+
+def pick_largest(grid: Sequence[float], passes: Callable[[float], bool]) -> float:
+    """Largest grid value that passes by bisection; 0 when none does."""
+    values = sorted(grid)
+    lo, hi = 0, len(values) - 1
+    best = 0.0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if passes(values[mid]):
+            best, lo = values[mid], mid + 1
+        else:
+            hi = mid - 1
+    return best

@@ -1,0 +1,42 @@
+"""Fine-mixing (DESIGN.md §2): mix θ_FT with θ_PT keeping a share ρ, then fine-tune the mix on the clean set.
+
+ρ given: one run. ρ auto: the smallest grid ρ whose clean dev accuracy after fine-tuning reaches θ_FT's − δ
+(the paper recipe bisects GRID; with recovery the search scans RECOVERY_GRID up from the bottom).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from finemix_core.defenses.base import Job, Outcome, first_passing, pick_smallest
+from finemix_core.mixing import MixConfig, mix
+
+
+def fine_mix(job: Job, rho: float, mode: str) -> torch.nn.Module:
+    """Mix at ρ, then fine-tune the mix (a fresh private model)."""
+    state = mix(job.pair, MixConfig(rho=rho, mode=mode, scope=job.cfg.mix_scope, seed=job.cfg.seed))
+    return job.train(job.pair.working_copy(state).to(job.device))
+
+
+def _run(job: Job, mode: str) -> Outcome:
+    if job.cfg.rho is not None:
+        return Outcome(fine_mix(job, job.cfg.rho, mode), rho=job.cfg.rho)
+    trained: dict[float, torch.nn.Module] = {}
+
+    def passes(rho: float) -> bool:
+        trained[rho] = fine_mix(job, rho, mode)
+        return job.try_value("rho", rho, trained[rho])
+
+    search = first_passing if job.cfg.distills else pick_smallest
+    rho, found = search(job.cfg.grid, passes)
+    if not found:
+        job.say(f"no ρ on the grid reached θ_FT's dev accuracy − {job.cfg.delta}; using the largest, {rho}")
+    return Outcome(trained[rho] if rho in trained else fine_mix(job, rho, mode), rho=rho)
+
+
+def run_random(job: Job) -> Outcome:
+    return _run(job, "random")
+
+
+def run_sorted(job: Job) -> Outcome:
+    return _run(job, "sorted")
