@@ -372,6 +372,8 @@ def report_cmd(
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     fresh: Annotated[bool, typer.Option(help="Re-run everything (default: reuse identical runs stored in the results database).")] = False,
+    import_runs: Annotated[Path | None, typer.Option(help="An earlier report's runs.csv: its identical runs are reused, not re-run.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="CSV rewritten after every run (resume later with --import-runs).")] = None,
 ) -> None:
     """The reproduction table: every zoo attack × every defense, mean ± std over seeds, plus a clean-size study."""
     from finemix_core import report
@@ -395,10 +397,12 @@ def report_cmd(
     cfg = report.ReportConfig(
         entries=tuple(e.strip() for e in entries.split(",")) if entries else None, methods=chosen, seeds=seed_list,
         clean_size=clean_size, sizes=ints(sizes, "sizes"), size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
-        eval_limit=limit, resume=not fresh,
+        eval_limit=limit, resume=not fresh, checkpoint=checkpoint,
         fixed_rhos=tuple(_unit_interval(x, "--fixed-rhos", "", "ρ is a share of weights") for x in fixed_rhos.split(",") if x.strip()),
         loose_delta=_unit_interval(loose_delta, "--loose-delta", "", "it is an accuracy drop, e.g. 0.05 for 5 points"),
     )
+    if import_runs is not None:
+        typer.echo(f"imported {report.import_runs(import_runs)} new runs from {import_runs}", err=True)
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
     path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))
     typer.echo((path / "report.md").read_text())
@@ -471,6 +475,15 @@ def bench_cmd(
     for r in rows:
         table.add_row(*r)
     console.print(table)
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List the defense methods (the registry): [epur+]BASE[+distill]; the default is marked."""
+    from finemix_core.defenses import DEFAULT_METHOD, METHODS, describe
+
+    for name in METHODS:
+        typer.echo(f"{name:34s} {'(default) ' if name == DEFAULT_METHOD else ''}{describe(name)}")
 
 
 @app.command("datasets")

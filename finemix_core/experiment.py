@@ -55,8 +55,10 @@ class Context:
         """
         if self.clean_data is None:
             train, dev = self.dsd["train"], self.dsd["dev"]
-            pool = dev.select(range(min(dev_size, len(dev)), len(dev)))
-            what = f"{self.data_name} dev split beyond its first {dev_size} examples"
+            n_dev = dev_examples(len(dev), dev_size)
+            pool = dev.select(range(n_dev, len(dev)))
+            dev = dev.select(range(n_dev))
+            what = f"{self.data_name} dev split beyond its first {n_dev} examples"
         else:
             train, dev = self.clean_splits["train"], self.clean_splits["dev"]
             pool = data.clean_split(train, clean_size, seed)[1]
@@ -67,6 +69,12 @@ class Context:
         merged = concatenate_datasets([p.cast(parts[0][0].features) for p, _ in parts]) if parts else None
         source = " + ".join(f"{w} ({len(p)})" for p, w in parts) or "none"
         return defender_data(self.pair.tokenizer, train, dev, clean_size, dev_size, seed, unlabeled=merged, unlabeled_source=source)
+
+
+def dev_examples(n_dev_split: int, dev_size: int) -> int:
+    """How many dev-split examples measure dev accuracy: up to `dev_size`, and never more than half of a small split,
+    so the other half can serve as the unlabelled pool (Rotten Tomatoes: 256 of 1,275, the other 1,019 are the pool)."""
+    return max(1, min(dev_size, n_dev_split // 2)) if n_dev_split else 0
 
 
 def prepare(

@@ -25,7 +25,7 @@ import torch
 
 from finemix_core import store, zoo
 from finemix_core.attacks import trigger_token_ids
-from finemix_core.defenses import DefenseConfig, DefenseResult
+from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
@@ -133,12 +133,14 @@ class Workbench:
         rows = [{"rho": r, "stage": "mix-only", **self.mix_scores(r, mode, seed).as_dict()} for r in rhos]
         return pd.DataFrame(rows)
 
-    def fine_tune(self, rho: float | None, mode: str = "random", seed: int = 0, epur_k: int = 0, clean_size: int = 128,
-                  progress: Progress | None = None, delta: float = 0.02) -> tuple[Scores, dict]:
-        """Fine-mixing's step 2 at ρ (None: auto-ρ within `delta` of θ_FT's dev accuracy), optionally after E-PUR;
-        scored on the interactive set."""
-        base = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
-        method = f"epur+{base}" if epur_k > 0 else base
+    def fine_tune(self, rho: float | None, mode: str = "random", seed: int = 0, epur_k: int = 200, clean_size: int = 128,
+                  progress: Progress | None = None, delta: float = 0.02, recipe: str = "default") -> tuple[Scores, dict]:
+        """Fine-mixing at ρ (None: auto-ρ within `delta` of θ_FT's dev accuracy), scored on the interactive set.
+
+        recipe "default": the default `finemix defend` (E-PUR, mix, fine-tune with recovery by distillation; auto-ρ scans
+        up from a low ρ). "paper": the paper's recipe (mix, plain fine-tune; E-PUR first when epur_k > 0).
+        """
+        method = recipe_method(recipe, mode, epur_k)
         cfg = DefenseConfig(method=method, rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=max(epur_k, 0)))
         return self.defend(cfg, clean_size, progress)
 
@@ -149,6 +151,19 @@ class Workbench:
         record("lab", row)
         self.defended, self.defended_row = result, row
         return score(result.model, self.lab.interactive), row
+
+
+RECIPES = ("default", "paper")
+
+
+def recipe_method(recipe: str, mode: str = "random", epur_k: int = 200) -> str:
+    """The method name of a lab recipe: the default defense with the chosen mask, or the paper's Fine-mixing."""
+    if recipe not in RECIPES:
+        raise FinemixError(f"unknown recipe '{recipe}'; use one of {', '.join(RECIPES)}")
+    base = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
+    if recipe == "default":
+        return DEFAULT_METHOD.replace("fine-mixing", base, 1)
+    return f"epur+{base}" if epur_k > 0 else base
 
 
 def epur_table(lab: LabModel, k: int = 200, floor: float = 20.0, source: str = "clean-set", clean_size: int = 128, seed: int = 0) -> pd.DataFrame:

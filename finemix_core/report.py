@@ -18,12 +18,13 @@ import pandas as pd
 import torch
 
 from finemix_core import store, zoo
-from finemix_core.defenses import DEFENSE_TRAIN, DefenseConfig
+from finemix_core.defenses import DEFAULT_METHOD, DEFENSE_TRAIN, RECOVERY_GRID, DefenseConfig
 from finemix_core.errors import FinemixError
-from finemix_core.experiment import Context, prepare, record, run_defense
+from finemix_core.experiment import Context, dev_examples, prepare, record, run_defense
 from finemix_core.zoo import atomic_save_dir
 
-REPORT_METHODS = ("none", "fine-tuning", "fine-pruning", "fine-mixing", "fine-mixing-sorted", "epur+fine-tuning", "epur+fine-mixing")
+# the references, the paper's recipe exactly as the baseline report ran it, the new default, and recovery given to fine-tuning
+REPORT_METHODS = ("none", "fine-tuning", "fine-pruning", "fine-mixing", "epur+fine-mixing", DEFAULT_METHOD, "fine-tuning+distill")
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,13 @@ class ReportConfig:
     clean_size: int = 128  # the defender's clean training examples
     sizes: tuple[int, ...] = (32, 64, 128, 512)  # clean-set-size study (empty: skip it)
     size_entries: tuple[str, ...] = ("word-cf", "sentence")  # entries of the size study
-    size_methods: tuple[str, ...] = ("fine-tuning", "fine-mixing")
+    size_methods: tuple[str, ...] = ("fine-tuning", DEFAULT_METHOD)
     fixed_rhos: tuple[float, ...] = (0.1, 0.3, 0.5)  # ρ-sensitivity section at the first seed (empty: skip); never used for verdicts
     loose_delta: float | None = 0.05  # auto-ρ again with this looser dev tolerance, every seed (None: skip); never used for verdicts
     eval_limit: int | None = None  # score on the first N test examples only (quick looks)
     pretrained: str = "default"  # θ_PT of every entry
     resume: bool = True  # reuse identical runs already stored in the results database (an interrupted report continues)
+    checkpoint: Path | None = None  # a CSV of every run so far, rewritten (atomically) after each one; resume with import_runs
 
 
 def _entries(cfg: ReportConfig) -> list[str]:
@@ -57,7 +59,8 @@ def _entries(cfg: ReportConfig) -> list[str]:
 
 def run_key(row: dict) -> str:
     """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K, fixed ρ, δ)."""
-    fields = ("model", "method", "seed", "clean_size", "dev_size", "n_clean", "data", "split_seed", "train", "epur_k", "asr_floor")
+    fields = ("model", "method", "seed", "clean_size", "dev_size", "n_clean", "data", "split_seed", "train", "epur_k", "asr_floor",
+              "recovery")
     key = {f: row.get(f) for f in fields}
     # a run with a fixed ρ is another experiment than the auto-ρ run of the same method
     key["rho_fixed"] = row.get("rho_fixed", None if row.get("rho_auto", True) else row.get("rho"))
@@ -68,9 +71,10 @@ def run_key(row: dict) -> str:
 def _planned_key(ctx: Context, cfg: DefenseConfig, clean_size: int) -> str:
     return run_key({
         "model": ctx.pair.card.get("name", ctx.pair.ft_source), "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size,
-        "dev_size": min(256, len(ctx.dsd["dev"])), "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name,
+        "dev_size": dev_examples(len(ctx.dsd["dev"]), 256), "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name,
         "split_seed": ctx.split_seed, "train": json.loads(json.dumps(cfg.train.__dict__)), "epur_k": cfg.epur.k if cfg.uses_epur else None,
         "asr_floor": ctx.floor, "rho_fixed": cfg.rho, "delta": cfg.delta,
+        "recovery": json.loads(json.dumps(asdict(cfg.recovery))) if cfg.distills else None,
     })
 
 
@@ -84,6 +88,37 @@ class ReportRuns:
     loose: pd.DataFrame  # auto-ρ with the looser tolerance
     used: dict[str, dict]  # every distinct run of the report by its run_key (one run can serve two sections)
     reused: int  # how many of them came from the results database instead of being run
+
+
+def import_runs(path: Path) -> int:
+    """Store the rows of an earlier report's runs.csv as report runs, so identical runs are reused instead of re-run.
+
+    Only rows whose run_key matches a planned run are ever used, and the key holds the model, data, test size, seed,
+    budget and the clean floor measured on this machine's zoo: a rebuilt zoo that differs gets its runs re-run.
+    Returns how many rows were new to the database.
+    """
+    import ast
+
+    path = Path(path)
+    if not path.is_file():
+        raise FinemixError(f"runs file not found: {path}; give the runs.csv of an earlier report")
+    frame = pd.read_csv(path, float_precision="round_trip")
+    missing = {"model", "method", "seed", "cacc", "asr", "train"} - set(frame.columns)
+    if missing:
+        raise FinemixError(f"{path}: not a report's runs.csv (no column {sorted(missing)[0]})")
+    stored = {run_key(r["config"]) for r in store.runs(kind="report")}
+    new = 0
+    for rec in frame.to_dict(orient="records"):
+        row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in rec.items()}
+        for col in ("train", "flagged_top", "search", "recovery"):
+            if isinstance(row.get(col), str) and row[col][:1] in "[{":
+                row[col] = ast.literal_eval(row[col])
+        row["imported_from"] = str(path)
+        if run_key(row) not in stored:
+            record("report", row)
+            stored.add(run_key(row))
+            new += 1
+    return new
 
 
 def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> ReportRuns:
@@ -106,6 +141,11 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
             record("report", row)
             stored[key], how = row, f"{row['seconds']:.0f}s"
         used[key] = row
+        if cfg.checkpoint is not None:
+            tmp = Path(cfg.checkpoint).with_name(f".tmp-{Path(cfg.checkpoint).name}")
+            pd.DataFrame(list(used.values())).to_csv(tmp, index=False)
+            tmp.replace(cfg.checkpoint)
+        how = f"{how}, imported" if row.get("imported_from") else how
         log(f"{name:12s} seed {seed} n {size:4d} {method:20s} CACC {row['cacc']:.3f} ASR {row['asr']:.3f} ρ {row['rho']} ({how})")
         return row
 
@@ -118,8 +158,8 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
 
 
 def _ours(attack: str | None) -> str:
-    """The method the targets judge: Fine-mixing, with E-PUR first against embedding poisoning."""
-    return "epur+fine-mixing" if attack == "ep" else "fine-mixing"
+    """The method the bar judges: the default `finemix defend`, the same recipe for every attack (it cannot know the attack)."""
+    return DEFAULT_METHOD
 
 
 def _pm(values: pd.Series) -> str:
@@ -146,8 +186,8 @@ def summarise(rows: pd.DataFrame, by: tuple[str, ...] = ("model", "method")) -> 
 
 
 def verdicts(summary: pd.DataFrame) -> list[str]:
-    """The defenses issue's targets, checked per attack: Fine-mixing (E-PUR + Fine-mixing for ep) within
-    5 ASR points of the floor and ≤ 2 CACC points below the backdoored model; fine-tuning clearly worse."""
+    """The efficacy issue's bar, per attack, for the default defense: ASR ≤ floor + 0.05, CACC ≥ θ_FT's − 0.02, and ASR
+    clearly (≥ 0.10) below fine-tuning's and fine-pruning's under the same budget. Said plainly where missed."""
     lines = []
     for model, grp in summary.groupby("model", sort=False):
         by = grp.set_index("method")
@@ -158,22 +198,45 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
         floor = o["floor"]
         asr_ok = pd.notna(floor) and o["asr_mean"] <= floor + 0.05
         cacc_ok = o["cacc_mean"] >= base["cacc_mean"] - 0.02
-        ft = by.loc["fine-tuning"] if "fine-tuning" in by.index else None
-        ft_text = "" if ft is None else f"; fine-tuning alone leaves ASR {ft['asr_mean']:.3f}" + (
-            " (clearly higher)" if ft["asr_mean"] >= o["asr_mean"] + 0.1 else " (not clearly higher)")
+        others = []
+        for ref in ("fine-tuning", "fine-pruning"):
+            if ref in by.index:
+                clear = by.loc[ref, "asr_mean"] >= o["asr_mean"] + 0.1
+                others.append(f"{ref} leaves ASR {by.loc[ref, 'asr_mean']:.3f} ({'clearly higher' if clear else 'NOT clearly higher'})")
         floor_text = "unknown" if pd.isna(floor) else f"{floor:.3f}"
         lines.append(
             f"- **{model}** ({ours}): ASR {o['asr_mean']:.3f} vs floor {floor_text} → "
             f"{'MET' if asr_ok else 'MISSED'} (≤ floor + 0.05); CACC {o['cacc_mean']:.3f} vs backdoored {base['cacc_mean']:.3f} → "
-            f"{'MET' if cacc_ok else 'MISSED'} (≤ 2 points lower){ft_text}."
+            f"{'MET' if cacc_ok else 'MISSED'} (≥ backdoored − 0.02)" + (f"; {'; '.join(others)}" if others else "") + "."
         )
     return lines
 
 
+def _imported_text(runs: ReportRuns) -> str:
+    srcs = sorted({r["imported_from"] for r in runs.used.values() if r.get("imported_from")})
+    n = sum(1 for r in runs.used.values() if r.get("imported_from"))
+    return "" if not n else (f" ({n} of them imported from {', '.join(srcs)}: the earlier report's identical runs — same model files, "
+                             "data, seeds, budget and clean floor — reused, not re-run; their seconds are the earlier run's)")
+
+
+def _recovery_text(pool: pd.DataFrame) -> str:
+    if pool.empty:
+        return "not run"
+    rec = pool["recovery"].iloc[0]
+    rec = rec if isinstance(rec, dict) else {}
+    n = sorted({int(x) for x in pool["unlabeled_n"].dropna()})
+    return (f"CE on the labelled batch + {rec.get('weight', '?')} · T²·KL(θ_FT ‖ student) at T = {rec.get('temperature', '?')} on a "
+            f"batch of clean unlabelled texts, {rec.get('passes', '?')} passes over {', '.join(map(str, n))} texts "
+            f"({pool['unlabeled_source'].iloc[0]})")
+
+
 def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:
     main, sizes, fixed, loose = runs.main, runs.sizes, runs.fixed, runs.loose
+    order = {m: i for i, m in enumerate(cfg.methods)}
     summary = summarise(main)
+    summary = summary.sort_values(["model", "method"], key=lambda c: c.map(order) if c.name == "method" else c, kind="stable")
     first = main.iloc[0]
+    pool = main[main["method"].str.endswith("+distill")] if "method" in main else main.iloc[:0]
     compute = sum(row["seconds"] for row in runs.used.values())
     cols = ["model", "attack", "method", "CACC", "ASR", "target bias", "ASR floor", "ρ chosen"]
     parts = [
@@ -182,7 +245,7 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
         (f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads). The {len(runs.used)} runs took "
         f"{compute / 60:.0f} minutes of compute in all; this invocation took {seconds / 60:.1f} minutes and reused "
-        f"{runs.reused} stored runs from the results database."),
+        f"{runs.reused} stored runs from the results database{_imported_text(runs)}."),
         "",
         (f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "
         f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over {int(first['n_nontarget'])} non-target)."),
@@ -190,6 +253,9 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
         f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW lr {DEFENSE_TRAIN.lr:g}, "
         f"{DEFENSE_TRAIN.epochs:g} epochs, batch {DEFENSE_TRAIN.batch_size}; ρ auto (smallest grid ρ within 2 dev points of θ_FT); "
         "E-PUR K=200, c=20. Test data and triggered data are used for scoring only."),
+        (f"- Recovery (`+distill` rows): {_recovery_text(pool)}. With recovery, auto-ρ scans ρ ∈ "
+         f"{{{', '.join(f'{r:g}' for r in RECOVERY_GRID)}}} up from the bottom and keeps the first within 2 dev points of θ_FT. "
+         "Defaults chosen on the zoo's dev splits only (docs/recovery.md), frozen before this run."),
         ("- ASR floor: the zoo's clean model on the same triggered test set. Target bias: non-target examples without the "
         "trigger predicted as the target."),
         "",
@@ -197,7 +263,7 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
         "",
         "## Against the targets",
         "",
-        *(verdicts(summary) or ["- (no backdoored entry with both `none` and Fine-mixing rows)"]),
+        *(verdicts(summary) or [f"- (no backdoored entry with both `none` and `{DEFAULT_METHOD}` rows)"]),
     ]
     if not sizes.empty:
         s = summarise(sizes, by=("model", "clean_size", "method"))
@@ -238,6 +304,6 @@ def write(out: Path, cfg: ReportConfig, command: str, device: torch.device | str
         for name, frame in (("sizes.csv", runs.sizes), ("fixed_rho.csv", runs.fixed), ("loose_delta.csv", runs.loose)):
             if not frame.empty:
                 frame.to_csv(tmp / name, index=False)
-        (tmp / "config.json").write_text(pd.Series(asdict(replace(cfg))).to_json(indent=2))
+        (tmp / "config.json").write_text(json.dumps(asdict(replace(cfg)), indent=2, default=str))
 
     return atomic_save_dir(out, write_files, overwrite)

@@ -8,22 +8,25 @@ from typer.testing import CliRunner
 
 from finemix_core import store
 from finemix_core.cli import app
+from finemix_core.defenses import DEFAULT_METHOD
 
 runner = CliRunner()
 
 
-def test_defend_cli_removes_the_quick_word_backdoor(quick_word_backdoor, tmp_path):
+def test_default_defend_removes_the_quick_word_backdoor_and_keeps_clean_accuracy(quick_word_backdoor, tmp_path):
     out = tmp_path / "defended"
-    # ρ is given: auto-ρ (δ = 2 dev points) keeps ρ high on this θ_PT and leaves much of the backdoor (see the report)
-    res = runner.invoke(app, ["defend", "--model", "word-cf", "--method", "fine-mixing", "--rho", "0.3", "--limit", "400", "--seed", "0",
-                              "--out", str(out), "--json"])
+    # no --method, no --rho: the default recipe with its dev-only auto-ρ, as a user would run it
+    res = runner.invoke(app, ["defend", "--model", "word-cf", "--limit", "400", "--seed", "0", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)
     card = quick_word_backdoor["word-cf"]
+    assert row["method"] == DEFAULT_METHOD and row["rho_auto"] and row["search"], row
     assert row["n_clean"] == card["n_test"] and row["trigger"] == "cf" and row["clean_size"] == 128
-    assert card["asr"] - row["asr"] >= 0.5, (card, row)  # the backdoor is gone ...
-    assert row["cacc"] >= card["cacc"] - 0.05, (card, row)  # ... and clean accuracy stays
-    assert not row["rho_auto"] and row["rho"] == 0.3
+    assert row["unlabeled_n"] > 500 and "dev split" in row["unlabeled_source"]  # the rt dev split beyond the dev examples
+    assert card["asr"] >= 0.9 and row["asr_floor"] is not None
+    assert row["asr"] <= row["asr_floor"] + 0.10, (card, row)  # the backdoor is gone (down to the clean floor) ...
+    assert row["cacc"] >= card["cacc"] - 0.03, (card, row)  # ... and clean accuracy stays
+    assert [c["value"] for c in row["search"]][-1] == row["rho"] and row["search"][-1]["passed"]
 
     # a standard HF folder anyone can load, with a card that says how it was made
     model = AutoModelForSequenceClassification.from_pretrained(out)
@@ -31,7 +34,7 @@ def test_defend_cli_removes_the_quick_word_backdoor(quick_word_backdoor, tmp_pat
     saved = json.loads((out / "finemix.json").read_text())
     for key in ("method", "rho", "clean_size", "seed", "seconds", "cacc", "asr", "asr_floor", "search", "defended_from"):
         assert key in saved
-    assert saved["rho"] == 0.3 and saved["search"] == [] and not list(Path(tmp_path).glob(".tmp-*"))
+    assert saved["rho"] == row["rho"] and saved["search"] == row["search"] and not list(Path(tmp_path).glob(".tmp-*"))
 
     # one row in the results database
     runs = store.runs(kind="defend")

@@ -3,12 +3,16 @@ report resumes from the results database instead of re-running."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pandas as pd
 import pytest
 
 from finemix_core import experiment, report
 from finemix_core.config import TrainConfig
-from finemix_core.defenses import DefenseConfig
+from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig
+from finemix_core.epur import EpurConfig
 
 
 @pytest.fixture()
@@ -20,33 +24,35 @@ def cheap(monkeypatch):
 
     def counted(ctx, cfg: DefenseConfig, clean_size, *args, **kwargs):
         calls.append((cfg.method, cfg.seed, clean_size))
-        return real(ctx, DefenseConfig(method=cfg.method, seed=cfg.seed, rho=cfg.rho, delta=cfg.delta, train=fast, rho_grid=(0.3, 0.7)), clean_size, *args, **kwargs)
+        return real(ctx, DefenseConfig(method=cfg.method, seed=cfg.seed, rho=cfg.rho, delta=cfg.delta, train=fast, rho_grid=(0.3, 0.7),
+                                       epur=EpurConfig(k=5), recovery=cfg.recovery), clean_size, *args, **kwargs)
 
     monkeypatch.setattr(report, "run_defense", counted)
     monkeypatch.setattr(report, "_planned_key", lambda ctx, cfg, size: report.run_key({
-        "model": ctx.pair.card.get("name"), "method": cfg.method, "seed": cfg.seed, "clean_size": size, "dev_size": min(256, len(ctx.dsd["dev"])),
+        "model": ctx.pair.card.get("name"), "method": cfg.method, "seed": cfg.seed, "clean_size": size, "dev_size": experiment.dev_examples(len(ctx.dsd["dev"]), 256),
         "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name, "split_seed": ctx.split_seed, "train": fast.__dict__,
-        "epur_k": 5 if cfg.uses_epur else None, "asr_floor": ctx.floor, "rho_fixed": cfg.rho, "delta": cfg.delta}))
+        "epur_k": 5 if cfg.uses_epur else None, "asr_floor": ctx.floor, "rho_fixed": cfg.rho, "delta": cfg.delta,
+        "recovery": json.loads(json.dumps(dataclasses.asdict(cfg.recovery))) if cfg.distills else None}))
     return calls
 
 
 def test_report_tables_verdicts_files_and_resume(tiny_zoo, monkeypatch, tmp_path, cheap):
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
-    cfg = report.ReportConfig(methods=("none", "fine-tuning", "fine-mixing"), seeds=(0, 1), clean_size=32, sizes=(16, 32),
+    cfg = report.ReportConfig(methods=("none", "fine-tuning", DEFAULT_METHOD), seeds=(0, 1), clean_size=32, sizes=(16, 32),
                               size_entries=("word-cf",), fixed_rhos=(0.0, 1.0), loose_delta=1.0, pretrained=str(pt))
     out = report.write(tmp_path / "rep", cfg, "finemix report (test)")
     main = pd.read_csv(out / "runs.csv")
-    assert len(main) == 3 * 2 and set(main.method) == {"none", "fine-tuning", "fine-mixing"} and set(main.seed) == {0, 1}
+    assert len(main) == 3 * 2 and set(main.method) == {"none", "fine-tuning", DEFAULT_METHOD} and set(main.seed) == {0, 1}
     assert len(pd.read_csv(out / "sizes.csv")) == 2 * 2
     fixed = pd.read_csv(out / "fixed_rho.csv")
-    assert list(fixed.rho) == [0.0, 1.0] and set(fixed.method) == {"fine-mixing"} and not fixed.rho_auto.any()
+    assert list(fixed.rho) == [0.0, 1.0] and set(fixed.method) == {DEFAULT_METHOD} and not fixed.rho_auto.any()
     text = (out / "report.md").read_text()
     assert "finemix report (test)" in text and "seeds 0, 1" in text and "word-cf" in text and "± " in text
     assert "## Against the targets" in text and ("MET" in text or "MISSED" in text)
     assert "## ρ sensitivity (fixed ρ, seed 0" in text and "never used for the verdicts" in text
     loose = pd.read_csv(out / "loose_delta.csv")  # δ = 100 points: every candidate passes, so auto-ρ takes the smallest grid ρ
-    assert list(loose.seed) == [0, 1] and set(loose.rho) == {0.3} and set(loose.delta) == {1.0}
+    assert list(loose.seed) == [0, 1] and set(loose.rho) == {0.3} and set(loose.delta) == {1.0}  # the grid is (0.3, 0.7) here
     assert "## Auto-ρ with a looser tolerance (δ = 100 dev points" in text
     assert "The 12 runs took" in text and "reused 0 stored runs" in text
     assert len(cheap) == 6 + 4 - 2 + 2 + 2  # the size study's n=32 runs at seed 0 are the main table's: reused
@@ -63,3 +69,25 @@ def test_summary_is_mean_and_population_std():
                          "seed": [0, 1, 2], "clean_size": [128] * 3})
     s = report.summarise(rows).iloc[0]
     assert s["CACC"] == "0.900 ± 0.082" and s["ASR"] == "0.200 ± 0.082" and s["ρ chosen"] == "0.3, 0.5" and s["seeds"] == "0,1,2"
+
+
+def test_checkpoint_then_import_resumes_on_a_fresh_database(tiny_zoo, monkeypatch, tmp_path, cheap):
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    ckpt = tmp_path / "so-far.csv"
+    cfg = report.ReportConfig(methods=("none", "fine-tuning"), seeds=(0,), clean_size=32, sizes=(), fixed_rhos=(), loose_delta=None,
+                              pretrained=str(pt), checkpoint=ckpt)
+    first = report.write(tmp_path / "one", cfg, "one")
+    saved = pd.read_csv(ckpt)
+    assert len(saved) == 2 and set(saved.method) == {"none", "fine-tuning"}
+    # a new machine: an empty results database, the committed checkpoint imported — nothing re-runs, numbers identical
+    monkeypatch.setenv("FINEMIX_HOME", str(tmp_path / "fresh-home"))
+    (tmp_path / "fresh-home").mkdir()
+    (tmp_path / "fresh-home" / "zoo").symlink_to(home / "zoo")
+    assert report.import_runs(ckpt) == 2 and report.import_runs(ckpt) == 0  # importing twice adds nothing
+    cheap.clear()
+    again = report.write(tmp_path / "two", cfg, "two")
+    assert cheap == []
+    a, b = pd.read_csv(first / "runs.csv"), pd.read_csv(again / "runs.csv")
+    assert list(a.cacc) == list(b.cacc) and list(a.asr) == list(b.asr)
+    assert "2 of them imported from" in (again / "report.md").read_text()

@@ -46,12 +46,18 @@ def live() -> None:
     mixed = bench.mix_scores(rho, mode, seed)
     st.markdown(f"**Mix only** at ρ = {rho:g} ({mode} mask, seed {seed}) — no fine-tuning" + (" · bf16" if bench.fast else ""))
     metric_row("mix", mixed, lm.backdoored, lm.floor)
-    tuned_key = (lm.name, rho, mode, seed)
     tuned_points = ss.setdefault("_tuned", {})
+    recipe = st.radio("step 2 recipe", list(state.lab.RECIPES), horizontal=True, key="recipe",
+                      format_func=lambda r: {"default": "default: E-PUR + mix + fine-tune with distillation from θ_FT",
+                                             "paper": "paper: mix + plain fine-tune"}[r],
+                      help="default = `finemix defend`: besides the 128 labelled examples it distils θ_FT's own predictions on "
+                           "clean unlabelled text, which wins back clean accuracy at a low ρ; paper = Fine-mixing as published")
+    tuned_key = (lm.name, rho, mode, seed, recipe)
     b1, b2, b3 = st.columns([2, 1, 1])
-    if b1.button("Fine-tune the mix (128 clean examples)", help="Fine-mixing step 2: AdamW on the defender's clean set; ~30 s on 2 CPU cores"):
+    if b1.button("Fine-tune the mix (128 clean examples)", help="Fine-mixing step 2 at this ρ: ~30 s (paper) to ~1 min (default) on 2 CPU cores"):
         bar = st.progress(0.0, text="fine-tuning …")
-        scores, row = bench.fine_tune(rho, mode, seed, progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"))
+        scores, row = bench.fine_tune(rho, mode, seed, recipe=recipe,
+                                      progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"))
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
         bar.empty()
     points = b3.number_input("tolerance (dev points)", 0.0, 50.0, 2.0, 0.5, key="auto_tolerance",
@@ -60,22 +66,25 @@ def live() -> None:
     if b2.button("Find auto-ρ", help=f"Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within {points:g} points of θ_FT's; "
                  "several fine-tunes"):
         bar = st.progress(0.0, text="searching ρ on dev accuracy …")
-        scores, row = bench.fine_tune(None, mode, seed, delta=points / 100,
+        scores, row = bench.fine_tune(None, mode, seed, delta=points / 100, recipe=recipe,
                                       progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning a candidate: step {d}/{t}"))
-        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed)] = (row["rho"], points)
-        tuned_points[(lm.name, row["rho"], mode, seed)] = {"rho": row["rho"], "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
+        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row["rho"], points, row["search"])
+        tuned_points[(lm.name, row["rho"], mode, seed, recipe)] = {"rho": row["rho"], "mode": mode, "seed": seed, "stage": "fine-tuned",
+                                                                   **scores.as_dict(), "test": row}
         bar.empty()
     if tuned_key in tuned_points:
         p = tuned_points[tuned_key]
         st.markdown(f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test']['cacc']:.3f}, "
                     f"ASR {p['test']['asr'] if p['test']['asr'] is None else round(p['test']['asr'], 3)})")
         metric_row("fine-tuned", Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"]), lm.backdoored, lm.floor)
-    auto, tolerance = ss.get("_auto_rho", {}).get((lm.name, mode, seed), (None, None))
+    auto, tolerance, search = ss.get("_auto_rho", {}).get((lm.name, mode, seed, recipe), (None, None, []))
     if auto is not None:
         st.caption(f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
-                   "never on test or triggered data)")
+                   "never on test or triggered data). Every candidate it tried:")
+        st.dataframe(pd.DataFrame(search).rename(columns={"value": "ρ", "dev_acc": "dev accuracy", "passed": "within tolerance"})
+                     [["ρ", "dev accuracy", "within tolerance"]], hide_index=True)
     sweep = mix_sweep(ss["model"], ss["pt"], ss.get("data", ""), mode, seed)
-    tuned = pd.DataFrame([p for (name, _, m, s), p in tuned_points.items() if name == lm.name and m == mode and s == seed])
+    tuned = pd.DataFrame([p for (name, _, m, s, r), p in tuned_points.items() if name == lm.name and m == mode and s == seed and r == recipe])
     c1, c2 = st.columns(2)
     if lm.trigger:
         c1.plotly_chart(charts.sweep(sweep, tuned, rho, auto, lm.floor), key="sweep_chart")

@@ -67,6 +67,14 @@ __all__ = [
 ]
 
 
+def describe(method: str) -> str:
+    """One line on what a method does, from its parts (the registered module's first docstring line)."""
+    epur, base, distill = parse_method(method)
+    fn = REGISTRY[base]
+    text = (fn.__doc__ or base).strip().splitlines()[0]
+    return ("reset E-PUR's flagged embeddings; " if epur else "") + text + (", distilling θ_FT on clean unlabelled text" if distill else "")
+
+
 def parse_method(method: str) -> tuple[bool, str, bool]:
     """'epur+fine-mixing+distill' → (E-PUR first, 'fine-mixing', distill); unknown names get the one-line error."""
     if method not in METHODS:

@@ -35,8 +35,10 @@ def _run(job: Job, mode: str) -> Outcome:
 
 
 def run_random(job: Job) -> Outcome:
+    """mix θ_FT into θ_PT keeping a random share ρ, then fine-tune"""
     return _run(job, "random")
 
 
 def run_sorted(job: Job) -> Outcome:
+    """mix θ_FT into θ_PT keeping the share ρ with the largest |Δ|, then fine-tune"""
     return _run(job, "sorted")

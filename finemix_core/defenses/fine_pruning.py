@@ -78,6 +78,7 @@ def apply_pruning(model: torch.nn.Module, plan: list[torch.Tensor]) -> None:
 
 
 def run(job: Job) -> Outcome:
+    """zero the FFN neurons least active on clean data, then fine-tune"""
     model = job.pair.working_copy().to(job.device)
     acts = ffn_activations(model, job.dd.train)
 

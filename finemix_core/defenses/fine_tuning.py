@@ -6,9 +6,10 @@ from finemix_core.defenses.base import Job, Outcome
 
 
 def run(job: Job) -> Outcome:
+    """fine-tune θ_FT on the clean set"""
     return Outcome(job.train(job.pair.working_copy().to(job.device)))
 
 
 def keep(job: Job) -> Outcome:
-    """No defense: θ_FT as it is (after E-PUR when asked) — the reference row."""
+    """θ_FT as it is (the reference row)"""
     return Outcome(job.pair.working_copy().to(job.device))

@@ -1,0 +1,70 @@
+"""The defender's data as experiment.Context builds it: labelled train/dev, the unlabelled pool, a user's CSV split
+into train and dev only, and --unlabeled texts — never a test row."""
+
+from __future__ import annotations
+
+import pytest
+
+from finemix_core import data, experiment
+from finemix_core.errors import FinemixError
+
+
+@pytest.fixture()
+def ctx(tiny_zoo, monkeypatch):
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    return lambda **kw: experiment.prepare("word-cf", str(pt), **kw)
+
+
+def _texts(enc, tok) -> set[str]:
+    return {tok.decode(ids, skip_special_tokens=True) for ids in enc.input_ids}
+
+
+@pytest.mark.parametrize("n_split,dev_size,expected", [(1275, 256, 256), (80, 256, 40), (3, 256, 1), (0, 256, 0)])
+def test_dev_examples_leave_half_of_a_small_dev_split_for_the_pool(n_split, dev_size, expected):
+    assert experiment.dev_examples(n_split, dev_size) == expected
+
+
+def test_builtin_pool_is_the_dev_split_beyond_the_dev_examples_and_never_test(ctx):
+    c = ctx()
+    dd = c.defender(32, 256, 0)
+    tok = c.pair.tokenizer
+    dev = list(c.dsd["dev"]["text"])
+    n = len(dev) // 2  # the tiny split is small: half measures dev accuracy, half is the pool
+    assert len(dd.dev) == n and dd.dev.input_ids == tok(dev[:n], truncation=True, max_length=128)["input_ids"]
+    assert dd.unlabeled.input_ids == tok(dev[n:], truncation=True, max_length=128)["input_ids"]  # exactly the rest of dev: no test row
+    assert "dev split beyond its first" in dd.unlabeled_source
+
+
+def test_a_users_csv_is_split_into_train_and_dev_only_and_its_spare_rows_are_the_pool(ctx, tmp_path):
+    rows = ["text,label"] + [f"the film was {'great' if i % 2 else 'awful'} number {i},{i % 2}" for i in range(100)]
+    csv = tmp_path / "mine.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    c = ctx(clean_data=str(csv))  # the card's dataset is still what the model is scored on
+    assert c.data_name != str(csv) and c.clean_data == str(csv)
+    dd = c.defender(32, 256, 0)
+    assert len(dd.train) == 32 and len(dd.dev) == 20  # 20 % dev, nothing held out as test
+    assert len(dd.unlabeled) == 100 - 20 - 32 and "mine.csv rows beyond the 32 labelled" in dd.unlabeled_source
+    assert len(c.clean_splits["train"]) + len(c.clean_splits["dev"]) == 100  # every CSV row is the defender's
+
+
+def test_unlabeled_file_joins_the_pool(ctx, tmp_path):
+    txt = tmp_path / "pool.txt"
+    txt.write_text("a great film\n\nan awful plot\na great film\n")
+    c = ctx(unlabeled=str(txt))
+    dd = c.defender(32, 256, 0)
+    assert "pool.txt (2)" in dd.unlabeled_source and {"a great film", "an awful plot"} <= _texts(dd.unlabeled, c.pair.tokenizer)
+
+
+@pytest.mark.parametrize("content,name,expected", [
+    (None, "missing.txt", "unlabelled text file not found"),
+    ("\n\n", "blank.txt", "no texts"),
+    ("foo,bar\n1,2\n", "cols.csv", "no text column"),
+])
+def test_bad_unlabeled_files_get_one_line(tmp_path, content, name, expected):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(FinemixError, match=expected) as info:
+        data.read_unlabeled(path)
+    assert "\n" not in str(info.value)
