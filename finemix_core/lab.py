@@ -140,8 +140,8 @@ class Workbench:
         recipe "default": the default `finemix defend` (E-PUR, mix, fine-tune with recovery by distillation; auto-ρ scans
         up from a low ρ). "paper": the paper's recipe (mix, plain fine-tune; E-PUR first when epur_k > 0).
         """
-        method = recipe_method(recipe, mode, epur_k)
-        cfg = DefenseConfig(method=method, rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=max(epur_k, 0)))
+        k = min(max(epur_k, 0), len(self.lab.pair.tokenizer))  # a small vocabulary cannot flag more rows than it has
+        cfg = DefenseConfig(method=recipe_method(recipe, mode, k), rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=k))
         return self.defend(cfg, clean_size, progress)
 
     def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None) -> tuple[Scores, dict]:

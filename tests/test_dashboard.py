@@ -9,6 +9,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from finemix_core.defenses import RECOVERY_GRID
+
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 TIMEOUT = 120
 
@@ -95,10 +97,13 @@ def test_fine_tune_the_mix_then_export_it(app):
 
 def test_auto_rho_uses_the_chosen_tolerance(app):
     open_page(app, "mixing")
-    app.number_input(key="auto_tolerance").set_value(50.0).run()  # every candidate passes: the smallest grid ρ
+    app.number_input(key="auto_tolerance").set_value(100.0).run()  # every candidate passes: the smallest grid ρ, found first
     next(b for b in app.button if b.label == "Find auto-ρ").click().run()
     assert not app.exception, app.exception
-    assert "auto-ρ chose ρ = 0.1 with a tolerance of 50 dev points" in " ".join(c.value for c in app.caption)
+    lowest = min(RECOVERY_GRID)
+    assert f"auto-ρ chose ρ = {lowest:g} with a tolerance of 100 dev points" in " ".join(c.value for c in app.caption)
+    search = app.dataframe[0].value  # every candidate the default recipe's search tried, with its dev accuracy
+    assert list(search["ρ"]) == [lowest] and search["within tolerance"].all() and search["dev accuracy"].between(0, 1).all()
 
 
 def test_epur_page_flags_k_rows_and_purifies(app):

@@ -13,6 +13,7 @@ from datasets import Dataset
 from finemix_core.config import TrainConfig
 from finemix_core.defenses import (
     METHODS,
+    RECOVERY_GRID,
     REGISTRY,
     DefenderData,
     DefenseConfig,
@@ -284,7 +285,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(pair, tiny_pool_dd):
 
 def test_recovery_auto_rho_scans_up_from_the_bottom_and_stops_at_the_first_pass(pair, tiny_pool_dd):
     res = defend(pair, tiny_pool_dd, cfg("fine-mixing+distill", delta=1.0))  # everything passes
-    assert res.rho == 0.1 and [c.value for c in res.search] == [0.1]
+    assert res.rho == RECOVERY_GRID[0] == 0.0 and [c.value for c in res.search] == [0.0]
     calls = []
     assert first_passing([0.5, 0.1, 0.3], lambda x: calls.append(x) or x >= 0.3) == (0.3, True) and calls == [0.1, 0.3]
     assert first_passing([0.1, 0.2], lambda x: False) == (0.2, False)

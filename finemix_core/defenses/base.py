@@ -26,9 +26,10 @@ from finemix_core.models import ModelPair
 from finemix_core.train import Distillation, Progress, fine_tune
 
 GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))  # the paper recipe's ρ and prune-ratio candidates
-# With recovery the dev accuracy stays high at low ρ, so the search starts at the bottom and stops at the
-# first ρ that passes: usually one or two candidates (each ~1 min on 2 cores) instead of a bisection's three or four.
-RECOVERY_GRID = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+# With recovery the dev accuracy stays high at low ρ, so the search starts at the bottom (ρ = 0: θ_PT with θ_FT's head,
+# distilled) and stops at the first ρ that passes: usually one or two candidates (~75 s each on 2 cores) instead of a
+# bisection's three. Chosen on the zoo's dev splits only (docs/recovery.md).
+RECOVERY_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 # The paper recipe's budget. DESIGN.md §10 measured lr 2e-5 × 5 epochs too weak to wash out a rare-word backdoor on
 # this θ_PT and lr 1e-4 × 10 epochs clearly better; we adopt the latter as is (never tuned on test data).
