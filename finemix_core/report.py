@@ -113,6 +113,9 @@ def import_runs(path: Path) -> int:
         for col in ("train", "flagged_top", "search", "recovery"):
             if isinstance(row.get(col), str) and row[col][:1] in "[{":
                 row[col] = ast.literal_eval(row[col])
+        for col in ("seed", "clean_size", "dev_size", "n_clean", "n_nontarget", "split_seed", "epur_k"):
+            if isinstance(row.get(col), float) and row[col].is_integer():
+                row[col] = int(row[col])  # a CSV column with gaps reads as float; the run key compares 200, not 200.0
         row["imported_from"] = str(path)
         if run_key(row) not in stored:
             record("report", row)

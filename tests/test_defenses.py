@@ -70,7 +70,7 @@ def cfg(method: str, **kw) -> DefenseConfig:
 
 def test_defender_data_holds_only_clean_train_dev_and_unlabelled_text():
     # auto-ρ, the prune ratio and recovery can only read what DefenderData carries: no test split, no triggered text
-    assert {f.name for f in dataclasses.fields(DefenderData)} == {"train", "dev", "texts", "unlabeled", "unlabeled_source"}
+    assert {f.name for f in dataclasses.fields(DefenderData)} == {"train", "dev", "texts", "unlabeled", "unlabeled_texts", "unlabeled_source"}
     # and a registered defense only receives a Job: the pair, that data, the config and the shared trainer
     assert {f.name for f in dataclasses.fields(Job)} == {"pair", "dd", "cfg", "device", "target", "progress", "say", "distill", "search"}
 
@@ -233,9 +233,9 @@ def tiny_pool_dd(pair) -> DefenderData:
     return defender_data(pair.tokenizer, train, dev, 16, 12, 0, 32, unlabeled=pool, unlabeled_source="test pool")
 
 
-def test_pool_texts_join_epur_frequencies_and_are_encoded(tiny_pool_dd):
+def test_pool_texts_are_kept_apart_from_the_labelled_texts_and_encoded(tiny_pool_dd):
     assert len(tiny_pool_dd.unlabeled) == 5 and tiny_pool_dd.unlabeled_source == "test pool"
-    assert len(tiny_pool_dd.texts) == 16 + 5 and "cf dull" in tiny_pool_dd.texts
+    assert len(tiny_pool_dd.texts) == 16 and "cf dull" in tiny_pool_dd.unlabeled_texts  # E-PUR counts the pool only with recovery
 
 
 def test_guard_drops_exactly_the_texts_holding_flagged_tokens(pair, tiny_pool_dd):

@@ -147,7 +147,8 @@ def defend(
     ranked: list[int] = []  # E-PUR's flagged rows, best first
     suspicious: list[int] = []  # the guard's top rows by the same score (its own count, independent of K)
     if use_epur or (distill and cfg.recovery.drop_flagged):
-        tab = table(pair, dd.texts, cfg.epur)
+        # with recovery the defender's whole clean text counts; without, the labelled set (the paper recipe, unchanged)
+        tab = table(pair, dd.texts + dd.unlabeled_texts if distill else dd.texts, cfg.epur)
         ranked = flagged_ids(tab)
         suspicious = tab.sort_values("score", ascending=False, kind="stable").id.tolist()[: cfg.recovery.drop_flagged]
     if use_epur:

@@ -90,8 +90,9 @@ class DefenderData:
 
     train: Encoded
     dev: Encoded
-    texts: tuple[str, ...]  # every clean text the defender holds (E-PUR's frequency source): train + unlabelled pool
+    texts: tuple[str, ...]  # the labelled clean texts (E-PUR's frequency source; + the pool's with recovery)
     unlabeled: Encoded | None = None  # the pool for recovery (never test, never θ_FT's training text); labels unused
+    unlabeled_texts: tuple[str, ...] = ()  # the same pool as text
     unlabeled_source: str = "none"  # what the pool is, for the card and the report
 
 
@@ -105,11 +106,11 @@ def defender_data(
         raise FinemixError("the dev split is empty; provide more clean data (auto-ρ needs held-out examples)")
     dev = dev.select(range(min(dev_size, len(dev))))
     texts = tuple(t for col in data.text_columns(small) for t in small[col])
-    pool = None
+    pool, pool_texts = None, ()
     if unlabeled is not None and len(unlabeled):
         pool = encode(tokenizer, unlabeled, max_length)
-        texts += tuple(t for col in data.text_columns(unlabeled) for t in unlabeled[col])
-    return DefenderData(encode(tokenizer, small, max_length), encode(tokenizer, dev, max_length), texts, pool,
+        pool_texts = tuple(t for col in data.text_columns(unlabeled) for t in unlabeled[col])
+    return DefenderData(encode(tokenizer, small, max_length), encode(tokenizer, dev, max_length), texts, pool, pool_texts,
                         unlabeled_source if pool is not None else "none")
 
 
