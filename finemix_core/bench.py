@@ -21,7 +21,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,59 @@ class BenchConfig:
     repeats: int = 5  # timed repetitions per measurement (median reported)
     n_live: int = lab.N_INTERACTIVE  # live set: clean and triggered examples each
     end_to_end: bool = True  # include the fine-tune measurement (~25 s on 2 CPU cores)
+
+
+@dataclass(frozen=True)
+class LiveSetSize:
+    clean: int  # clean examples scored per move
+    triggered: int  # triggered non-target examples scored per move
+    tokens: int  # real tokens over both
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The lab's bf16 live scoring against fp32 on the same weights."""
+
+    kind: str
+    seconds: float
+    fp32_seconds: float
+    speedup_vs_fp32: float
+    cacc_fp32: float
+    cacc_bf16: float
+    asr_fp32: float | None
+    asr_bf16: float | None
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Every measure of one `finemix bench` run (as_dict for --json)."""
+
+    model: str
+    device: str
+    gpu: str | None
+    cpu: str
+    threads: int
+    torch: str
+    live_set: LiveSetSize
+    bare_forward_s: float  # one forward over the live set (the floor)
+    slider_step_s: float  # mix + load + score, what a slider move costs
+    mix_only_s: float
+    slider_over_bare: float
+    ours_eval_s: float
+    hf_pipeline_s: float
+    ours_over_hf_throughput: float
+    tokens_per_s: float
+    gflops_per_s: float
+    fast_path: FastPath | None  # None: no bf16 support
+    fine_mix_end_to_end_s: float | None  # None: skipped
+    zoo_build_s: dict[str, float | None]  # from the cards
+    peak_rss_mib: float
+    lab_two_models_rss_mib: float | None
+    lab_memory_models: list[str] | None
+    repeats: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
@@ -117,7 +170,7 @@ def lab_memory(names: list[str]) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
+def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> BenchResult:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FinemixError("--device cuda but no CUDA GPU is visible; use --device cpu")
@@ -178,9 +231,8 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
         t_bf16 = _median_seconds(lambda: live(True), cfg.repeats, sync)
         fp32, low = live(False), live(True)
         bench.fast = False
-        fast = {"kind": "bf16 weights (cast once per move)", "seconds": t_bf16, "fp32_seconds": t_fp32_live,
-                "speedup_vs_fp32": t_fp32_live / t_bf16,
-                "cacc_fp32": fp32.cacc, "cacc_bf16": low.cacc, "asr_fp32": fp32.asr, "asr_bf16": low.asr}
+        fast = FastPath("bf16 weights (cast once per move)", t_bf16, t_fp32_live, t_fp32_live / t_bf16,
+                        fp32.cacc, low.cacc, fp32.asr, low.asr)
 
     tokens = sum(len(ids) for enc in sets for ids in enc.input_ids)
     emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
@@ -201,16 +253,14 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> dict:
     others = [n for n, c in cards.items() if n != name and c["attack"] != "clean"]
     log("measuring a fresh lab process with two models loaded …")
     memory = lab_memory([name, others[0]]) if others and device.type == "cpu" else None
-    return {
-        "model": name, "device": device.type, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "live_set": {"clean": len(es.clean), "triggered": len(es.triggered or []), "tokens": tokens},
-        "bare_forward_s": t_bare, "slider_step_s": t_slider, "mix_only_s": t_mix,
-        "slider_over_bare": t_slider / t_bare,
-        "ours_eval_s": t_ours, "hf_pipeline_s": t_hf, "ours_over_hf_throughput": t_hf / t_ours,
-        "tokens_per_s": tokens / t_bare, "gflops_per_s": 2 * non_embedding * tokens / t_bare / 1e9,
-        "fast_path": fast, "fine_mix_end_to_end_s": e2e,
-        "zoo_build_s": {n: c.get("build_seconds") for n, c in cards.items()},
-        "peak_rss_mib": rss_mib, "lab_two_models_rss_mib": None if memory is None else memory["rss_mib"],
-        "lab_memory_models": None if memory is None else memory["models"], "repeats": cfg.repeats,
-    }
+    return BenchResult(
+        model=name, device=device.type, gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
+        cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
+        live_set=LiveSetSize(len(es.clean), len(es.triggered or []), tokens),
+        bare_forward_s=t_bare, slider_step_s=t_slider, mix_only_s=t_mix, slider_over_bare=t_slider / t_bare,
+        ours_eval_s=t_ours, hf_pipeline_s=t_hf, ours_over_hf_throughput=t_hf / t_ours,
+        tokens_per_s=tokens / t_bare, gflops_per_s=2 * non_embedding * tokens / t_bare / 1e9,
+        fast_path=fast, fine_mix_end_to_end_s=e2e, zoo_build_s={n: c.get("build_seconds") for n, c in cards.items()},
+        peak_rss_mib=rss_mib, lab_two_models_rss_mib=None if memory is None else memory["rss_mib"],
+        lab_memory_models=None if memory is None else memory["models"], repeats=cfg.repeats,
+    )

@@ -290,17 +290,20 @@ def defend_cmd(
     finally:
         bar.close()
     experiment.save_defended(ctx, result, row, out, overwrite)
-    experiment.record("defend", {**row, "out": str(out)})
+    experiment.record("defend", {**row.as_dict(), "out": str(out)})
     if as_json:
-        typer.echo(json.dumps({**row, "out": str(out)}, default=str))
+        typer.echo(json.dumps({**row.as_dict(), "out": str(out)}, default=str))
         return
-    table = Table(title=f"{method} on {row['model']} → {out}")
-    for col in ("CACC", "ASR", "target bias", "ASR floor", "ρ", "flagged (top)", "dev acc", "seconds"):
+    table = Table(title=f"{method} on {row.model} → {out}")
+    for col in ("CACC", "ASR", "target bias", "ASR floor", "ρ", "flagged (top)", "dev acc", "unlabelled", "seconds"):
         table.add_column(col)
-    table.add_row(_fmt(row["cacc"]), _fmt(row["asr"]), _fmt(row["target_bias"]), _fmt(row["asr_floor"]),
-                  "—" if row["rho"] is None else f"{row['rho']:g}" + (" (auto)" if row["rho_auto"] else ""),
-                  ", ".join(row["flagged_top"][:5]) or "—", _fmt(row["dev_acc"]), f"{row['seconds']:.0f}")
+    table.add_row(_fmt(row.cacc), _fmt(row.asr), _fmt(row.target_bias), _fmt(row.asr_floor),
+                  "—" if row.rho is None else f"{row.rho:g}" + (" (auto)" if row.rho_auto else ""),
+                  ", ".join(row.flagged_top[:5]) or "—", _fmt(row.dev_acc), str(row.unlabeled_n), f"{row.seconds:.0f}")
     console.print(table)
+    if row.search:
+        typer.echo("dev-only search: " + "; ".join(f"{c['knob']} {c['value']:g} → dev {c['dev_acc']:.3f}"
+                                                   f"{' ✓' if c['passed'] else ''}" for c in row.search), err=True)
 
 
 @app.command("sweep")
@@ -448,30 +451,30 @@ def bench_cmd(
     res = bench.run(bench.BenchConfig(model=model, device=device, repeats=repeats, end_to_end=end_to_end),
                     log=lambda m: typer.echo(m, err=True))
     if as_json:
-        typer.echo(json.dumps(res, default=str))
+        typer.echo(json.dumps(res.as_dict(), default=str))
         return
-    table = Table(title=f"finemix bench: {res['model']} on {res['device']} ({res['gpu'] or res['cpu']}, {res['threads']} threads), "
-                        f"live set {res['live_set']['clean']} clean + {res['live_set']['triggered']} triggered, median of {res['repeats']}")
+    table = Table(title=f"finemix bench: {res.model} on {res.device} ({res.gpu or res.cpu}, {res.threads} threads), "
+                        f"live set {res.live_set.clean} clean + {res.live_set.triggered} triggered, median of {res.repeats}")
     for col in ("measure", "value", "target"):
         table.add_column(col)
-    fast = res["fast_path"]
+    fast = res.fast_path
     rows = [
-        ("bare forward (s)", f"{res['bare_forward_s']:.3f}", ""),
-        ("slider step (s)", f"{res['slider_step_s']:.3f}", ""),
-        ("  of which mix + load (s)", f"{res['mix_only_s']:.3f}", ""),
-        ("slider step / bare forward", f"{res['slider_over_bare']:.3f}", "≤ 1.15"),
-        ("our eval vs HF pipeline throughput", f"{res['ours_over_hf_throughput']:.2f}×", "≥ 1.5×"),
-        ("forward tokens/s", f"{res['tokens_per_s']:.0f}", ""),
-        ("forward GFLOP/s", f"{res['gflops_per_s']:.1f}", ""),
-        ("bf16 fast path speed-up", "n/a (no bf16 support)" if fast is None else f"{fast['speedup_vs_fp32']:.2f}×", "≥ 1.7×"),
+        ("bare forward (s)", f"{res.bare_forward_s:.3f}", ""),
+        ("slider step (s)", f"{res.slider_step_s:.3f}", ""),
+        ("  of which mix + load (s)", f"{res.mix_only_s:.3f}", ""),
+        ("slider step / bare forward", f"{res.slider_over_bare:.3f}", "≤ 1.15"),
+        ("our eval vs HF pipeline throughput", f"{res.ours_over_hf_throughput:.2f}×", "≥ 1.5×"),
+        ("forward tokens/s", f"{res.tokens_per_s:.0f}", ""),
+        ("forward GFLOP/s", f"{res.gflops_per_s:.1f}", ""),
+        ("bf16 fast path speed-up", "n/a (no bf16 support)" if fast is None else f"{fast.speedup_vs_fp32:.2f}×", "≥ 1.7×"),
         ("bf16 CACC / ASR vs fp32", "n/a" if fast is None else
-         f"{fast['cacc_bf16']:.3f}/{fast['asr_bf16']:.3f} vs {fast['cacc_fp32']:.3f}/{fast['asr_fp32']:.3f}", "within 0.01"),
-        ("fine-mix end to end (s)", "skipped" if res["fine_mix_end_to_end_s"] is None else f"{res['fine_mix_end_to_end_s']:.1f}",
+         f"{fast.cacc_bf16:.3f}/{fast.asr_bf16:.3f} vs {fast.cacc_fp32:.3f}/{fast.asr_fp32:.3f}", "within 0.01"),
+        ("fine-mix end to end (s)", "skipped" if res.fine_mix_end_to_end_s is None else f"{res.fine_mix_end_to_end_s:.1f}",
          "≤ 30 (CPU), ≤ 3 (H100)"),
-        ("peak RSS of this bench process (MiB)", f"{res['peak_rss_mib']:.0f}", ""),
-        ("lab process, two models loaded (MiB)", "n/a" if res["lab_two_models_rss_mib"] is None else
-         f"{res['lab_two_models_rss_mib']:.0f} ({' + '.join(res['lab_memory_models'])})", "≤ 1536"),
-    ] + [(f"zoo build {n} (s, from its card)", f"{v}", "") for n, v in res["zoo_build_s"].items()]
+        ("peak RSS of this bench process (MiB)", f"{res.peak_rss_mib:.0f}", ""),
+        ("lab process, two models loaded (MiB)", "n/a" if res.lab_two_models_rss_mib is None else
+         f"{res.lab_two_models_rss_mib:.0f} ({' + '.join(res.lab_memory_models)})", "≤ 1536"),
+    ] + [(f"zoo build {n} (s, from its card)", f"{v}", "") for n, v in res.zoo_build_s.items()]
     for r in rows:
         table.add_row(*r)
     console.print(table)

@@ -152,6 +152,46 @@ def mixed_scores(ctx: Context, rho: float, mode: str = "random", seed: int = 0, 
     return evaluate(ctx, model)
 
 
+@dataclass(frozen=True)
+class RunRow:
+    """One defense run as every layer sees it: CLI tables, the SQLite store, the report, the lab (as_dict for JSON)."""
+
+    model: str  # zoo name or θ_FT folder
+    attack: str | None  # from the card, when known
+    method: str
+    seed: int
+    clean_size: int  # labelled clean examples
+    dev_size: int  # labelled dev examples that measured dev accuracy
+    rho: float | None  # the ρ used (auto's choice when auto)
+    rho_auto: bool
+    delta: float  # auto-ρ / prune-ratio tolerance
+    prune_ratio: float | None
+    epur_k: int | None  # rows E-PUR reset (None: no E-PUR)
+    flagged_top: list[str]  # E-PUR's first flagged tokens
+    dev_acc: float  # clean dev accuracy of the defended model
+    ft_dev_acc: float  # … and of θ_FT
+    search: list[dict]  # every candidate of the dev-only search: knob, value, dev_acc, passed
+    unlabeled_n: int  # unlabelled texts distilled on (0 without recovery)
+    unlabeled_source: str
+    recovery: dict | None  # RecoveryConfig fields when the method distils
+    clean_data: str | None  # a user's CSV the defender held (None: the dataset's own splits)
+    cacc: float  # on the test split
+    asr: float | None
+    target_bias: float | None
+    n_clean: int
+    n_nontarget: int
+    asr_floor: float | None
+    data: str
+    split_seed: int
+    trigger: str | None
+    train: dict  # the TrainConfig used
+    seconds: float  # the defense itself, selection included (scoring excluded)
+    device: str
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def run_defense(
     ctx: Context,
     cfg: DefenseConfig,
@@ -159,33 +199,33 @@ def run_defense(
     dev_size: int = 256,
     progress: Progress | None = None,
     log=None,
-) -> tuple[DefenseResult, dict]:
-    """Defend, score on test, and return (result, a flat row for tables and the SQLite store)."""
+) -> tuple[DefenseResult, RunRow]:
+    """Defend, score on test, and return (result, its row)."""
     dd = ctx.defender(clean_size, dev_size, cfg.seed)
     result = defend(ctx.pair, dd, cfg, ctx.device, progress, log)
     scores = evaluate(ctx, result.model)
-    row = {
-        "model": ctx.pair.card.get("name", ctx.pair.ft_source), "attack": ctx.pair.card.get("attack"),
-        "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size, "dev_size": len(dd.dev),
-        "rho": result.rho, "rho_auto": result.rho_auto, "delta": cfg.delta, "prune_ratio": result.prune_ratio,
-        "epur_k": cfg.epur.k if cfg.uses_epur else None, "flagged_top": result.flagged[:10],
-        "dev_acc": result.dev_acc, "ft_dev_acc": result.ft_dev_acc, "search": [dataclasses.asdict(c) for c in result.search],
-        "unlabeled_n": result.unlabeled_used, "unlabeled_source": result.unlabeled_source,
-        "recovery": dataclasses.asdict(cfg.recovery) if cfg.distills else None, "clean_data": ctx.clean_data,
-        **scores.as_dict(), "asr_floor": ctx.floor, "data": ctx.data_name, "split_seed": ctx.split_seed,
-        "trigger": ctx.trigger_text, "train": cfg.train.__dict__, "seconds": round(result.seconds, 2),
-        "device": ctx.device.type,
-    }
+    row = RunRow(
+        model=ctx.pair.card.get("name", ctx.pair.ft_source), attack=ctx.pair.card.get("attack"),
+        method=cfg.method, seed=cfg.seed, clean_size=clean_size, dev_size=len(dd.dev),
+        rho=result.rho, rho_auto=result.rho_auto, delta=cfg.delta, prune_ratio=result.prune_ratio,
+        epur_k=cfg.epur.k if cfg.uses_epur else None, flagged_top=result.flagged[:10],
+        dev_acc=result.dev_acc, ft_dev_acc=result.ft_dev_acc, search=[dataclasses.asdict(c) for c in result.search],
+        unlabeled_n=result.unlabeled_used, unlabeled_source=result.unlabeled_source,
+        recovery=dataclasses.asdict(cfg.recovery) if cfg.distills else None, clean_data=ctx.clean_data,
+        cacc=scores.cacc, asr=scores.asr, target_bias=scores.target_bias, n_clean=scores.n_clean, n_nontarget=scores.n_nontarget,
+        asr_floor=ctx.floor, data=ctx.data_name, split_seed=ctx.split_seed, trigger=ctx.trigger_text,
+        train=dict(cfg.train.__dict__), seconds=round(result.seconds, 2), device=ctx.device.type,
+    )
     return result, row
 
 
-def save_defended(ctx: Context, result: DefenseResult, row: dict, out: Path, overwrite: bool = False) -> Path:
+def save_defended(ctx: Context, result: DefenseResult, row: RunRow, out: Path, overwrite: bool = False) -> Path:
     """Write the defended model as a standard HF folder + finemix.json, atomically."""
     card = {
-        **row, "defended_from": ctx.pair.ft_source, "pretrained": ctx.pair.pt_source, "flagged": result.flagged, "trigger_list": list(ctx.eval_set.trigger or ()), "target": ctx.eval_set.target,
+        **row.as_dict(), "defended_from": ctx.pair.ft_source, "pretrained": ctx.pair.pt_source, "flagged": result.flagged, "trigger_list": list(ctx.eval_set.trigger or ()), "target": ctx.eval_set.target,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # a defended model is itself a model: keep the fields `finemix evaluate` and the lab read
-        "name": f"{row['model']}-{row['method']}", "dataset": ctx.data_name, "trigger": list(ctx.eval_set.trigger or ()),
+        "name": f"{row.model}-{row.method}", "dataset": ctx.data_name, "trigger": list(ctx.eval_set.trigger or ()),
     }
 
     def write(tmp: Path) -> None:
@@ -196,7 +236,9 @@ def save_defended(ctx: Context, result: DefenseResult, row: dict, out: Path, ove
     return atomic_save_dir(Path(out), write, overwrite)
 
 
-def record(kind: str, row: dict) -> int:
+def record(kind: str, row: RunRow | dict) -> int:
+    """Store one run (a RunRow, or a dict of its fields plus extras such as `out`)."""
+    row = row.as_dict() if isinstance(row, RunRow) else row
     metrics = {k: row.get(k) for k in ("cacc", "asr", "target_bias", "asr_floor", "rho", "prune_ratio", "dev_acc", "ft_dev_acc", "seconds")}
     return store.record(kind, str(row.get("model")), row.get("method"), row, metrics)
 
@@ -212,7 +254,8 @@ def sweep(ctx: Context, rhos: list[float], mode: str = "random", fine_tune: bool
         rows.append({"rho": rho, "mode": mode, "stage": "mix-only", **s.as_dict(), "asr_floor": ctx.floor})
         if fine_tune:
             _, row = run_defense(ctx, DefenseConfig(method=method, rho=rho, seed=seed), clean_size, progress=progress)
-            rows.append({"rho": rho, "mode": mode, "stage": "fine-tuned", **{k: row[k] for k in ("cacc", "asr", "target_bias", "n_clean", "n_nontarget")}, "asr_floor": ctx.floor})
+            rows.append({"rho": rho, "mode": mode, "stage": "fine-tuned", "cacc": row.cacc, "asr": row.asr, "target_bias": row.target_bias,
+                         "n_clean": row.n_clean, "n_nontarget": row.n_nontarget, "asr_floor": ctx.floor})
     return rows
 
 

@@ -29,7 +29,7 @@ from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
-from finemix_core.experiment import Context, prepare, record, run_defense, save_defended
+from finemix_core.experiment import Context, RunRow, prepare, record, run_defense, save_defended
 from finemix_core.mixing import MixConfig, mix_into
 from finemix_core.models import CARD_NAME, load_classifier
 from finemix_core.train import Progress
@@ -107,7 +107,7 @@ class Workbench:
         self.fast = False  # bf16 live view (off by default; see `finemix bench`)
         self._bf16: torch.nn.Module | None = None  # bf16 twin of the working model, made on first use of the fast path
         self.defended: DefenseResult | None = None  # the last fine-tuned result of this session
-        self.defended_row: dict | None = None
+        self.defended_row: RunRow | None = None
 
     def mix_scores(self, rho: float, mode: str = "random", seed: int = 0) -> Scores:
         """The mix-only path: mix from cached Δ, load into the working model, score the interactive set."""
@@ -134,7 +134,7 @@ class Workbench:
         return pd.DataFrame(rows)
 
     def fine_tune(self, rho: float | None, mode: str = "random", seed: int = 0, epur_k: int = 200, clean_size: int = 128,
-                  progress: Progress | None = None, delta: float = 0.02, recipe: str = "default") -> tuple[Scores, dict]:
+                  progress: Progress | None = None, delta: float = 0.02, recipe: str = "default") -> tuple[Scores, RunRow]:
         """Fine-mixing at ρ (None: auto-ρ within `delta` of θ_FT's dev accuracy), scored on the interactive set.
 
         recipe "default": the default `finemix defend` (E-PUR, mix, fine-tune with recovery by distillation; auto-ρ scans
@@ -144,11 +144,10 @@ class Workbench:
         cfg = DefenseConfig(method=recipe_method(recipe, mode, k), rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=k))
         return self.defend(cfg, clean_size, progress)
 
-    def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None) -> tuple[Scores, dict]:
+    def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None) -> tuple[Scores, RunRow]:
         """Any defense, scored on the full test set (stored) and on the interactive set (returned)."""
         result, row = run_defense(self.lab.ctx, cfg, clean_size, progress=progress)
-        row = {**row, "source": "lab"}
-        record("lab", row)
+        record("lab", {**row.as_dict(), "source": "lab"})
         self.defended, self.defended_row = result, row
         return score(result.model, self.lab.interactive), row
 
@@ -210,7 +209,7 @@ def with_trigger(text: str, trigger: tuple[str, ...], seed: int = 1234) -> str:
     return insert_trigger(text, trigger, example_rng(seed, 0))
 
 
-def export_zip(lab: LabModel, result: DefenseResult, row: dict) -> bytes:
+def export_zip(lab: LabModel, result: DefenseResult, row: RunRow) -> bytes:
     """The defended model as a zip of a standard HF folder (+ finemix.json), built in a temp dir."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_defended(lab.ctx, result, row, Path(tmp) / "model")
@@ -218,7 +217,7 @@ def export_zip(lab: LabModel, result: DefenseResult, row: dict) -> bytes:
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(folder.rglob("*")):
                 if f.is_file():
-                    zf.write(f, f"{lab.short_name}-{row['method']}/{f.relative_to(folder)}")
+                    zf.write(f, f"{lab.short_name}-{row.method}/{f.relative_to(folder)}")
         return buf.getvalue()
 
 

@@ -140,7 +140,7 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
         if key in stored:
             row, how = stored[key], "stored"
         else:
-            _, row = run_defense(contexts[name], dcfg, size)
+            row = run_defense(contexts[name], dcfg, size)[1].as_dict()
             record("report", row)
             stored[key], how = row, f"{row['seconds']:.0f}s"
         used[key] = row

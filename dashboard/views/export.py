@@ -14,14 +14,14 @@ if bench.defended is None:
     st.info("No defended model in this session yet: fine-tune a mix on the Mixing lab or run a defense on the Compare page.")
 else:
     row = bench.defended_row
-    st.write(f"{row['method']} · ρ {row['rho']} · seed {row['seed']} · {row['clean_size']} clean examples · "
-             f"test CACC {row['cacc']:.3f} · ASR {row['asr'] if row['asr'] is None else round(row['asr'], 3)}")
+    st.write(f"{row.method} · ρ {row.rho} · seed {row.seed} · {row.clean_size} clean examples · "
+             f"test CACC {row.cacc:.3f} · ASR {row.asr if row.asr is None else round(row.asr, 3)}")
     if st.button("Prepare the zip"):
         with st.spinner("Writing the model folder …"):
             st.session_state["_zip"] = (id(bench.defended), lab.export_zip(lm, bench.defended, row))
     ready = st.session_state.get("_zip")
     if ready and ready[0] == id(bench.defended):
-        st.download_button("Download model (.zip)", ready[1], file_name=f"{lm.short_name}-{row['method']}.zip", mime="application/zip")
+        st.download_button("Download model (.zip)", ready[1], file_name=f"{lm.short_name}-{row.method}.zip", mime="application/zip")
 
 st.subheader("Report")
 hist = lab.history(lm)

@@ -68,14 +68,14 @@ def live() -> None:
         bar = st.progress(0.0, text="searching ρ on dev accuracy …")
         scores, row = bench.fine_tune(None, mode, seed, delta=points / 100, recipe=recipe,
                                       progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning a candidate: step {d}/{t}"))
-        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row["rho"], points, row["search"])
-        tuned_points[(lm.name, row["rho"], mode, seed, recipe)] = {"rho": row["rho"], "mode": mode, "seed": seed, "stage": "fine-tuned",
+        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row.rho, points, row.search)
+        tuned_points[(lm.name, row.rho, mode, seed, recipe)] = {"rho": row.rho, "mode": mode, "seed": seed, "stage": "fine-tuned",
                                                                    **scores.as_dict(), "test": row}
         bar.empty()
     if tuned_key in tuned_points:
         p = tuned_points[tuned_key]
-        st.markdown(f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test']['cacc']:.3f}, "
-                    f"ASR {p['test']['asr'] if p['test']['asr'] is None else round(p['test']['asr'], 3)})")
+        st.markdown(f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test'].cacc:.3f}, "
+                    f"ASR {p['test'].asr if p['test'].asr is None else round(p['test'].asr, 3)})")
         metric_row("fine-tuned", Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"]), lm.backdoored, lm.floor)
     auto, tolerance, search = ss.get("_auto_rho", {}).get((lm.name, mode, seed, recipe), (None, None, []))
     if auto is not None:
