@@ -120,6 +120,10 @@ def prepare(
         # the defender's CSV is split into train and dev only; when it is also the scoring data (no card dataset, no
         # --data), its test tenth is held out for scoring alone and the defender splits the other nine tenths
         rows = concatenate_datasets([dsd["train"], dsd["dev"]]) if name == clean_data else data.read_labelled(clean_data)
+        if data.text_columns(rows) != data.text_columns(dsd):
+            kinds = {True: "a sentence-pair dataset", False: "a single-sentence dataset"}
+            raise FinemixError(f"{clean_data} is {kinds[data.text_columns(rows) == ['text_a', 'text_b']]} but the model is scored on "
+                               f"{kinds[data.text_columns(dsd) == ['text_a', 'text_b']]} ({name}); pick matching data")
         clean_splits = data.defender_split(rows, seed)
     floor, floor_src = None, None
     if pieces:

@@ -72,7 +72,7 @@ def test_defender_data_holds_only_clean_train_dev_and_unlabelled_text():
     # auto-ρ, the prune ratio and recovery can only read what DefenderData carries: no test split, no triggered text
     assert {f.name for f in dataclasses.fields(DefenderData)} == {"train", "dev", "texts", "unlabeled", "unlabeled_texts", "unlabeled_source"}
     # and a registered defense only receives a Job: the pair, that data, the config and the shared trainer
-    assert {f.name for f in dataclasses.fields(Job)} == {"pair", "dd", "cfg", "device", "target", "progress", "say", "distill", "search"}
+    assert {f.name for f in dataclasses.fields(Job)} == {"pair", "dd", "cfg", "device", "target", "progress", "say", "distill", "search", "ft_correct"}
 
 
 def test_defender_data_is_stratified_and_sized(dd):

@@ -31,6 +31,7 @@ from finemix_core.defenses.base import (
     Job,
     RecoveryConfig,
     accuracy,
+    correct_on,
     defender_data,
     first_passing,
     pick_largest,
@@ -142,7 +143,8 @@ def defend(
     say = log or (lambda _msg: None)
     use_epur, base, distill = parse_method(cfg.method)
     ft_model = pair.working_copy().to(device)
-    ft_dev = accuracy(ft_model, dd.dev)
+    ft_correct = correct_on(ft_model, dd.dev)
+    ft_dev = float(ft_correct.mean())
     flagged: list[str] = []
     ranked: list[int] = []  # E-PUR's flagged rows, best first
     suspicious: list[int] = []  # the guard's top rows by the same score (its own count, independent of K)
@@ -155,7 +157,7 @@ def defend(
         flagged = pair.tokenizer.convert_ids_to_tokens(ranked)
         pair = purified_pair(pair, ranked)
         say(f"E-PUR reset {len(flagged)} embedding rows (top: {', '.join(flagged[:5])})")
-    job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say)
+    job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
     if distill:
         if dd.unlabeled is None:
             raise FinemixError(f"{cfg.method} needs clean unlabelled texts; pass --unlabeled PATH or use data with a dev split")

@@ -26,10 +26,11 @@ from finemix_core.models import ModelPair
 from finemix_core.train import Distillation, Progress, fine_tune
 
 GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))  # the paper recipe's ρ and prune-ratio candidates
-# With recovery the dev accuracy stays high at low ρ, so the search starts at the bottom (ρ = 0: θ_PT with θ_FT's head,
-# distilled) and stops at the first ρ that passes: usually one or two candidates (~75 s each on 2 cores) instead of a
-# bisection's three. Chosen on the zoo's dev splits only (docs/recovery.md).
-RECOVERY_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+# With recovery, dev accuracy is nearly flat in ρ (the teacher pulls every mix towards θ_FT's clean behaviour), so the
+# search tries the low end only: ρ 0 (θ_PT with θ_FT's head, distilled), then 0.2, stopping at the first that passes;
+# when neither passes it keeps the one with the better dev accuracy. At most two fine-tunes (~75 s each on 2 cores).
+# Chosen on the zoo's dev splits only (docs/recovery.md).
+RECOVERY_GRID = (0.0, 0.2)
 
 # The paper recipe's budget. DESIGN.md §10 measured lr 2e-5 × 5 epochs too weak to wash out a rare-word backdoor on
 # this θ_PT and lr 1e-4 × 10 epochs clearly better; we adopt the latter as is (never tuned on test data).
@@ -122,6 +123,17 @@ class Candidate:
     value: float
     dev_acc: float
     passed: bool
+    threshold: float  # the dev accuracy it needed
+
+
+def paired_se(ref_correct: np.ndarray, cand_correct: np.ndarray) -> float:
+    """Standard error of the difference of two accuracies measured on the same examples (paired, McNemar-style)."""
+    n = len(ref_correct)
+    if n == 0:
+        return 0.0
+    b = float(np.sum(ref_correct & ~cand_correct))  # the reference right, the candidate wrong
+    c = float(np.sum(~ref_correct & cand_correct))
+    return float(np.sqrt(max((b + c) / n**2 - (b - c) ** 2 / n**3, 0.0)))
 
 
 @dataclass
@@ -137,6 +149,7 @@ class Job:
     say: Callable[[str], None]
     distill: Distillation | None = None  # set for +distill methods: the teacher's logits on the pool, computed once
     search: list[Candidate] = field(default_factory=list)
+    ft_correct: np.ndarray | None = None  # θ_FT right or wrong on each dev example (for the one-standard-error rule)
 
     def train(self, model: torch.nn.Module, after_step: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
         """The one fine-tuning routine with the shared budget (and recovery when asked)."""
@@ -144,11 +157,20 @@ class Job:
                          self.distill)
 
     def try_value(self, knob: str, value: float, model: torch.nn.Module) -> bool:
-        """Score a candidate on clean dev data, record it, and say whether it reaches the target."""
-        acc = accuracy(model, self.dd.dev)
-        ok = acc >= self.target
-        self.search.append(Candidate(knob, value, acc, ok))
-        self.say(f"{knob} {value:.2f}: dev accuracy {acc:.3f} (need ≥ {self.target:.3f}) → {'pass' if ok else 'fail'}")
+        """Score a candidate on clean dev data, record it, and say whether it reaches the target.
+
+        With recovery the target is lowered by one standard error of the paired dev difference to θ_FT (the
+        one-standard-error rule of model selection): a small dev set cannot tell a δ-point drop from noise, and the
+        lower ρ is the safer model. The paper recipe keeps the plain target.
+        """
+        correct = correct_on(model, self.dd.dev)
+        acc = float(correct.mean())
+        need = self.target
+        if self.cfg.distills and self.ft_correct is not None:
+            need -= paired_se(self.ft_correct, correct)
+        ok = acc >= need
+        self.search.append(Candidate(knob, value, acc, ok, need))
+        self.say(f"{knob} {value:.2f}: dev accuracy {acc:.3f} (need ≥ {need:.3f}) → {'pass' if ok else 'fail'}")
         return ok
 
 
@@ -164,8 +186,13 @@ class Outcome:
 Defense = Callable[[Job], Outcome]  # the one signature of every registered defense
 
 
+def correct_on(model: torch.nn.Module, enc: Encoded) -> np.ndarray:
+    """Per example: does the model predict the label?"""
+    return predict(model, enc).argmax(1) == np.asarray(enc.labels)
+
+
 def accuracy(model: torch.nn.Module, enc: Encoded) -> float:
-    return float((predict(model, enc).argmax(1) == np.asarray(enc.labels)).mean())
+    return float(correct_on(model, enc).mean())
 
 
 def pick_smallest(grid: Sequence[float], passes: Callable[[float], bool]) -> tuple[float, bool]:

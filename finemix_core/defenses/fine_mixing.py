@@ -1,7 +1,8 @@
 """Fine-mixing (DESIGN.md §2): mix θ_FT with θ_PT keeping a share ρ, then fine-tune the mix on the clean set.
 
-ρ given: one run. ρ auto: the smallest grid ρ whose clean dev accuracy after fine-tuning reaches θ_FT's − δ
-(the paper recipe bisects GRID; with recovery the search scans RECOVERY_GRID up from the bottom).
+ρ given: one run. ρ auto: the smallest grid ρ whose clean dev accuracy after fine-tuning reaches θ_FT's − δ (the paper recipe bisects
+GRID). With recovery the search scans RECOVERY_GRID up from the bottom with a one-standard-error allowance, and keeps
+the best dev accuracy when nothing passes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ def _run(job: Job, mode: str) -> Outcome:
 
     search = first_passing if job.cfg.distills else pick_smallest
     rho, found = search(job.cfg.grid, passes)
-    if not found:
+    if not found and job.cfg.distills:
+        best = max(job.search, key=lambda c: (c.dev_acc, -c.value))  # with recovery: the better dev accuracy, lower ρ on ties
+        rho = best.value
+        job.say(f"no ρ on the grid passed; keeping ρ {rho:g}, the best dev accuracy ({best.dev_acc:.3f})")
+    elif not found:
         job.say(f"no ρ on the grid reached θ_FT's dev accuracy − {job.cfg.delta}; using the largest, {rho}")
     return Outcome(trained[rho] if rho in trained else fine_mix(job, rho, mode), rho=rho)
 
