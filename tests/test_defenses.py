@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import math
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -27,7 +28,7 @@ from finemix_core.defenses import (
     prune_plan,
 )
 from finemix_core.defenses import first_passing, guarded_pool
-from finemix_core.defenses.base import Job
+from finemix_core.defenses.base import Job, paired_se
 from finemix_core.config import RecoveryConfig
 from finemix_core.evaluate import predict
 from finemix_core.train import Distillation, distillation_loss, fine_tune
@@ -289,3 +290,30 @@ def test_recovery_auto_rho_scans_up_from_the_bottom_and_stops_at_the_first_pass(
     calls = []
     assert first_passing([0.5, 0.1, 0.3], lambda x: calls.append(x) or x >= 0.3) == (0.3, True) and calls == [0.1, 0.3]
     assert first_passing([0.1, 0.2], lambda x: False) == (0.2, False)
+
+
+def test_paired_standard_error_matches_the_formula():
+    ref = np.array([True, True, True, False])
+    cand = np.array([True, False, True, True])
+    assert paired_se(ref, cand) == pytest.approx(math.sqrt(2 / 16))  # b = c = 1: (b + c)/n² − (b − c)²/n³
+    assert paired_se(ref, ref) == 0.0  # the same predictions: no uncertainty about their difference
+    assert paired_se(np.ones(100, bool), np.zeros(100, bool)) == 0.0  # always disagreeing the same way: a sure difference
+
+
+def test_recovery_search_keeps_the_best_dev_accuracy_when_no_rho_passes(pair, tiny_pool_dd, monkeypatch):
+    from finemix_core.defenses import fine_mixing
+    from finemix_core.defenses.base import Candidate
+
+    accs = {0.0: 0.70, 0.2: 0.74}
+    monkeypatch.setattr(fine_mixing, "fine_mix", lambda job, rho, mode: f"model@{rho}")
+
+    def scripted(self, knob, value, model):
+        self.search.append(Candidate(knob, value, accs[value], False, 0.9))
+        return False
+
+    monkeypatch.setattr(Job, "try_value", scripted)
+    job = Job(pair, tiny_pool_dd, cfg("fine-mixing+distill", rho_grid=(0.0, 0.2)), torch.device("cpu"), 0.9, None, lambda m: None)
+    out = fine_mixing.run_random(job)
+    assert out.rho == 0.2 and out.model == "model@0.2" and [c.value for c in job.search] == [0.0, 0.2]
+    paper = Job(pair, tiny_pool_dd, cfg("fine-mixing", rho_grid=(0.0, 0.2)), torch.device("cpu"), 0.9, None, lambda m: None)
+    assert fine_mixing.run_random(paper).rho == 0.2  # the paper recipe: the largest grid value, as before
