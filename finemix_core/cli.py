@@ -418,9 +418,6 @@ def lab_cmd(
     address: Annotated[str, typer.Option(help="Bind address; keep 127.0.0.1 unless you mean to share untrusted models.")] = "127.0.0.1",
 ) -> None:
     """Start the Streamlit lab (dashboard/app.py) on localhost."""
-    import os
-    import subprocess
-
     root = Path(__file__).resolve().parent.parent
     app_file = root / "dashboard" / "app.py"
     if not app_file.is_file():
@@ -429,7 +426,9 @@ def lab_cmd(
         raise FinemixError(f"--port {port} outside 1..65535")
     typer.echo(f"finemix lab on http://{address}:{port} (Ctrl+C stops it)", err=True)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", address, "--server.port", str(port)]
-    raise typer.Exit(subprocess.call(cmd, cwd=root, env=os.environ.copy()))
+    # replace this process with Streamlit (no child left behind): a SIGTERM or Ctrl+C to `finemix lab` reaches the server itself
+    os.chdir(root)
+    os.execv(sys.executable, cmd)
 
 
 @app.command("bench")

@@ -127,6 +127,16 @@ def test_compare_page_runs_missing_defenses_and_tables_them(app):
     assert app.get("plotly_chart")
 
 
+def test_playground_in_a_fresh_session_prints_no_stray_code_or_values(app):
+    open_page(app, "playground")  # before any fine-tune: the mix-only model is made on the spot
+    shown = [str(getattr(el, "value", "")) for el in (*app.markdown, *app.get("code"), *app.get("json"), *app.get("table"))]
+    assert not any("mix_scores" in v or v.strip() == "None" for v in shown), shown
+    assert not app.get("code") and not app.get("table") and not app.get("json")  # Streamlit magic printed these before
+    app.switch_page("views/mixing.py").run()
+    app.switch_page("views/playground.py").run()  # after the Mixing lab: no stray "None" box either
+    assert not any(str(getattr(el, "value", "")).strip() == "None" for el in (*app.markdown, *app.get("code"), *app.get("json")))
+
+
 def test_playground_shows_both_predictions(app):
     open_page(app, "playground")
     assert any("cf" in m.value for m in app.markdown if m.value.startswith("Input:"))

@@ -17,7 +17,8 @@ if bench.defended is not None:
     defended, label = bench.defended.model, f"defended ({bench.defended.method}, ρ={bench.defended.rho})"
 else:
     rho, mode, seed = st.session_state["rho"], st.session_state["mode"], st.session_state["seed"]
-    bench.mix_scores(rho, mode, seed) if bench.state_label != f"mix ρ={rho:g} ({mode})" else None
+    if bench.state_label != f"mix ρ={rho:g} ({mode})":  # a statement, not an expression: Streamlit magic would print it
+        bench.mix_scores(rho, mode, seed)
     defended, label = bench.model, f"mix only, ρ={rho:g} ({mode}); fine-tune it on the Mixing lab for the full defense"
 shown = lab.with_trigger(text, lm.trigger) if insert and lm.trigger else text
 st.markdown(f"Input: `{shown}`")
