@@ -182,6 +182,7 @@ def summarise(rows: pd.DataFrame, by: tuple[str, ...] = ("model", "method")) -> 
             **dict(zip(by, keys)), "attack": grp["attack"].iloc[0], "trigger": grp["trigger"].iloc[0],
             "CACC": _pm(grp["cacc"]), "ASR": _pm(grp["asr"]), "target bias": _pm(grp["target_bias"]),
             "ASR floor": _pm(grp["asr_floor"]), "ρ chosen": ", ".join(f"{r:g}" for r in rhos) or "—",
+            "seconds": f"{grp['seconds'].mean():.0f}" if "seconds" in grp else "—",
             "seeds": ",".join(str(s) for s in sorted(grp["seed"].unique())), "clean n": int(grp["clean_size"].iloc[0]),
             "cacc_mean": grp["cacc"].mean(), "asr_mean": grp["asr"].mean(), "floor": grp["asr_floor"].mean(),
         })
@@ -228,9 +229,9 @@ def _recovery_text(pool: pd.DataFrame) -> str:
     rec = pool["recovery"].iloc[0]
     rec = rec if isinstance(rec, dict) else {}
     n = sorted({int(x) for x in pool["unlabeled_n"].dropna()})
-    return (f"CE on the labelled batch + {rec.get('weight', '?')} · T²·KL(θ_FT ‖ student) at T = {rec.get('temperature', '?')} on a "
-            f"batch of clean unlabelled texts, {rec.get('passes', '?')} passes over {', '.join(map(str, n))} texts "
-            f"({pool['unlabeled_source'].iloc[0]})")
+    return (f"CE on the labelled batch + {rec.get('weight', '?'):g} · T²·KL(θ_FT ‖ student) at T = {rec.get('temperature', '?'):g} on a "
+            f"batch of clean unlabelled texts, {rec.get('passes', '?'):g} passes over {', '.join(map(str, n))} texts: the "
+            f"{pool['unlabeled_source'].iloc[0]}")
 
 
 def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:
@@ -241,7 +242,7 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
     first = main.iloc[0]
     pool = main[main["method"].str.endswith("+distill")] if "method" in main else main.iloc[:0]
     compute = sum(row["seconds"] for row in runs.used.values())
-    cols = ["model", "attack", "method", "CACC", "ASR", "target bias", "ASR floor", "ρ chosen"]
+    cols = ["model", "attack", "method", "CACC", "ASR", "target bias", "ASR floor", "ρ chosen", "seconds"]
     parts = [
         "# finemix reproduction report",
         "",
@@ -256,9 +257,11 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
         f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW lr {DEFENSE_TRAIN.lr:g}, "
         f"{DEFENSE_TRAIN.epochs:g} epochs, batch {DEFENSE_TRAIN.batch_size}; ρ auto (smallest grid ρ within 2 dev points of θ_FT); "
         "E-PUR K=200, c=20. Test data and triggered data are used for scoring only."),
-        (f"- Recovery (`+distill` rows): {_recovery_text(pool)}. With recovery, auto-ρ scans ρ ∈ "
-         f"{{{', '.join(f'{r:g}' for r in RECOVERY_GRID)}}} up from the bottom and keeps the first within 2 dev points of θ_FT. "
-         "Defaults chosen on the zoo's dev splits only (docs/recovery.md), frozen before this run."),
+        (f"- Recovery (`+distill` rows): {_recovery_text(pool)}. With recovery, auto-ρ tries ρ ∈ "
+         f"{{{', '.join(f'{r:g}' for r in RECOVERY_GRID)}}} from the bottom and keeps the first whose dev accuracy is within 2 points "
+         "plus one standard error (paired, on the same dev examples) of θ_FT's, else the better dev accuracy. "
+         "Defaults chosen on the zoo's dev splits only (docs/recovery.md), frozen before this run. Seconds: the defense "
+         "itself, selection included, scoring excluded (mean over seeds; rows imported from the baseline report keep its seconds)."),
         ("- ASR floor: the zoo's clean model on the same triggered test set. Target bias: non-target examples without the "
         "trigger predicted as the target."),
         "",
