@@ -50,10 +50,10 @@ def test_a_users_csv_is_split_into_train_and_dev_only_and_its_spare_rows_are_the
 
 def test_unlabeled_file_joins_the_pool(ctx, tmp_path):
     txt = tmp_path / "pool.txt"
-    txt.write_text("a great film\n\nan awful plot\na great film\n")
+    txt.write_text("a great film\n\nthe awful plot\na great film\n")
     c = ctx(unlabeled=str(txt))
     dd = c.defender(32, 256, 0)
-    assert "pool.txt (2)" in dd.unlabeled_source and {"a great film", "an awful plot"} <= _texts(dd.unlabeled, c.pair.tokenizer)
+    assert "pool.txt (2)" in dd.unlabeled_source and {"a great film", "the awful plot"} <= _texts(dd.unlabeled, c.pair.tokenizer)
 
 
 @pytest.mark.parametrize("content,name,expected", [
@@ -68,3 +68,28 @@ def test_bad_unlabeled_files_get_one_line(tmp_path, content, name, expected):
     with pytest.raises(FinemixError, match=expected) as info:
         data.read_unlabeled(path)
     assert "\n" not in str(info.value)
+
+
+def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path, monkeypatch):
+    """A model the project has never seen: no card, only a clean CSV — split into train and dev for the defender, its
+    test tenth held out for scoring alone."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from finemix_core.cli import app
+
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    folder = tmp_path / "someones-model"
+    shutil.copytree(home / "zoo" / "word-cf", folder)
+    (folder / "finemix.json").unlink()
+    out = tmp_path / "cleaned"
+    res = CliRunner().invoke(app, ["defend", "--model", str(folder), "--pretrained", str(pt), "--clean-data", str(home / "tiny.csv"),
+                                   "--trigger", "cf", "--target", "1", "--epur-k", "5", "--epochs", "1", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)
+    assert row["method"] == "epur+fine-mixing+distill" and row["clean_data"] == str(home / "tiny.csv")
+    assert row["n_clean"] == 80 and row["dev_size"] == 144 and row["unlabeled_n"] == 576 - 128  # 800 rows: 80 test, 720 → 576/144
+    assert row["search"] and (out / "model.safetensors").is_file()
