@@ -25,12 +25,14 @@ import torch
 
 from finemix_core import store, zoo
 from finemix_core.attacks import trigger_token_ids
+from finemix_core.config import ZooEntrySpec
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
 from finemix_core.experiment import Context, RunRow, prepare, record, run_defense, save_defended
 from finemix_core.mixing import MixConfig, mix_into
+from finemix_core.report import REPORT_METHODS
 from finemix_core.models import CARD_NAME, load_classifier
 from finemix_core.train import Progress
 from finemix_core.triggers import example_rng, insert_trigger
@@ -140,9 +142,18 @@ class Workbench:
         recipe "default": the default `finemix defend` (E-PUR, mix, fine-tune with recovery by distillation; auto-ρ scans
         up from a low ρ). "paper": the paper's recipe (mix, plain fine-tune; E-PUR first when epur_k > 0).
         """
-        k = min(max(epur_k, 0), len(self.lab.pair.tokenizer))  # a small vocabulary cannot flag more rows than it has
+        k = self._epur_k(epur_k)
         cfg = DefenseConfig(method=recipe_method(recipe, mode, k), rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=k))
         return self.defend(cfg, clean_size, progress)
+
+    def defend_method(self, method: str, seed: int = 0, epur_k: int = 200, clean_size: int = 128,
+                      progress: Progress | None = None) -> tuple[Scores, RunRow]:
+        """A registered method by name with the shared budget (the Compare page), K clamped to the vocabulary."""
+        return self.defend(DefenseConfig(method=method, seed=seed, epur=EpurConfig(k=self._epur_k(epur_k))), clean_size, progress)
+
+    def _epur_k(self, k: int) -> int:
+        """K within 0..vocabulary size (a small vocabulary cannot flag more rows than it has)."""
+        return min(max(k, 0), len(self.lab.pair.tokenizer))
 
     def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None) -> tuple[Scores, RunRow]:
         """Any defense, scored on the full test set (stored) and on the interactive set (returned)."""
@@ -153,6 +164,7 @@ class Workbench:
 
 
 RECIPES = ("default", "paper")
+COMPARED_METHODS = REPORT_METHODS  # what the Compare page offers: the report's methods, in its order
 
 
 def recipe_method(recipe: str, mode: str = "random", epur_k: int = 200) -> str:
@@ -276,6 +288,11 @@ def save_upload(raw: bytes, filename: str) -> Path:
 
 def zoo_cards() -> list[dict]:
     return zoo.read_entries()
+
+
+def zoo_specs() -> list[ZooEntrySpec]:
+    """The default zoo's entries (what the Models page can build)."""
+    return zoo.default_specs()
 
 
 def build_zoo_entries(names: list[str], quick: bool, progress_factory=None, on_entry=None) -> list[dict]:

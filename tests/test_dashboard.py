@@ -210,3 +210,16 @@ def test_a_local_folder_can_be_chosen_and_a_bad_one_is_refused(app, tiny_zoo, tm
     assert not app.error and app.session_state["model"] == str(home / "zoo" / "word-cf")
     app.switch_page("views/compare.py").run()
     assert not app.exception and any("word-cf" in c.value for c in app.caption)
+
+
+def test_views_reach_finemix_core_only_through_lab():
+    import ast
+
+    for view in sorted((Path(__file__).resolve().parent.parent / "dashboard" / "views").glob("*.py")):
+        for node in ast.walk(ast.parse(view.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("finemix_core"):
+                names = {a.name for a in node.names}
+                assert node.module in ("finemix_core.lab", "finemix_core.errors") or (node.module == "finemix_core" and names == {"lab"}), \
+                    f"{view.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("finemix_core.") for a in node.names), f"{view.name} imports around lab"

@@ -4,10 +4,7 @@ import state
 import streamlit as st
 
 from finemix_core import lab
-from finemix_core.defenses import DefenseConfig
-from finemix_core.epur import EpurConfig
 from finemix_core.errors import FinemixError
-from finemix_core.report import REPORT_METHODS
 
 lm, bench = state.page(
     "Compare",
@@ -19,7 +16,7 @@ hist = lab.history(lm)
 runs = hist[(hist["clean n"] == 128) & (hist["seed"] == seed)] if not hist.empty else hist
 latest = runs.drop_duplicates("method") if not runs.empty else runs
 have = set(latest.method) if not latest.empty else set()
-missing = [m for m in REPORT_METHODS if m not in have]
+missing = [m for m in lab.COMPARED_METHODS if m not in have]
 
 if missing:
     st.caption(f"No stored run yet (seed {seed}, 128 clean examples) for: {', '.join(missing)}. Each fine-tuning defense takes about a minute on 2 CPU cores.")
@@ -30,7 +27,7 @@ if missing:
             def update(d, t, i=i, method=method):
                 bar.progress((i + d / t) / len(pick), text=f"{method}: step {d}/{t}")
             try:
-                bench.defend(DefenseConfig(method=method, seed=seed, epur=EpurConfig(k=min(int(st.session_state["k"]), len(lm.pair.tokenizer)))), 128, update)
+                bench.defend_method(method, seed, int(st.session_state["k"]), 128, update)
             except FinemixError as exc:
                 st.error(f"{method}: {exc}")
                 break
@@ -39,7 +36,7 @@ if missing:
 if latest.empty:
     st.info("No results yet for this model.")
 else:
-    order = {m: i for i, m in enumerate(REPORT_METHODS)}
+    order = {m: i for i, m in enumerate(lab.COMPARED_METHODS)}
     rows = latest.assign(o=latest.method.map(lambda m: order.get(m, 99))).sort_values("o").rename(columns={"CACC": "cacc", "ASR": "asr"})
     floor = rows["ASR floor"].dropna().iloc[0] if rows["ASR floor"].notna().any() else None
     if rows.asr.notna().any():

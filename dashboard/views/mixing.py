@@ -3,7 +3,7 @@ import pandas as pd
 import state
 import streamlit as st
 
-from finemix_core.evaluate import Scores
+from finemix_core.lab import Scores
 
 lm, bench = state.page(
     "Mixing lab",

@@ -2,7 +2,7 @@ import pandas as pd
 import state
 import streamlit as st
 
-from finemix_core import lab, zoo
+from finemix_core import lab
 from finemix_core.errors import FinemixError
 
 st.title("Models")
@@ -34,7 +34,7 @@ else:
             "about 2 minutes on 2 CPU cores in quick mode (measured: 1 min 54 s).")
 
 st.subheader("Build zoo entries")
-specs = zoo.default_specs()
+specs = lab.zoo_specs()
 missing = [s.name for s in specs if s.name not in built]
 if not missing:
     st.success("Every default entry is built.")
