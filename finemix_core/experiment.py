@@ -226,7 +226,8 @@ def run_defense(
 def save_defended(ctx: Context, result: DefenseResult, row: RunRow, out: Path, overwrite: bool = False) -> Path:
     """Write the defended model as a standard HF folder + finemix.json, atomically."""
     card = {
-        **row.as_dict(), "defended_from": ctx.pair.ft_source, "pretrained": ctx.pair.pt_source, "flagged": result.flagged, "trigger_list": list(ctx.eval_set.trigger or ()), "target": ctx.eval_set.target,
+        **row.as_dict(), "defended_from": ctx.pair.ft_source, "pretrained": ctx.pair.pt_source, "flagged": result.flagged,
+        "trigger_list": list(ctx.eval_set.trigger or ()), "target": ctx.eval_set.target,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # a defended model is itself a model: keep the fields `finemix evaluate` and the lab read
         "name": f"{row.model}-{row.method}", "dataset": ctx.data_name, "trigger": list(ctx.eval_set.trigger or ()),

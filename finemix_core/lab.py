@@ -32,8 +32,8 @@ from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
 from finemix_core.experiment import Context, RunRow, prepare, record, run_defense, save_defended
 from finemix_core.mixing import MixConfig, mix_into
-from finemix_core.report import REPORT_METHODS
 from finemix_core.models import CARD_NAME, load_classifier
+from finemix_core.report import REPORT_METHODS
 from finemix_core.train import Progress
 from finemix_core.triggers import example_rng, insert_trigger
 
@@ -89,7 +89,7 @@ def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERAC
     ctx = prepare(model, pretrained, data_name or None, device=device)
     es = interactive_set(ctx.pair.tokenizer, ctx.dsd["test"], ctx.eval_set.trigger, ctx.eval_set.target, n_interactive)
     # the pair stays in host memory (mixing reads it there); on a GPU score a copy, never move the cached θ_FT
-    backdoored = score(ctx.pair.ft if ctx.device.type == "cpu" else ctx.pair.working_copy().to(ctx.device), es)
+    backdoored = score(ctx.pair.ft_for_inference(ctx.device), es)
     floor = None
     if es.trigger and ctx.floor_model:
         clean, _ = load_classifier(ctx.floor_model)

@@ -136,6 +136,11 @@ class ModelPair:
     def num_labels(self) -> int:
         return self.ft.config.num_labels
 
+    def ft_for_inference(self, device: torch.device) -> PreTrainedModel:
+        """θ_FT to score on `device`: itself on the CPU (read-only: inference never writes it), else a copy moved there,
+        so the cached pair never leaves host memory."""
+        return self.ft if device.type == "cpu" else self.working_copy().to(device)
+
     def working_copy(self, state: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
         """A private model to train or evaluate: a deep copy of θ_FT, optionally with `state` loaded."""
         model = copy.deepcopy(self.ft)

@@ -130,7 +130,6 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
     contexts: dict[str, Context] = {}
     from_db = set(stored)
     used: dict[str, dict] = {}
-    attacks = {c["name"]: c["attack"] for c in zoo.read_entries()}
 
     def one(name: str, method: str, seed: int, size: int, rho: float | None = None, delta: float = DefenseConfig.delta) -> dict:
         if name not in contexts:
@@ -154,15 +153,10 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
 
     main = [one(name, method, seed, cfg.clean_size) for name in _entries(cfg) for seed in cfg.seeds for method in cfg.methods]
     sizes = [one(name, method, cfg.seeds[0], size) for name in cfg.size_entries for size in cfg.sizes for method in cfg.size_methods]
-    fixed = [one(name, _ours(attacks[name]), cfg.seeds[0], cfg.clean_size, rho) for name in _entries(cfg) for rho in cfg.fixed_rhos]
+    fixed = [one(name, DEFAULT_METHOD, cfg.seeds[0], cfg.clean_size, rho) for name in _entries(cfg) for rho in cfg.fixed_rhos]
     loose = [] if cfg.loose_delta is None else [
-        one(name, _ours(attacks[name]), seed, cfg.clean_size, delta=cfg.loose_delta) for name in _entries(cfg) for seed in cfg.seeds]
+        one(name, DEFAULT_METHOD, seed, cfg.clean_size, delta=cfg.loose_delta) for name in _entries(cfg) for seed in cfg.seeds]
     return ReportRuns(pd.DataFrame(main), pd.DataFrame(sizes), pd.DataFrame(fixed), pd.DataFrame(loose), used, len(used.keys() & from_db))
-
-
-def _ours(attack: str | None) -> str:
-    """The method the bar judges: the default `finemix defend`, the same recipe for every attack (it cannot know the attack)."""
-    return DEFAULT_METHOD
 
 
 def _pm(values: pd.Series) -> str:
@@ -195,7 +189,7 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
     lines = []
     for model, grp in summary.groupby("model", sort=False):
         by = grp.set_index("method")
-        ours = _ours(by["attack"].iloc[0])
+        ours = DEFAULT_METHOD  # one recipe for every attack: a defender does not know the attack
         if not {"none", ours}.issubset(by.index):
             continue
         o, base = by.loc[ours], by.loc["none"]
@@ -228,10 +222,8 @@ def _recovery_text(pool: pd.DataFrame) -> str:
         return "not run"
     rec = pool["recovery"].iloc[0]
     rec = rec if isinstance(rec, dict) else {}
-    n = sorted({int(x) for x in pool["unlabeled_n"].dropna()})
     return (f"CE on the labelled batch + {rec.get('weight', '?'):g} · T²·KL(θ_FT ‖ student) at T = {rec.get('temperature', '?'):g} on a "
-            f"batch of clean unlabelled texts, {rec.get('passes', '?'):g} passes over {', '.join(map(str, n))} texts: the "
-            f"{pool['unlabeled_source'].iloc[0]}")
+            f"batch of clean unlabelled texts, {rec.get('passes', '?'):g} passes over the {pool['unlabeled_source'].iloc[0]}")
 
 
 def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:
@@ -255,7 +247,8 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
         f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over {int(first['n_nontarget'])} non-target)."),
         (f"- Defender: {cfg.clean_size} clean training examples (stratified from train), up to 256 dev examples for auto-ρ and the prune "
         f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW lr {DEFENSE_TRAIN.lr:g}, "
-        f"{DEFENSE_TRAIN.epochs:g} epochs, batch {DEFENSE_TRAIN.batch_size}; ρ auto (smallest grid ρ within 2 dev points of θ_FT); "
+        f"{DEFENSE_TRAIN.epochs:g} epochs, batch {DEFENSE_TRAIN.batch_size}; the paper recipe's ρ auto: smallest grid ρ "
+        "(0.1…0.9, bisection) within 2 dev points of θ_FT; "
         "E-PUR K=200, c=20. Test data and triggered data are used for scoring only."),
         (f"- Recovery (`+distill` rows): {_recovery_text(pool)}. With recovery, auto-ρ tries ρ ∈ "
          f"{{{', '.join(f'{r:g}' for r in RECOVERY_GRID)}}} from the bottom and keeps the first whose dev accuracy is within 2 points "

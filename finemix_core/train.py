@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from finemix_core.config import TrainConfig
+from finemix_core.config import RecoveryConfig, TrainConfig
 from finemix_core.encoding import Encoded, collate, shuffled_bucket_batches
 from finemix_core.errors import FinemixError
 
@@ -37,15 +37,11 @@ class Distillation:
 
     texts: Encoded  # tokenised unlabelled texts (their labels are ignored)
     teacher_logits: torch.Tensor  # [len(texts), classes], float32, on the CPU, no grad
-    weight: float = 1.0  # the KL term's weight beside cross-entropy
-    temperature: float = 2.0  # T: softens both distributions; the loss is scaled by T² (Hinton et al. 2015)
-    passes: float = 2.0  # passes over the unlabelled texts; the run lasts max(labelled steps, these steps)
+    recovery: RecoveryConfig = RecoveryConfig()  # weight, temperature T and passes over the texts
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.teacher_logits):
             raise FinemixError(f"{len(self.texts)} unlabelled texts but {len(self.teacher_logits)} teacher rows")
-        if self.temperature <= 0 or self.weight < 0 or self.passes <= 0:
-            raise FinemixError("distillation needs temperature > 0, weight ≥ 0 and passes > 0")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -67,16 +63,12 @@ def training_batches(
     data: Encoded, cfg: TrainConfig, device: torch.device, total: int | None = None
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int, int]]:
     """(batch, labels, step, total) for `total` steps (default round(epochs · steps per epoch)), seeded order."""
-    gen = torch.Generator().manual_seed(cfg.seed)
     total = total or total_steps(len(data), cfg)
-    step = 0
-    while True:
-        for batch_idx in shuffled_bucket_batches(data, cfg.batch_size, gen):
-            step += 1
-            labels = torch.tensor([data.labels[i] for i in batch_idx], device=device)
-            yield collate(data, batch_idx, device), labels, step, total
-            if step >= total:
-                return
+    for step, batch_idx in enumerate(_cycle(data, cfg.batch_size, cfg.seed), start=1):
+        labels = torch.tensor([data.labels[i] for i in batch_idx], device=device)
+        yield collate(data, batch_idx, device), labels, step, total
+        if step >= total:
+            return
 
 
 def _joint(labelled: dict[str, torch.Tensor], unlabelled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -111,7 +103,8 @@ def fine_tune(
     total = total_steps(len(data), cfg)
     unlabelled = None
     if distill is not None and len(distill.texts):
-        total = max(total, total_steps(len(distill.texts), TrainConfig(epochs=distill.passes, batch_size=cfg.batch_size)))
+        rec = distill.recovery
+        total = max(total, total_steps(len(distill.texts), TrainConfig(epochs=rec.passes, batch_size=cfg.batch_size)))
         unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
     schedule = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
     for batch, labels, step, total in training_batches(data, cfg, device, total):
@@ -121,8 +114,8 @@ def fine_tune(
             idx = next(unlabelled)
             logits = model(**_joint(batch, collate(distill.texts, idx, device))).logits
             n = len(labels)
-            loss = F.cross_entropy(logits[:n], labels) + distill.weight * distillation_loss(
-                logits[n:], distill.teacher_logits[idx].to(device), distill.temperature)
+            loss = F.cross_entropy(logits[:n], labels) + rec.weight * distillation_loss(
+                logits[n:], distill.teacher_logits[idx].to(device), rec.temperature)
         loss.backward()
         optimizer.step()
         schedule.step()

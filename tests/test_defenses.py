@@ -279,7 +279,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(pair, tiny_pool_dd):
     target = torch.tensor([[4.0, -4.0]] * len(pool))
     before = distillation_loss(torch.from_numpy(predict(model, pool, logits=True)), target, 2.0).item()
     fine_tune(model, tiny_pool_dd.train, TrainConfig(lr=3e-3, epochs=1.0, batch_size=4),
-              distill=Distillation(pool, target, weight=10.0, temperature=2.0, passes=8))
+              distill=Distillation(pool, target, RecoveryConfig(weight=10.0, temperature=2.0, passes=8)))
     after = distillation_loss(torch.from_numpy(predict(model, pool, logits=True)), target, 2.0).item()
     assert after < before * 0.5, (before, after)
 

@@ -59,7 +59,6 @@ METHODS = (
 # The default `finemix defend` (chosen on the zoo's dev splits only; docs/recovery.md): E-PUR, Fine-mixing at the
 # smallest ρ whose dev accuracy after recovery stays within δ of θ_FT's, recovery by distillation.
 DEFAULT_METHOD = "epur+fine-mixing+distill"
-PAPER_METHODS = ("fine-mixing", "epur+fine-mixing")  # the paper's recipe, kept as it was for side-by-side rows
 
 __all__ = [
     "DEFAULT_METHOD", "DEFENSE_TRAIN", "GRID", "METHODS", "RECOVERY_GRID", "REGISTRY", "Candidate", "DefenderData",
@@ -126,7 +125,7 @@ def teacher(model: torch.nn.Module, dd: DefenderData, rec: RecoveryConfig, keep:
         return None
     texts = dd.unlabeled.subset(keep)
     logits = torch.from_numpy(predict(model, texts, logits=True)).float()
-    return Distillation(texts, logits, rec.weight, rec.temperature, rec.passes)
+    return Distillation(texts, logits, rec)
 
 
 def defend(
@@ -142,8 +141,7 @@ def defend(
     device = torch.device(device)
     say = log or (lambda _msg: None)
     use_epur, base, distill = parse_method(cfg.method)
-    ft_model = pair.working_copy().to(device)
-    ft_correct = correct_on(ft_model, dd.dev)
+    ft_correct = correct_on(pair.ft_for_inference(device), dd.dev)
     ft_dev = float(ft_correct.mean())
     flagged: list[str] = []
     ranked: list[int] = []  # E-PUR's flagged rows, best first
@@ -152,7 +150,8 @@ def defend(
         # with recovery the defender's whole clean text counts; without, the labelled set (the paper recipe, unchanged)
         tab = table(pair, dd.texts + dd.unlabeled_texts if distill else dd.texts, cfg.epur)
         ranked = flagged_ids(tab)
-        suspicious = tab.sort_values("score", ascending=False, kind="stable").id.tolist()[: cfg.recovery.drop_flagged]
+        if cfg.recovery.drop_flagged:
+            suspicious = tab.nlargest(cfg.recovery.drop_flagged, "score", keep="first").id.tolist()
     if use_epur:
         flagged = pair.tokenizer.convert_ids_to_tokens(ranked)
         pair = purified_pair(pair, ranked)
@@ -166,7 +165,7 @@ def defend(
             say(f"guard: {len(dd.unlabeled) - len(keep)} of {len(dd.unlabeled)} unlabelled texts hold one of E-PUR's top "
                 f"{cfg.recovery.drop_flagged} tokens and are dropped")
         # the teacher is the model the defense starts from (after E-PUR when asked): θ_FT's clean behaviour
-        job.distill = teacher(pair.ft if device.type == "cpu" else pair.working_copy().to(device), dd, cfg.recovery, keep)
+        job.distill = teacher(pair.ft_for_inference(device), dd, cfg.recovery, keep)
         say(f"recovery: distilling θ_FT on {len(keep)} clean unlabelled texts ({dd.unlabeled_source})")
     out = REGISTRY[base](job)
     out.model.eval()
