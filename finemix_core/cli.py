@@ -306,6 +306,16 @@ def defend_cmd(
                                                    f"{' ✓' if c['passed'] else ''}" for c in row.search), err=True)
 
 
+# ---- scale-out options shared by sweep and report (executor.py, ray_executor.py) ----
+RayOption = Annotated[str | None, typer.Option(
+    "--ray", envvar="RAY_ADDRESS", show_envvar=True,
+    help="Run on Ray: 'auto' starts a local Ray with this machine's cores, an address (host:port, ray://…) joins a cluster; "
+         "'off' or unset runs in this process. Needs pip install 'finemix[ray]'.")]
+CpusOption = Annotated[float, typer.Option(help="With --ray: CPUs per run (torch uses as many threads).")]
+RetriesOption = Annotated[int, typer.Option(help="With --ray: retries of a run whose worker died.")]
+ShipOption = Annotated[str, typer.Option(help="With --ray: how workers get models: path (a shared $FINEMIX_HOME) | object-store.")]
+
+
 @app.command("sweep")
 @user_errors
 def sweep_cmd(
@@ -318,12 +328,19 @@ def sweep_cmd(
     seed: Annotated[int, typer.Option(help="Masks and fine-tuning seed.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Re-run every fine-tuned point (default: reuse identical stored runs).")] = False,
+    ray: RayOption = None,
+    cpus_per_task: CpusOption = 1.0,
+    retries: RetriesOption = 2,
+    ship: ShipOption = "path",
 ) -> None:
     """CACC and ASR at every ρ, mix-only and (with --fine-tune) after the fine-tune step."""
     import pandas as pd
 
     from finemix_core import experiment
+    from finemix_core import sweep as sweeps
     from finemix_core.evaluate import best_device
+    from finemix_core.executor import make_executor
     from finemix_core.mixing import MODES
 
     if mode not in MODES:
@@ -332,10 +349,14 @@ def sweep_cmd(
         raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
     check_writable(out)
     values = experiment.parse_range(rhos)
+    executor = make_executor(ray, cpus_per_task, retries, ship)
     ctx = experiment.prepare(model, eval_limit=limit, device=best_device())
     if ctx.eval_set.trigger is None:
         raise FinemixError(f"{model} has no known trigger, so ASR cannot be measured; pass a zoo entry or use evaluate --trigger")
-    rows = experiment.sweep(ctx, values, mode, fine_tune, clean_size, seed)
+    rows, stats = sweeps.run(ctx, model, values, mode, fine_tune, clean_size, seed, limit, executor=executor, resume=not fresh,
+                             log=lambda m: typer.echo(m, err=True), progress=True)
+    if stats is not None:
+        typer.echo(f"fine-tuned points: {stats.describe()}", err=True)
     write_csv_atomic(pd.DataFrame(rows), out)
     experiment.store.record("sweep", str(ctx.pair.card.get("name", ctx.pair.ft_source)), None,
                             {"rhos": values, "mode": mode, "fine_tune": fine_tune, "clean_size": clean_size, "seed": seed}, {"rows": rows})
@@ -377,11 +398,16 @@ def report_cmd(
     fresh: Annotated[bool, typer.Option(help="Re-run everything (default: reuse identical runs stored in the results database).")] = False,
     import_runs: Annotated[Path | None, typer.Option(help="An earlier report's runs.csv: its identical runs are reused, not re-run.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="CSV rewritten after every run (resume later with --import-runs).")] = None,
+    ray: RayOption = None,
+    cpus_per_task: CpusOption = 1.0,
+    retries: RetriesOption = 2,
+    ship: ShipOption = "path",
 ) -> None:
     """The reproduction table: every zoo attack × every defense, mean ± std over seeds, plus a clean-size study."""
     from finemix_core import report
     from finemix_core.defenses import METHODS
     from finemix_core.evaluate import best_device
+    from finemix_core.executor import make_executor
 
     def ints(spec: str, what: str) -> tuple[int, ...]:
         try:
@@ -404,10 +430,12 @@ def report_cmd(
         fixed_rhos=tuple(_unit_interval(x, "--fixed-rhos", "", "ρ is a share of weights") for x in fixed_rhos.split(",") if x.strip()),
         loose_delta=_unit_interval(loose_delta, "--loose-delta", "", "it is an accuracy drop, e.g. 0.05 for 5 points"),
     )
+    executor = make_executor(ray, cpus_per_task, retries, ship)
     if import_runs is not None:
         typer.echo(f"imported {report.import_runs(import_runs)} new runs from {import_runs}", err=True)
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
-    path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True))
+    path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True), executor=executor,
+                        progress=True)
     typer.echo((path / "report.md").read_text())
 
 

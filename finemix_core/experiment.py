@@ -248,22 +248,6 @@ def record(kind: str, row: RunRow | dict) -> int:
     return store.record(kind, str(row.get("model")), row.get("method"), row, metrics)
 
 
-def sweep(ctx: Context, rhos: list[float], mode: str = "random", fine_tune: bool = False, clean_size: int = 128,
-          seed: int = 0, progress: Progress | None = None) -> list[dict]:
-    """CACC and ASR at every ρ: mix only, and mixed + fine-tuned when asked."""
-    rows = []
-    method = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
-    work = ctx.pair.working_copy().to(ctx.device)  # one private copy, re-mixed in place at every ρ
-    for rho in rhos:
-        s = mixed_scores(ctx, rho, mode, seed, work)
-        rows.append({"rho": rho, "mode": mode, "stage": "mix-only", **s.as_dict(), "asr_floor": ctx.floor})
-        if fine_tune:
-            _, row = run_defense(ctx, DefenseConfig(method=method, rho=rho, seed=seed), clean_size, progress=progress)
-            rows.append({"rho": rho, "mode": mode, "stage": "fine-tuned", "cacc": row.cacc, "asr": row.asr, "target_bias": row.target_bias,
-                         "n_clean": row.n_clean, "n_nontarget": row.n_nontarget, "asr_floor": ctx.floor})
-    return rows
-
-
 def parse_range(spec: str) -> list[float]:
     """'0:1:0.1' → [0, 0.1, …, 1]; '0.1,0.3' → [0.1, 0.3]."""
     try:

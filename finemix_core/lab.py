@@ -234,12 +234,12 @@ def export_zip(lab: LabModel, result: DefenseResult, row: RunRow) -> bytes:
 
 
 def history(lab: LabModel) -> pd.DataFrame:
-    """Every stored run (defend, report, lab) on this model, newest first, flattened."""
+    """Every stored run (defend, sweep point, report, lab) on this model, newest first, flattened."""
     rows = []
     for r in store.runs(model=lab.name):
-        if r["kind"] == "sweep":
-            continue
         c = r["config"]
+        if "cacc" not in c:  # a sweep's summary record (its points are stored as runs of their own)
+            continue
         rows.append({
             "id": r["id"], "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])), "kind": r["kind"],
             "method": r["method"], "seed": c.get("seed"), "clean n": c.get("clean_size"), "rho": c.get("rho"),

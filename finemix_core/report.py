@@ -11,16 +11,17 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from finemix_core import store, zoo
-from finemix_core.defenses import DEFAULT_METHOD, DEFENSE_TRAIN, RECOVERY_GRID, DefenseConfig
+from finemix_core.defenses import DEFAULT_METHOD, RECOVERY_GRID, DefenseConfig
 from finemix_core.errors import FinemixError
-from finemix_core.experiment import Context, dev_examples, prepare, record, run_defense
+from finemix_core.executor import ContextCache, ExecutionStats, Executor, RunSpec, execute, failure_error, run_key
+from finemix_core.experiment import record
 from finemix_core.zoo import atomic_save_dir
 
 # the references, the paper's recipe exactly as the baseline report ran it, the new default, and recovery given to fine-tuning
@@ -42,6 +43,7 @@ class ReportConfig:
     pretrained: str = "default"  # θ_PT of every entry
     resume: bool = True  # reuse identical runs already stored in the results database (an interrupted report continues)
     checkpoint: Path | None = None  # a CSV of every run so far, rewritten (atomically) after each one; resume with import_runs
+    defense: DefenseConfig = field(default_factory=DefenseConfig)  # budget, grids and K of every run (method/seed/ρ/δ set per run)
 
 
 def _entries(cfg: ReportConfig) -> list[str]:
@@ -57,27 +59,6 @@ def _entries(cfg: ReportConfig) -> list[str]:
     return names
 
 
-def run_key(row: dict) -> str:
-    """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K, fixed ρ, δ)."""
-    fields = ("model", "method", "seed", "clean_size", "dev_size", "n_clean", "data", "split_seed", "train", "epur_k", "asr_floor",
-              "recovery")
-    key = {f: row.get(f) for f in fields}
-    # a run with a fixed ρ is another experiment than the auto-ρ run of the same method
-    key["rho_fixed"] = row.get("rho_fixed", None if row.get("rho_auto", True) else row.get("rho"))
-    key["delta"] = row.get("delta", DefenseConfig.delta)  # rows stored before δ was recorded ran with the default
-    return json.dumps(key, sort_keys=True, default=str)
-
-
-def _planned_key(ctx: Context, cfg: DefenseConfig, clean_size: int) -> str:
-    return run_key({
-        "model": ctx.pair.card.get("name", ctx.pair.ft_source), "method": cfg.method, "seed": cfg.seed, "clean_size": clean_size,
-        "dev_size": dev_examples(len(ctx.dsd["dev"]), 256), "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name,
-        "split_seed": ctx.split_seed, "train": json.loads(json.dumps(cfg.train.__dict__)), "epur_k": cfg.epur.k if cfg.uses_epur else None,
-        "asr_floor": ctx.floor, "rho_fixed": cfg.rho, "delta": cfg.delta,
-        "recovery": json.loads(json.dumps(asdict(cfg.recovery))) if cfg.distills else None,
-    })
-
-
 @dataclass
 class ReportRuns:
     """Every run of a report, one row each, by section."""
@@ -88,6 +69,7 @@ class ReportRuns:
     loose: pd.DataFrame  # auto-ρ with the looser tolerance
     used: dict[str, dict]  # every distinct run of the report by its run_key (one run can serve two sections)
     reused: int  # how many of them came from the results database instead of being run
+    execution: ExecutionStats  # which executor ran the rest, retries, bytes shipped
 
 
 def import_runs(path: Path) -> int:
@@ -124,39 +106,44 @@ def import_runs(path: Path) -> int:
     return new
 
 
-def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print) -> ReportRuns:
-    """All runs of the report. Stored identical runs are reused when `resume`."""
-    stored = {run_key(r["config"]): r["config"] for r in reversed(store.runs(kind="report"))} if cfg.resume else {}
-    contexts: dict[str, Context] = {}
-    from_db = set(stored)
+def plan(cfg: ReportConfig) -> dict[str, list[RunSpec]]:
+    """Every run each section needs, in table order (a run needed by two sections appears in both)."""
+    entries = _entries(cfg)
+
+    def spec(name: str, method: str, seed: int, size: int, rho: float | None = None, delta: float | None = None) -> RunSpec:
+        defense = replace(cfg.defense, method=method, seed=seed, rho=rho, delta=cfg.defense.delta if delta is None else delta)
+        return RunSpec(name, defense, size, cfg.pretrained, cfg.eval_limit)
+
+    return {
+        "main": [spec(name, method, seed, cfg.clean_size) for name in entries for seed in cfg.seeds for method in cfg.methods],
+        "sizes": [spec(name, method, cfg.seeds[0], size) for name in cfg.size_entries for size in cfg.sizes for method in cfg.size_methods],
+        "fixed": [spec(name, DEFAULT_METHOD, cfg.seeds[0], cfg.clean_size, rho) for name in entries for rho in cfg.fixed_rhos],
+        "loose": [] if cfg.loose_delta is None else [
+            spec(name, DEFAULT_METHOD, seed, cfg.clean_size, delta=cfg.loose_delta) for name in entries for seed in cfg.seeds],
+    }
+
+
+def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print, executor: Executor | None = None,
+        progress: bool = False) -> ReportRuns:
+    """All runs of the report, on `executor` (default: in this process). Stored identical runs are reused when `resume`.
+    Runs that fail are reported together at the end, after every other run is stored."""
+    sections = plan(cfg)
     used: dict[str, dict] = {}
 
-    def one(name: str, method: str, seed: int, size: int, rho: float | None = None, delta: float = DefenseConfig.delta) -> dict:
-        if name not in contexts:
-            contexts[name] = prepare(name, cfg.pretrained, eval_limit=cfg.eval_limit, device=device)
-        dcfg = DefenseConfig(method=method, seed=seed, rho=rho, delta=delta)
-        key = _planned_key(contexts[name], dcfg, size)
-        if key in stored:
-            row, how = stored[key], "stored"
-        else:
-            row = run_defense(contexts[name], dcfg, size)[1].as_dict()
-            record("report", row)
-            stored[key], how = row, f"{row['seconds']:.0f}s"
+    def checkpoint(key: str, row: dict) -> None:
         used[key] = row
         if cfg.checkpoint is not None:
             tmp = Path(cfg.checkpoint).with_name(f".tmp-{Path(cfg.checkpoint).name}")
             pd.DataFrame(list(used.values())).to_csv(tmp, index=False)
             tmp.replace(cfg.checkpoint)
-        how = f"{how}, imported" if row.get("imported_from") else how
-        log(f"{name:12s} seed {seed} n {size:4d} {method:20s} CACC {row['cacc']:.3f} ASR {row['asr']:.3f} ρ {row['rho']} ({how})")
-        return row
 
-    main = [one(name, method, seed, cfg.clean_size) for name in _entries(cfg) for seed in cfg.seeds for method in cfg.methods]
-    sizes = [one(name, method, cfg.seeds[0], size) for name in cfg.size_entries for size in cfg.sizes for method in cfg.size_methods]
-    fixed = [one(name, DEFAULT_METHOD, cfg.seeds[0], cfg.clean_size, rho) for name in _entries(cfg) for rho in cfg.fixed_rhos]
-    loose = [] if cfg.loose_delta is None else [
-        one(name, DEFAULT_METHOD, seed, cfg.clean_size, delta=cfg.loose_delta) for name in _entries(cfg) for seed in cfg.seeds]
-    return ReportRuns(pd.DataFrame(main), pd.DataFrame(sizes), pd.DataFrame(fixed), pd.DataFrame(loose), used, len(used.keys() & from_db))
+    keys, rows, stats = execute([s for specs in sections.values() for s in specs], ContextCache(device), executor, "report",
+                                cfg.resume, log, progress, checkpoint)
+    if stats.failed:
+        raise failure_error(stats)
+    frames = {name: pd.DataFrame([rows[keys[s]] for s in specs]) for name, specs in sections.items()}
+    return ReportRuns(frames["main"], frames["sizes"], frames["fixed"], frames["loose"], {k: rows[k] for k in dict.fromkeys(keys.values())},
+                      stats.reused, stats)
 
 
 def _pm(values: pd.Series) -> str:
@@ -241,13 +228,13 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
         (f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads). The {len(runs.used)} runs took "
         f"{compute / 60:.0f} minutes of compute in all; this invocation took {seconds / 60:.1f} minutes and reused "
-        f"{runs.reused} stored runs from the results database{_imported_text(runs)}."),
+        f"{runs.reused} stored runs from the results database{_imported_text(runs)}. Executor: {runs.execution.describe()}."),
         "",
         (f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "
         f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over {int(first['n_nontarget'])} non-target)."),
         (f"- Defender: {cfg.clean_size} clean training examples (stratified from train), up to 256 dev examples for auto-ρ and the prune "
-        f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW lr {DEFENSE_TRAIN.lr:g}, "
-        f"{DEFENSE_TRAIN.epochs:g} epochs, batch {DEFENSE_TRAIN.batch_size}; the paper recipe's ρ auto: smallest grid ρ "
+        f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW lr {cfg.defense.train.lr:g}, "
+        f"{cfg.defense.train.epochs:g} epochs, batch {cfg.defense.train.batch_size}; the paper recipe's ρ auto: smallest grid ρ "
         "(0.1…0.9, bisection) within 2 dev points of θ_FT; "
         "E-PUR K=200, c=20. Test data and triggered data are used for scoring only."),
         (f"- Recovery (`+distill` rows): {_recovery_text(pool)}. With recovery, auto-ρ tries ρ ∈ "
@@ -288,13 +275,14 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
 
 
 def write(out: Path, cfg: ReportConfig, command: str, device: torch.device | str = "cpu", overwrite: bool = False,
-          log: Callable[[str], None] = print) -> Path:
-    """Run everything, then write report.md, runs.csv and sizes.csv into `out` (atomically)."""
+          log: Callable[[str], None] = print, executor: Executor | None = None, progress: bool = False) -> Path:
+    """Run everything (on `executor`; default in this process), then write report.md, runs.csv and sizes.csv into `out`
+    (atomically)."""
     out = Path(out)
     if out.exists() and not overwrite:  # fail before an hour of work, not after it
         raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
     started = time.perf_counter()
-    runs = run(cfg, device, log)
+    runs = run(cfg, device, log, executor, progress)
     text = markdown(runs, cfg, command, time.perf_counter() - started, torch.device(device).type)
 
     def write_files(tmp: Path) -> None:

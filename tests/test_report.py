@@ -3,36 +3,31 @@ report resumes from the results database instead of re-running."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 
 import pandas as pd
 import pytest
 
-from finemix_core import experiment, report
+from finemix_core import executor, report
 from finemix_core.config import TrainConfig
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig
 from finemix_core.epur import EpurConfig
 
 
+# a one-epoch budget, a two-value ρ grid and K = 5 so the tiny report takes seconds (the real default is tested by the e2e test)
+CHEAP = DefenseConfig(train=TrainConfig(lr=1e-3, epochs=1.0, batch_size=16), rho_grid=(0.3, 0.7), epur=EpurConfig(k=5))
+
+
 @pytest.fixture()
 def cheap(monkeypatch):
-    """A one-epoch budget so the tiny report takes seconds (the real default is tested by the e2e test)."""
-    fast = TrainConfig(lr=1e-3, epochs=1.0, batch_size=16)
+    """Counts the defense runs actually made (not reused) by the in-process executor."""
     calls = []
-    real = experiment.run_defense
+    real = executor.run_defense
 
     def counted(ctx, cfg: DefenseConfig, clean_size, *args, **kwargs):
         calls.append((cfg.method, cfg.seed, clean_size))
-        return real(ctx, DefenseConfig(method=cfg.method, seed=cfg.seed, rho=cfg.rho, delta=cfg.delta, train=fast, rho_grid=(0.3, 0.7),
-                                       epur=EpurConfig(k=5), recovery=cfg.recovery), clean_size, *args, **kwargs)
+        return real(ctx, cfg, clean_size, *args, **kwargs)
 
-    monkeypatch.setattr(report, "run_defense", counted)
-    monkeypatch.setattr(report, "_planned_key", lambda ctx, cfg, size: report.run_key({
-        "model": ctx.pair.card.get("name"), "method": cfg.method, "seed": cfg.seed, "clean_size": size, "dev_size": experiment.dev_examples(len(ctx.dsd["dev"]), 256),
-        "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name, "split_seed": ctx.split_seed, "train": fast.__dict__,
-        "epur_k": 5 if cfg.uses_epur else None, "asr_floor": ctx.floor, "rho_fixed": cfg.rho, "delta": cfg.delta,
-        "recovery": json.loads(json.dumps(dataclasses.asdict(cfg.recovery))) if cfg.distills else None}))
+    monkeypatch.setattr(executor, "run_defense", counted)
     return calls
 
 
@@ -40,7 +35,8 @@ def test_report_tables_verdicts_files_and_resume(tiny_zoo, monkeypatch, tmp_path
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
     cfg = report.ReportConfig(methods=("none", "fine-tuning", DEFAULT_METHOD), seeds=(0, 1), clean_size=32, sizes=(16, 32),
-                              size_entries=("word-cf",), fixed_rhos=(0.0, 1.0), loose_delta=1.0, pretrained=str(pt))
+                              size_entries=("word-cf",), fixed_rhos=(0.0, 1.0), loose_delta=1.0, pretrained=str(pt),
+                              defense=CHEAP)
     out = report.write(tmp_path / "rep", cfg, "finemix report (test)")
     main = pd.read_csv(out / "runs.csv")
     assert len(main) == 3 * 2 and set(main.method) == {"none", "fine-tuning", DEFAULT_METHOD} and set(main.seed) == {0, 1}
@@ -76,7 +72,7 @@ def test_checkpoint_then_import_resumes_on_a_fresh_database(tiny_zoo, monkeypatc
     monkeypatch.setenv("FINEMIX_HOME", str(home))
     ckpt = tmp_path / "so-far.csv"
     cfg = report.ReportConfig(methods=("none", "fine-tuning"), seeds=(0,), clean_size=32, sizes=(), fixed_rhos=(), loose_delta=None,
-                              pretrained=str(pt), checkpoint=ckpt)
+                              pretrained=str(pt), checkpoint=ckpt, defense=CHEAP)
     first = report.write(tmp_path / "one", cfg, "one")
     saved = pd.read_csv(ckpt)
     assert len(saved) == 2 and set(saved.method) == {"none", "fine-tuning"}
