@@ -241,6 +241,11 @@ def execute(
 
     try:
         own = executor.run(todo, contexts, done, bar.status)
+    except KeyboardInterrupt:
+        bar.close()
+        finished = len(rows) - reused
+        log(f"interrupted: {finished} of {len(todo)} runs finished and are stored; re-run the same command to resume")
+        raise
     finally:
         bar.close()
     stats = dataclasses.replace(own, planned=len(set(keys.values())), reused=reused, ran=len(todo) - len(failed), failed=failed,

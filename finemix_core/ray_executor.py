@@ -136,6 +136,20 @@ def pack_models(specs: list[RunSpec]) -> bytes:
     return buf.getvalue()
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A Ray address (host:port or ray://host:port) must accept a TCP connection; one line if not."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise FinemixError(f"cannot read Ray address '{address}'; write HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise FinemixError(f"cannot reach Ray at '{address}': {exc.strerror or exc}; start it with 'ray start --head' "
+                           "or use --ray auto for a local one") from None
+
+
 class RayExecutor:
     """One Ray task per run; see the module docstring."""
 
@@ -147,6 +161,8 @@ class RayExecutor:
         if retries < 0:
             raise FinemixError(f"--retries must be ≥ 0, got {retries}")
         self.address, self.cpus_per_task, self.retries, self.ship = address, cpus_per_task, retries, ship
+        if address != "auto":
+            check_reachable(address)  # before planning: ray.init waits minutes on an address nobody answers
         self.attempt_log_name = f"finemix-attempts-{uuid.uuid4().hex[:12]}"  # named, so a test can find the running pids
         self.name = f"Ray ({address})"
 
