@@ -58,6 +58,7 @@ def make_eval_set(
 
 # length-sorted batches of 32 ran ~9% faster than 64 (and 1.5x faster than 128) on 2 CPU cores: less padding, cache-sized GEMMs
 INFER_BATCH = EvalConfig().batch_size
+Z95 = 1.959963984540054  # the two-sided 95 % normal quantile (Wilson intervals on every rate the lab shows)
 
 
 @torch.inference_mode()
@@ -84,6 +85,27 @@ class Scores:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def interval(self, metric: str, z: float = Z95) -> tuple[float, float] | None:
+        """Wilson interval of one rate: CACC over the clean examples, ASR and target bias over the non-target ones."""
+        value = getattr(self, metric)
+        if value is None:
+            return None
+        return wilson(value, self.n_clean if metric == "cacc" else self.n_nontarget, z)
+
+
+def wilson(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a rate measured on n examples (95 % by default). Unlike rate ± z·SE it stays inside
+    [0, 1] and is not zero-width at 0 or 1: 0 of 10 gives [0, 0.278], 5 of 10 gives [0.237, 0.763]."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0.0 <= rate <= 1.0:
+        raise FinemixError(f"a rate must be within [0, 1], got {rate}")
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (rate + z2 / (2 * n)) / denom
+    half = z * np.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def score(model: torch.nn.Module, es: EvalSet, batch_size: int = INFER_BATCH) -> Scores:

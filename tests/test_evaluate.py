@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
+from finemix_core.errors import FinemixError
 from finemix_core.evaluate import make_eval_set, predict, score
 
 
@@ -53,3 +55,21 @@ def test_predict_keeps_order_despite_length_sorting(tiny_pair_dirs):
     with torch.no_grad():
         one_by_one = np.stack([torch.softmax(model(**tok(t, return_tensors="pt")).logits, -1)[0].numpy() for t in texts])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_wilson_interval_known_counts():
+    from finemix_core.evaluate import Scores, wilson
+
+    assert wilson(0.0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)  # 0 of 10: not the zero-width [0, 0] of rate ± z·SE
+    assert wilson(0.5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert wilson(1.0, 10) == pytest.approx((0.72247, 1.0), abs=1e-5)
+    assert wilson(0.8, 256) == pytest.approx((0.74673, 0.84440), abs=1e-5)
+    assert wilson(0.3, 0) == (0.0, 1.0)  # nothing measured: nothing known
+    lo, hi = wilson(0.25, 64)
+    lo2, hi2 = wilson(0.25, 256)
+    assert lo < lo2 < 0.25 < hi2 < hi  # four times the examples: about half the width
+    assert (hi2 - lo2) / (hi - lo) == pytest.approx(0.5, abs=0.03)
+    s = Scores(cacc=0.8, asr=0.25, target_bias=None, n_clean=256, n_nontarget=64)
+    assert s.interval("cacc") == wilson(0.8, 256) and s.interval("asr") == wilson(0.25, 64) and s.interval("target_bias") is None
+    with pytest.raises(FinemixError, match=r"within \[0, 1\]"):
+        wilson(1.5, 10)
