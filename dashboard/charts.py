@@ -9,20 +9,33 @@ import plotly.graph_objects as go
 CACC_COLOR, ASR_COLOR, FLOOR_COLOR = "#1f77b4", "#d62728", "#7f7f7f"
 
 
+def _err(frame: pd.DataFrame, metric: str) -> dict | None:
+    """Asymmetric error bars from the frame's Wilson bounds (<metric>_lo / _hi), when it has them."""
+    if f"{metric}_lo" not in frame:
+        return None
+    return {"type": "data", "symmetric": False, "array": (frame[f"{metric}_hi"] - frame[metric]).tolist(),
+            "arrayminus": (frame[metric] - frame[f"{metric}_lo"]).tolist(), "thickness": 1, "width": 3}
+
+
 def sweep(mix_only: pd.DataFrame, tuned: pd.DataFrame | None, rho: float, auto_rho: float | None, floor: float | None) -> go.Figure:
-    """CACC and ASR vs ρ: mix-only lines, fine-tuned markers, current ρ and auto-ρ marked."""
+    """CACC and ASR vs ρ (error bars: Wilson 95 %): mix-only lines, fine-tuned markers, current ρ and auto-ρ marked."""
     fig = go.Figure()
-    fig.add_scatter(x=mix_only.rho, y=mix_only.cacc, name="CACC (mix only)", mode="lines+markers", line={"color": CACC_COLOR})
-    fig.add_scatter(x=mix_only.rho, y=mix_only.asr, name="ASR (mix only)", mode="lines+markers", line={"color": ASR_COLOR})
+    fig.add_scatter(x=mix_only.rho, y=mix_only.cacc, name="CACC (mix only)", mode="lines+markers", line={"color": CACC_COLOR},
+                    error_y=_err(mix_only, "cacc"))
+    fig.add_scatter(x=mix_only.rho, y=mix_only.asr, name="ASR (mix only)", mode="lines+markers", line={"color": ASR_COLOR},
+                    error_y=_err(mix_only, "asr"))
     if tuned is not None and not tuned.empty:
         t = tuned.sort_values("rho")
-        fig.add_scatter(x=t.rho, y=t.cacc, name="CACC (fine-tuned)", mode="lines+markers",
+        fig.add_scatter(x=t.rho, y=t.cacc, name="CACC (fine-tuned)", mode="lines+markers", error_y=_err(t, "cacc"),
                         line={"color": CACC_COLOR, "dash": "dot"}, marker={"symbol": "diamond", "size": 10})
-        fig.add_scatter(x=t.rho, y=t.asr, name="ASR (fine-tuned)", mode="lines+markers",
+        fig.add_scatter(x=t.rho, y=t.asr, name="ASR (fine-tuned)", mode="lines+markers", error_y=_err(t, "asr"),
                         line={"color": ASR_COLOR, "dash": "dot"}, marker={"symbol": "diamond", "size": 10})
     if floor is not None:
-        fig.add_hline(y=floor, line={"color": FLOOR_COLOR, "dash": "dash"}, annotation_text="clean ASR floor")
-    fig.add_vline(x=rho, line={"color": "black"}, annotation_text=f"ρ={rho:g}")
+        fig.add_hline(y=floor, line={"color": FLOOR_COLOR, "dash": "dash"}, annotation_text="clean ASR floor",
+                      annotation_position="bottom left")
+    # the ρ labels sit above the plot area, clear of the curves
+    fig.add_vline(x=rho, line={"color": "black"}, annotation_text=f"ρ={rho:g}", annotation_position="top", annotation_yref="paper",
+                  annotation_y=1.0)
     if auto_rho is not None:
         fig.add_vline(x=auto_rho, line={"color": "green", "dash": "dash"}, annotation_text=f"auto-ρ={auto_rho:g}", annotation_position="bottom right")
     fig.update_layout(xaxis_title="ρ (share of fine-tuned weights kept)", yaxis_title="rate", yaxis_range=[0, 1.05],
@@ -34,8 +47,12 @@ def pareto(points: pd.DataFrame, current: tuple[float, float] | None) -> go.Figu
     """CACC (x) vs ASR (y) for every evaluated point: the good corner is bottom right."""
     fig = go.Figure()
     for stage, grp in points.groupby("stage"):
-        fig.add_scatter(x=grp.cacc, y=grp.asr, mode="markers+text", name=stage, text=[f"{r:g}" for r in grp.rho],
-                        textposition="top center", marker={"size": 9, "symbol": "diamond" if stage != "mix-only" else "circle"})
+        grp = grp.sort_values("rho")
+        # neighbouring ρ often land on top of each other (0.7, 0.8, 0.9 near θ_FT): alternate the label sides
+        sides = ["top center", "bottom center", "middle right", "middle left"]
+        fig.add_scatter(x=grp.cacc, y=grp.asr, mode="markers+text", name=stage, text=[f"ρ {r:g}" for r in grp.rho],
+                        textposition=[sides[i % len(sides)] for i in range(len(grp))], error_x=_err(grp, "cacc"), error_y=_err(grp, "asr"),
+                        marker={"size": 9, "symbol": "diamond" if stage != "mix-only" else "circle"})
     if current is not None:
         fig.add_scatter(x=[current[0]], y=[current[1]], mode="markers", name="current", marker={"size": 16, "color": "black", "symbol": "x"})
     fig.update_layout(xaxis_title="CACC", yaxis_title="ASR", height=380, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": -0.25})
@@ -70,6 +87,7 @@ def compare(rows: pd.DataFrame, floor: float | None) -> go.Figure:
     fig.add_bar(x=rows.method, y=rows.cacc, name="CACC", marker_color=CACC_COLOR)
     fig.add_bar(x=rows.method, y=rows.asr, name="ASR", marker_color=ASR_COLOR)
     if floor is not None:
-        fig.add_hline(y=floor, line={"color": FLOOR_COLOR, "dash": "dash"}, annotation_text="clean ASR floor")
+        fig.add_hline(y=floor, line={"color": FLOOR_COLOR, "dash": "dash"}, annotation_text="clean ASR floor (full test split)",
+                      annotation_position="top left")  # at the right it hid behind the last bar
     fig.update_layout(barmode="group", yaxis_range=[0, 1.05], height=400, margin={"t": 30}, legend={"orientation": "h", "y": -0.3})
     return fig

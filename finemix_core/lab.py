@@ -29,7 +29,7 @@ from finemix_core.config import ZooEntrySpec
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
-from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
+from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score, wilson  # noqa: F401 — wilson re-exported for the views
 from finemix_core.experiment import Context, RunRow, prepare, record, run_defense, save_defended
 from finemix_core.mixing import MixConfig, mix_into
 from finemix_core.models import CARD_NAME, load_classifier
@@ -161,6 +161,25 @@ class Workbench:
         record("lab", {**row.as_dict(), "source": "lab"})
         self.defended, self.defended_row = result, row
         return score(result.model, self.lab.interactive), row
+
+
+def rate_text(value: float | None, n: int) -> str:
+    """A rate with its Wilson 95 % interval, as the lab prints it: '0.812 [0.76, 0.86]' (n examples)."""
+    if value is None:
+        return "—"
+    lo, hi = wilson(value, n)
+    return f"{value:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def with_intervals(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a frame of rates (cacc, asr, target_bias with n_clean / n_nontarget) with *_lo / *_hi Wilson columns."""
+    out = frame.copy()
+    for metric, n_col in (("cacc", "n_clean"), ("asr", "n_nontarget"), ("target_bias", "n_nontarget")):
+        if metric in out and n_col in out:
+            bounds = [wilson(v, int(n)) if pd.notna(v) and pd.notna(n) else (np.nan, np.nan) for v, n in zip(out[metric], out[n_col])]
+            out[f"{metric}_lo"] = [b[0] for b in bounds]
+            out[f"{metric}_hi"] = [b[1] for b in bounds]
+    return out
 
 
 RECIPES = ("default", "paper")

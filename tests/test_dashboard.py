@@ -60,8 +60,11 @@ def test_mixing_slider_changes_the_live_metrics_and_the_url(app, tiny_zoo):
     # the shown numbers are the library's numbers, and ρ moves them
     lm = lab.load("word-cf", str(tiny_zoo[1]))
     bench = lab.Workbench(lm)
-    assert at_one == f"{bench.mix_scores(1.0).asr:.3f}" == f"{lm.backdoored.asr:.3f}"
-    assert at_zero == f"{bench.mix_scores(0.0).asr:.3f}"
+    one, zero = bench.mix_scores(1.0), bench.mix_scores(0.0)
+    assert at_one == lab.rate_text(one.asr, one.n_nontarget) == lab.rate_text(lm.backdoored.asr, lm.backdoored.n_nontarget)
+    assert at_zero == lab.rate_text(zero.asr, zero.n_nontarget)
+    lo, hi = lab.wilson(zero.asr, zero.n_nontarget)
+    assert at_zero == f"{zero.asr:.3f} [{lo:.2f}, {hi:.2f}]" and lo < zero.asr <= hi and hi - lo > 0.05  # its 95 % interval
     assert at_one != at_zero
 
 

@@ -20,15 +20,23 @@ def mix_sweep(model: str, pt: str, data: str, mode: str, seed: int) -> pd.DataFr
 
 
 def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -> None:
+    """Four rates on the live set, each with its Wilson 95 % interval (n = the examples it is a share of)."""
+    ci = "95 % Wilson interval in brackets, over the live set's {n} {what} examples"
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric(f"CACC · {label}", f"{s.cacc:.3f}", None if ref is None else f"{s.cacc - ref.cacc:+.3f} vs backdoored")
+    c1.metric(f"CACC · {label}", state.lab.rate_text(s.cacc, s.n_clean), None if ref is None else f"{s.cacc - ref.cacc:+.3f} vs backdoored",
+              help=ci.format(n=s.n_clean, what="clean"))
     if s.asr is None:
         c2.metric(f"ASR · {label}", "—", help="no trigger known for this model")
         return
-    c2.metric(f"ASR · {label}", f"{s.asr:.3f}", None if ref is None else f"{s.asr - ref.asr:+.3f} vs backdoored", delta_color="inverse")
-    c3.metric("target bias", f"{s.target_bias:.3f}", help="non-target examples WITHOUT the trigger predicted as the target")
-    c4.metric("clean ASR floor", "—" if floor is None else f"{floor:.3f}", None if floor is None else f"{s.asr - floor:+.3f} above floor",
-              delta_color="inverse")
+    c2.metric(f"ASR · {label}", state.lab.rate_text(s.asr, s.n_nontarget), None if ref is None else f"{s.asr - ref.asr:+.3f} vs backdoored",
+              delta_color="inverse", help=ci.format(n=s.n_nontarget, what="triggered non-target"))
+    c3.metric("target bias", state.lab.rate_text(s.target_bias, s.n_nontarget),
+              help="non-target examples WITHOUT the trigger predicted as the target; " + ci.format(n=s.n_nontarget, what="non-target"))
+    gap = None if floor is None else s.asr - floor
+    c4.metric("clean ASR floor · live set", "—" if floor is None else state.lab.rate_text(floor, s.n_nontarget),
+              None if gap is None else f"{gap:+.3f}: ASR {'above' if gap >= 0 else 'below'} the floor", delta_color="inverse",
+              help="the zoo's clean model on the same live set (the Compare and Export pages use the full test split, so "
+                   "their floor differs slightly)")
 
 
 @st.fragment
@@ -83,13 +91,14 @@ def live() -> None:
                    "never on test or triggered data). Every candidate it tried:")
         st.dataframe(pd.DataFrame(search).rename(columns={"value": "ρ", "dev_acc": "dev accuracy", "passed": "within tolerance"})
                      [["ρ", "dev accuracy", "within tolerance"]], hide_index=True)
-    sweep = mix_sweep(ss["model"], ss["pt"], ss.get("data", ""), mode, seed)
-    tuned = pd.DataFrame([p for (name, _, m, s, r), p in tuned_points.items() if name == lm.name and m == mode and s == seed and r == recipe])
+    sweep = state.lab.with_intervals(mix_sweep(ss["model"], ss["pt"], ss.get("data", ""), mode, seed))
+    tuned = state.lab.with_intervals(pd.DataFrame(
+        [p for (name, _, m, s, r), p in tuned_points.items() if name == lm.name and m == mode and s == seed and r == recipe]))
     c1, c2 = st.columns(2)
     if lm.trigger:
         c1.plotly_chart(charts.sweep(sweep, tuned, rho, auto, lm.floor), key="sweep_chart")
         pts = pd.concat([sweep.assign(stage="mix-only"), tuned]) if not tuned.empty else sweep.assign(stage="mix-only")
-        c2.plotly_chart(charts.pareto(pts[["rho", "stage", "cacc", "asr"]], (mixed.cacc, mixed.asr)), key="pareto_chart")
+        c2.plotly_chart(charts.pareto(pts, (mixed.cacc, mixed.asr)), key="pareto_chart")
     else:
         c1.line_chart(sweep.set_index("rho")[["cacc"]])
     st.caption(f"Live set: {len(lm.interactive.clean)} clean + {len(lm.interactive.triggered or [])} triggered test examples; "
