@@ -59,8 +59,9 @@ def pareto(points: pd.DataFrame, current: tuple[float, float] | None) -> go.Figu
     return fig
 
 
-def epur_scatter(tab: pd.DataFrame, max_points: int = 30522) -> go.Figure:
-    """Drift (y) vs log frequency (x) for the vocabulary, WebGL; flagged rows in red, the trigger annotated."""
+def epur_scatter(tab: pd.DataFrame, trend: tuple[float, float] | None = None, max_points: int = 30522) -> go.Figure:
+    """Drift (y) vs log frequency (x) for the vocabulary, WebGL; flagged rows in red, the trigger annotated, and the
+    fitted trend (slope, intercept) as a dashed line."""
     tab = tab if len(tab) <= max_points else pd.concat([tab[tab.flagged | tab.trigger], tab[~(tab.flagged | tab.trigger)].sample(max_points, random_state=0)])
     x = np.log10(tab.frequency.to_numpy() + 1)
     fig = go.Figure()
@@ -73,6 +74,10 @@ def epur_scatter(tab: pd.DataFrame, max_points: int = 30522) -> go.Figure:
             hovertemplate="<b>%{customdata[0]}</b><br>frequency %{customdata[1]}<br>drift %{y:.4f}<br>score %{customdata[2]:.4f}"
                           "<br>rank %{customdata[3]}<extra></extra>",
         ))
+    if trend is not None:
+        xs = np.linspace(0, float(x.max()) if len(x) else 1.0, 50)
+        fig.add_scatter(x=xs, y=trend[1] + trend[0] * xs, mode="lines", name="trend: drift vs log frequency",
+                        line={"color": "black", "dash": "dash", "width": 1.5}, hoverinfo="skip")
     for _, row in tab[tab.trigger].iterrows():
         fig.add_annotation(x=np.log10(row.frequency + 1), y=row.drift, text=f"trigger '{row.token}' (rank {row['rank']})",
                            showarrow=True, arrowhead=2, font={"color": "black"})

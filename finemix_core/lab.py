@@ -196,25 +196,52 @@ def recipe_method(recipe: str, mode: str = "random", epur_k: int = 200) -> str:
     return f"epur+{base}" if epur_k > 0 else base
 
 
-def epur_table(lab: LabModel, k: int = 200, floor: float = 20.0, source: str = "clean-set", clean_size: int = 128, seed: int = 0) -> pd.DataFrame:
-    """E-PUR's table; frequencies from the defender's clean set or from the whole train split."""
+EPUR_SOURCES = ("defender-pool", "clean-set", "train-split")  # where E-PUR counts word frequencies (first: the default)
+
+
+def epur_texts(lab: LabModel, source: str = "defender-pool", clean_size: int = 128, seed: int = 0) -> tuple[str, ...]:
+    """Clean text to count frequencies in. defender-pool: the labelled clean set plus the unlabelled pool (what the
+    default defense counts; the train split when there is no pool); clean-set: the labelled examples alone;
+    train-split: every training sentence."""
     key = (source, clean_size, seed)
     if key not in lab.clean_texts_cache:
-        if source == "train-split":
+        if source not in EPUR_SOURCES:
+            raise FinemixError(f"unknown frequency source '{source}'; use one of {', '.join(EPUR_SOURCES)}")
+        dd = lab.ctx.defender(clean_size, 256, seed) if source != "train-split" else None  # the pool the default defense uses
+        if source == "train-split" or (source == "defender-pool" and not dd.unlabeled_texts):
             from finemix_core.data import text_columns
 
             train = lab.ctx.dsd["train"]
-            lab.clean_texts_cache[key] = tuple(t for c in text_columns(train) for t in train[c])
-        elif source == "clean-set":
-            lab.clean_texts_cache[key] = lab.ctx.defender(clean_size, 1, seed).texts
+            texts = tuple(t for c in text_columns(train) for t in train[c])
         else:
-            raise FinemixError(f"unknown frequency source '{source}'; use clean-set or train-split")
-    tab = table(lab.pair, lab.clean_texts_cache[key], EpurConfig(k=k, floor=floor))
+            texts = dd.texts + (dd.unlabeled_texts if source == "defender-pool" else ())
+        lab.clean_texts_cache[key] = texts
+    return lab.clean_texts_cache[key]
+
+
+def epur_table(lab: LabModel, k: int = 200, floor: float = 20.0, source: str = "defender-pool", clean_size: int = 128,
+               seed: int = 0) -> pd.DataFrame:
+    """E-PUR's table (paper scoring) plus what the lab draws: the known trigger, each row's rank, and the fitted
+    drift-vs-log-frequency trend (`trend`: drift the trend predicts at that frequency; `vs_trend`: drift / trend)."""
+    tab = table(lab.pair, epur_texts(lab, source, clean_size, seed), EpurConfig(k=k, floor=floor))
     tab["trigger"] = False
     if lab.trigger:
         tab.loc[trigger_token_ids(lab.pair.tokenizer, lab.trigger), "trigger"] = True
     tab["rank"] = tab["score"].rank(ascending=False, method="first").astype(int)
+    slope, intercept = epur_trend(tab)
+    tab["trend"] = intercept + slope * np.log10(tab.frequency + 1)
+    tab["vs_trend"] = tab.drift / tab.trend.where(tab.trend > 0)
     return tab
+
+
+def epur_trend(tab: pd.DataFrame) -> tuple[float, float]:
+    """Least-squares line drift ≈ a + b·log10(frequency + 1) over the words that occur in the clean text (the paper's
+    'drift grows with log frequency'); (b, a). Words never seen are left out: their x is 0 whatever their role."""
+    seen = tab[tab.frequency > 0]
+    if len(seen) < 2 or seen.frequency.nunique() < 2:
+        return 0.0, float(tab.drift.median())
+    slope, intercept = np.polyfit(np.log10(seen.frequency.to_numpy() + 1), seen.drift.to_numpy(), 1)
+    return float(slope), float(intercept)
 
 
 def purified_scores(lab: LabModel, bench: Workbench, tab: pd.DataFrame) -> Scores:

@@ -9,6 +9,7 @@ import torch
 from finemix_core import encoding, lab
 from finemix_core.config import TrainConfig
 from finemix_core.defenses import DefenseConfig
+from finemix_core.errors import FinemixError
 from finemix_core.evaluate import predict, score
 from finemix_core.mixing import MixConfig, mix
 
@@ -60,6 +61,23 @@ def test_epur_table_marks_the_trigger_and_k_rows(tiny_lab):
     assert int(tab.flagged.sum()) == 4 and int(tab.trigger.sum()) == 1
     assert tab.loc[tab.trigger, "token"].tolist() == ["cf"]
     assert sorted(tab["rank"]) == list(range(1, len(tab) + 1))
+
+
+def test_epur_counts_the_defenders_largest_clean_text_and_fits_the_trend(tiny_lab):
+    labelled = lab.epur_texts(tiny_lab, "clean-set")
+    pool = lab.epur_texts(tiny_lab)  # the default: labelled clean set + the unlabelled pool the default defense distils on
+    dd = tiny_lab.ctx.defender(128, 256, 0)
+    assert pool == dd.texts + dd.unlabeled_texts and len(pool) > len(labelled) and set(labelled) <= set(pool)
+    default, small = lab.epur_table(tiny_lab, k=4), lab.epur_table(tiny_lab, k=4, source="clean-set")
+    assert (default.frequency >= small.frequency).all() and default.frequency.sum() > small.frequency.sum()
+    seen = default[default.frequency > 0]
+    slope, intercept = lab.epur_trend(default)
+    b, a = np.polyfit(np.log10(seen.frequency + 1), seen.drift, 1)  # the trend is the least-squares line over seen words
+    assert (slope, intercept) == pytest.approx((b, a))
+    np.testing.assert_allclose(default.trend, intercept + slope * np.log10(default.frequency + 1))
+    np.testing.assert_allclose(default.vs_trend, default.drift / default.trend)
+    with pytest.raises(FinemixError, match="unknown frequency source 'web'"):
+        lab.epur_texts(tiny_lab, "web")
 
 
 def test_bf16_fast_path_agrees_with_fp32_and_follows_every_mix(tiny_lab):
