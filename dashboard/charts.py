@@ -89,8 +89,8 @@ def epur_scatter(tab: pd.DataFrame, trend: tuple[float, float] | None = None, ma
 def compare(rows: pd.DataFrame, floor: float | None) -> go.Figure:
     """CACC and ASR per defense, with the clean floor."""
     fig = go.Figure()
-    fig.add_bar(x=rows.method, y=rows.cacc, name="CACC", marker_color=CACC_COLOR)
-    fig.add_bar(x=rows.method, y=rows.asr, name="ASR", marker_color=ASR_COLOR)
+    fig.add_bar(x=rows.method, y=rows.cacc, name="CACC", marker_color=CACC_COLOR, error_y=_err(rows, "cacc"))
+    fig.add_bar(x=rows.method, y=rows.asr, name="ASR", marker_color=ASR_COLOR, error_y=_err(rows, "asr"))
     if floor is not None:
         fig.add_hline(y=floor, line={"color": FLOOR_COLOR, "dash": "dash"}, annotation_text="clean ASR floor (full test split)",
                       annotation_position="top left")  # at the right it hid behind the last bar

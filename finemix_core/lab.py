@@ -149,16 +149,19 @@ class Workbench:
     def defend_method(self, method: str, seed: int = 0, epur_k: int = 200, clean_size: int = 128,
                       progress: Progress | None = None) -> tuple[Scores, RunRow]:
         """A registered method by name with the shared budget (the Compare page), K clamped to the vocabulary."""
-        return self.defend(DefenseConfig(method=method, seed=seed, epur=EpurConfig(k=self._epur_k(epur_k))), clean_size, progress)
+        return self.defend(DefenseConfig(method=method, seed=seed, epur=EpurConfig(k=self._epur_k(epur_k))), clean_size, progress,
+                           kind="compare")
 
     def _epur_k(self, k: int) -> int:
         """K within 0..vocabulary size (a small vocabulary cannot flag more rows than it has)."""
         return min(max(k, 0), len(self.lab.pair.tokenizer))
 
-    def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None) -> tuple[Scores, RunRow]:
-        """Any defense, scored on the full test set (stored) and on the interactive set (returned)."""
+    def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None,
+               kind: str = "lab") -> tuple[Scores, RunRow]:
+        """Any defense, scored on the full test set (stored) and on the interactive set (returned). `kind`: "lab" for the
+        Mixing lab's hand-set runs, "compare" for a method run as registered with the shared budget."""
         result, row = run_defense(self.lab.ctx, cfg, clean_size, progress=progress)
-        record("lab", {**row.as_dict(), "source": "lab"})
+        record(kind, {**row.as_dict(), "source": kind})
         self.defended, self.defended_row = result, row
         return score(result.model, self.lab.interactive), row
 
@@ -280,19 +283,58 @@ def export_zip(lab: LabModel, result: DefenseResult, row: RunRow) -> bytes:
 
 
 def history(lab: LabModel) -> pd.DataFrame:
-    """Every stored run (defend, sweep point, report, lab) on this model, newest first, flattened."""
+    """Every stored run (defend, sweep point, report, compare, hand-set lab run) on this model, newest first, flattened."""
     rows = []
     for r in store.runs(model=lab.name):
         c = r["config"]
         if "cacc" not in c:  # a sweep's summary record (its points are stored as runs of their own)
             continue
+        search = c.get("search") or []
         rows.append({
             "id": r["id"], "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])), "kind": r["kind"],
             "method": r["method"], "seed": c.get("seed"), "clean n": c.get("clean_size"), "rho": c.get("rho"),
-            "rho auto": c.get("rho_auto"), "CACC": c.get("cacc"), "ASR": c.get("asr"), "target bias": c.get("target_bias"),
-            "ASR floor": c.get("asr_floor"), "n test": c.get("n_clean"), "seconds": c.get("seconds"),
+            "rho auto": c.get("rho_auto"), "prune ratio": c.get("prune_ratio"), "delta": c.get("delta", DefenseConfig.delta),
+            "CACC": c.get("cacc"), "ASR": c.get("asr"), "target bias": c.get("target_bias"),
+            "ASR floor": c.get("asr_floor"), "n test": c.get("n_clean"), "n non-target": c.get("n_nontarget"),
+            "dev search": search_text(search), "seconds": c.get("seconds"),
+            "fixed budget": _fixed_budget(r["kind"], c),
         })
     return pd.DataFrame(rows)
+
+
+def search_text(search: list[dict]) -> str:
+    """A dev-only search in one line, saying when nothing passed and the defense fell back."""
+    if not search:
+        return ""
+    text = "; ".join(f"{c['knob'].replace('_', ' ')} {c['value']:g} → dev {c['dev_acc']:.3f}{' ✓' if c['passed'] else ''}" for c in search)
+    return text if any(c["passed"] for c in search) else text + " (none within tolerance: fell back)"
+
+
+def _fixed_budget(kind: str, c: dict) -> bool:
+    """A run of a method as registered, with the shared budget: not a hand-set lab run, no fixed ρ, default δ and training."""
+    hand_set = kind == "lab" or (c.get("rho") is not None and not c.get("rho_auto", True))
+    return (not hand_set and c.get("delta", DefenseConfig.delta) == DefenseConfig.delta
+            and c.get("train") in (None, dict(DefenseConfig().train.__dict__)))
+
+
+@dataclass(frozen=True)
+class CompareTable:
+    """What the Compare page shows for one seed and clean size."""
+
+    rows: pd.DataFrame  # the latest fixed-budget run of each compared method, in COMPARED_METHODS order
+    missing: list[str]  # compared methods without such a run
+    manual: pd.DataFrame  # hand-set lab runs (a chosen ρ, the Mixing lab's buttons): shown apart, never as a method's row
+
+
+def compare_table(lab: LabModel, seed: int = 0, clean_size: int = 128) -> CompareTable:
+    hist = history(lab)
+    if hist.empty:
+        return CompareTable(hist, list(COMPARED_METHODS), hist)
+    mine = hist[(hist["clean n"] == clean_size) & (hist["seed"] == seed)]
+    fixed = mine[mine["fixed budget"] & mine.method.isin(COMPARED_METHODS)].drop_duplicates("method")
+    order = {m: i for i, m in enumerate(COMPARED_METHODS)}
+    fixed = fixed.assign(order=fixed.method.map(order)).sort_values("order").drop(columns="order")
+    return CompareTable(fixed, [m for m in COMPARED_METHODS if m not in set(fixed.method)], mine[mine.kind == "lab"])
 
 
 MAX_UPLOAD_BYTES = 20 * 2**20  # the lab's upload cap (also .streamlit/config.toml maxUploadSize)

@@ -130,6 +130,43 @@ def test_compare_page_runs_missing_defenses_and_tables_them(app):
     assert app.get("plotly_chart")
 
 
+def _stored_row(method: str, **fields) -> dict:
+    """A run row as the store holds it (no training: the Compare page only reads rows)."""
+    from finemix_core.defenses import DefenseConfig
+
+    return {"model": "word-cf", "attack": "word", "method": method, "seed": 0, "clean_size": 128, "dev_size": 80, "rho": None,
+            "rho_auto": False, "delta": 0.02, "prune_ratio": None, "epur_k": None, "flagged_top": [], "dev_acc": 0.6,
+            "ft_dev_acc": 0.62, "search": [], "cacc": 0.7, "asr": 0.4, "target_bias": 0.1, "n_clean": 80, "n_nontarget": 40,
+            "asr_floor": 0.05, "data": "tiny.csv", "split_seed": 0, "trigger": "cf", "train": dict(DefenseConfig().train.__dict__),
+            "seconds": 1.0, "device": "cpu", **fields}
+
+
+def test_compare_keeps_hand_set_lab_runs_apart_and_says_when_a_search_fell_back(tiny_zoo, tmp_path, monkeypatch):
+    from finemix_core import experiment
+
+    home, pt = tiny_zoo
+    fresh = tmp_path / "home"
+    fresh.mkdir()
+    (fresh / "zoo").symlink_to(home / "zoo")
+    monkeypatch.setenv("FINEMIX_HOME", str(fresh))
+    # a hand-set Mixing-lab fine-tune at ρ 0 (what used to be filed as the "fine-mixing" row) and a fixed-budget
+    # fine-pruning run whose dev-only search found no ratio within tolerance (so it fell back to 0)
+    experiment.record("lab", _stored_row("fine-mixing", rho=0.0, cacc=0.99, asr=0.0))
+    experiment.record("compare", _stored_row("fine-pruning", prune_ratio=0.0, search=[
+        {"knob": "prune_ratio", "value": 0.1, "dev_acc": 0.5, "passed": False, "threshold": 0.6}]))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"model": "word-cf", "pt": str(pt)})
+    open_page(at, "compare")
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["fine-pruning"]  # the manual run is not a method's row
+    assert table["prune ratio"].iloc[0] == 0.0 and "fell back" in table["dev search"].iloc[0]
+    assert "fine-mixing" in at.multiselect[0].options  # so the fixed-budget Fine-mixing is still offered to run
+    manual = at.dataframe[1].value
+    assert list(manual["method"]) == ["fine-mixing"] and list(manual["rho"]) == [0.0]
+    assert any("Hand-set runs" in e.label for e in at.expander)
+    assert any("differs slightly from the Mixing lab" in c.value for c in at.caption)
+
+
 def test_playground_in_a_fresh_session_prints_no_stray_code_or_values(app):
     open_page(app, "playground")  # before any fine-tune: the mix-only model is made on the spot
     shown = [str(getattr(el, "value", "")) for el in (*app.markdown, *app.get("code"), *app.get("json"), *app.get("table"))]
