@@ -14,6 +14,7 @@ state.init()
 pages = [
     st.Page("views/models.py", title="Models", icon=":material/inventory_2:", default=True),
     st.Page("views/mixing.py", title="Mixing lab", icon=":material/tune:"),
+    st.Page("views/curve.py", title="Fine-tuned ρ curve", icon=":material/show_chart:"),
     st.Page("views/epur.py", title="E-PUR", icon=":material/manage_search:"),
     st.Page("views/compare.py", title="Compare", icon=":material/leaderboard:"),
     st.Page("views/playground.py", title="Playground", icon=":material/edit_note:"),

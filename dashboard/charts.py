@@ -43,6 +43,26 @@ def sweep(mix_only: pd.DataFrame, tuned: pd.DataFrame | None, rho: float, auto_r
     return fig
 
 
+def tuned_curve(points: pd.DataFrame, auto_rho: float | None, floor: float | None) -> go.Figure:
+    """After the clean fine-tune: CACC, ASR and target bias vs ρ with Wilson 95 % error bars, the floor and auto-ρ's pick."""
+    fig = go.Figure()
+    p = points.sort_values("rho")
+    for metric, name, color, dash in (("cacc", "CACC", CACC_COLOR, None), ("asr", "ASR", ASR_COLOR, None),
+                                      ("target_bias", "target bias", "#ff7f0e", "dot")):
+        fig.add_scatter(x=p.rho, y=p[metric], name=name, mode="lines+markers", line={"color": color, "dash": dash},
+                        error_y=_err(p, metric))
+    if floor is not None:
+        fig.add_hline(y=floor, line={"color": FLOOR_COLOR, "dash": "dash"}, annotation_text="clean ASR floor",
+                      annotation_position="bottom left")
+    if auto_rho is not None:
+        fig.add_vline(x=auto_rho, line={"color": "green", "dash": "dash"}, annotation_text=f"auto-ρ = {auto_rho:g}",
+                      annotation_position="top", annotation_yref="paper", annotation_y=1.0)
+    fig.update_layout(xaxis_title="ρ (share of fine-tuned weights kept, then fine-tuned)", yaxis_title="rate (full test split)",
+                      yaxis_range=[0, 1.05], xaxis_range=[-0.05, 1.05], height=400, margin={"t": 40, "b": 40},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
 def pareto(points: pd.DataFrame, current: tuple[float, float] | None) -> go.Figure:
     """CACC (x) vs ASR (y) for every evaluated point: the good corner is bottom right."""
     fig = go.Figure()

@@ -324,6 +324,9 @@ def sweep_cmd(
     rhos: Annotated[str, typer.Option(help="START:STOP:STEP or a comma list of ρ values.")] = "0:1:0.1",
     mode: Annotated[str, typer.Option(help="Mask: random | sorted.")] = "random",
     fine_tune: Annotated[bool, typer.Option("--fine-tune", help="Also fine-tune each mix on the clean set (slower).")] = False,
+    method: Annotated[str | None, typer.Option(
+        help="With --fine-tune: the Fine-mixing method of each point (default: fine-mixing with --mode; e.g. "
+             "epur+fine-mixing+distill, the default defense; its mask sets the mix-only mask too).")] = None,
     clean_size: Annotated[int, typer.Option(help="Clean examples for the fine-tune step.")] = 128,
     seed: Annotated[int, typer.Option(help="Masks and fine-tuning seed.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
@@ -345,6 +348,13 @@ def sweep_cmd(
 
     if mode not in MODES:
         raise FinemixError(f"unknown mask mode '{mode}'; use one of {', '.join(MODES)}")
+    if method is not None:
+        from finemix_core.defenses import METHODS, parse_method
+
+        if method not in METHODS or not parse_method(method)[1].startswith("fine-mixing"):
+            fm = [m for m in METHODS if "fine-mixing" in m]
+            raise FinemixError(f"--method '{method}' is not a Fine-mixing method (ρ means nothing to it); use one of {', '.join(fm)}")
+        mode = "sorted" if "fine-mixing-sorted" in method else "random"
     if out.exists() and not overwrite:
         raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
     check_writable(out)
@@ -354,12 +364,13 @@ def sweep_cmd(
     if ctx.eval_set.trigger is None:
         raise FinemixError(f"{model} has no known trigger, so ASR cannot be measured; pass a zoo entry or use evaluate --trigger")
     rows, stats = sweeps.run(ctx, model, values, mode, fine_tune, clean_size, seed, limit, executor=executor, resume=not fresh,
-                             log=lambda m: typer.echo(m, err=True), progress=True)
+                             log=lambda m: typer.echo(m, err=True), progress=True, method=method)
     if stats is not None:
         typer.echo(f"fine-tuned points: {stats.describe()}", err=True)
     write_csv_atomic(pd.DataFrame(rows), out)
     experiment.store.record("sweep", str(ctx.pair.card.get("name", ctx.pair.ft_source)), None,
-                            {"rhos": values, "mode": mode, "fine_tune": fine_tune, "clean_size": clean_size, "seed": seed}, {"rows": rows})
+                            {"rhos": values, "mode": mode, "fine_tune": fine_tune, "clean_size": clean_size, "seed": seed, "method": method},
+                            {"rows": rows})
     table = Table(title=f"ρ sweep on {ctx.pair.card.get('name', ctx.pair.ft_source)} ({mode} masks) → {out}")
     for col in ("ρ", "stage", "CACC", "ASR", "target bias", "ASR floor"):
         table.add_column(col)

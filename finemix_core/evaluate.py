@@ -105,7 +105,8 @@ def wilson(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z2 / n
     centre = (rate + z2 / (2 * n)) / denom
     half = z * np.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+    # rounded so a rate of exactly 0 or 1 is inside its own interval despite float error
+    return max(0.0, round(float(centre - half), 12)), min(1.0, round(float(centre + half), 12))
 
 
 def score(model: torch.nn.Module, es: EvalSet, batch_size: int = INFER_BATCH) -> Scores:

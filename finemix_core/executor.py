@@ -26,6 +26,7 @@ from finemix_core import store
 from finemix_core.defenses import DefenseConfig
 from finemix_core.errors import FinemixError
 from finemix_core.experiment import Context, dev_examples, prepare, record, run_defense
+from finemix_core.train import Progress
 
 # rows of these kinds are defense runs with a run key; a sweep's fine-tuned point is the same experiment as a report's
 # fixed-ρ run of the same method, so either can serve the other
@@ -128,9 +129,9 @@ def stored_runs() -> dict[str, dict]:
     return {run_key(r["config"]): r["config"] for r in sorted(rows, key=lambda r: r["id"])}
 
 
-def run_one(spec: RunSpec, contexts: ContextCache) -> dict:
+def run_one(spec: RunSpec, contexts: ContextCache, progress: Progress | None = None) -> dict:
     """Defend and score one spec; its row as a dict. The same code path for every executor."""
-    return run_defense(contexts.get(spec), spec.defense, spec.clean_size)[1].as_dict()
+    return run_defense(contexts.get(spec), spec.defense, spec.clean_size, progress=progress)[1].as_dict()
 
 
 # on_done(outcome) as each run ends; on_status(done, running, failed) as often as the executor knows more
@@ -151,12 +152,15 @@ class SequentialExecutor:
 
     name = "sequential (in process)"
 
+    def __init__(self, progress: Progress | None = None):
+        self.progress = progress  # per-step progress of the run in hand (the lab's progress bar)
+
     def run(self, specs: list[RunSpec], contexts: ContextCache, on_done: OnDone, on_status: OnStatus) -> ExecutionStats:
         failed = 0
         for i, spec in enumerate(specs):
             on_status(i, 1, failed)
             try:
-                outcome = RunOutcome(spec, run_one(spec, contexts))
+                outcome = RunOutcome(spec, run_one(spec, contexts, self.progress))
             except Exception as exc:  # noqa: BLE001 — say which run failed and why, keep going (as a Ray task would)
                 outcome = RunOutcome(spec, None, error_line(exc))
                 failed += 1

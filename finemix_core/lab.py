@@ -185,6 +185,54 @@ def with_intervals(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+CURVE_RHOS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the fine-tuned curve's default grid (6 fine-tunes: ~3–8 min on 2 cores)
+
+
+@dataclass(frozen=True)
+class TunedCurve:
+    """Fine-mixing's decision curve: each ρ's model after the clean fine-tune, on the full test split."""
+
+    method: str
+    points: pd.DataFrame  # rho, cacc, asr, target_bias, n_clean, n_nontarget, asr_floor (+ Wilson *_lo/_hi), one per ρ
+    missing: list[float]  # grid ρ without a stored point
+    auto_rho: float | None  # what auto-ρ picked for this method (a stored auto run), None when none is stored
+    auto_search: list[dict]  # the dev accuracies behind that pick
+
+
+def tuned_curve(lab: LabModel, method: str, rhos: tuple[float, ...] = CURVE_RHOS, seed: int = 0, clean_size: int = 128) -> TunedCurve:
+    """The stored fine-tuned points of `method` at fixed ρ (from `finemix sweep --fine-tune`, the report's fixed-ρ
+    section or this page), and the stored auto-ρ run of the same method, for this model, seed and clean size."""
+    mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in ("report", "sweep", "compare")]
+    mine = [c for c in mine if c.get("method") == method and c.get("seed") == seed and c.get("clean_size") == clean_size
+            and "cacc" in c and _shared_budget(c)]
+    points: dict[float, dict] = {}
+    auto = None
+    for c in mine:  # newest first
+        if not c.get("rho_auto") and c.get("rho") is not None:
+            points.setdefault(round(float(c["rho"]), 6), c)
+        elif c.get("rho_auto") and auto is None:
+            auto = c
+    cols = ["rho", "cacc", "asr", "target_bias", "n_clean", "n_nontarget", "asr_floor"]
+    frame = pd.DataFrame([{k: points[r][k] for k in cols} for r in sorted(points)], columns=cols)
+    missing = [r for r in rhos if round(r, 6) not in points]
+    return TunedCurve(method, with_intervals(frame), missing, None if auto is None else auto["rho"], [] if auto is None else auto["search"])
+
+
+def curve_point(lab: LabModel, method: str, rho: float, seed: int = 0, clean_size: int = 128,
+                progress: Progress | None = None) -> dict:
+    """Fine-mix at one fixed ρ and store it as a sweep point (the same run `finemix sweep --fine-tune` makes and reuses)."""
+    from finemix_core.executor import ContextCache, RunSpec, SequentialExecutor, execute
+
+    spec = RunSpec(lab.name, DefenseConfig(method=method, rho=rho, seed=seed), clean_size, lab.pair.pt_source)
+    contexts = ContextCache(lab.ctx.device)
+    contexts.put(spec, lab.ctx)  # the lab's loaded context: no second load
+
+    keys, rows, stats = execute([spec], contexts, SequentialExecutor(progress), "sweep", True, log=lambda _m: None)
+    if stats.failed:
+        raise FinemixError(stats.failed[0].error)
+    return rows[keys[spec]]
+
+
 RECIPES = ("default", "paper")
 COMPARED_METHODS = REPORT_METHODS  # what the Compare page offers: the report's methods, in its order
 
@@ -310,11 +358,15 @@ def search_text(search: list[dict]) -> str:
     return text if any(c["passed"] for c in search) else text + " (none within tolerance: fell back)"
 
 
+def _shared_budget(c: dict) -> bool:
+    """The default δ and the shared training budget."""
+    return c.get("delta", DefenseConfig.delta) == DefenseConfig.delta and c.get("train") in (None, dict(DefenseConfig().train.__dict__))
+
+
 def _fixed_budget(kind: str, c: dict) -> bool:
     """A run of a method as registered, with the shared budget: not a hand-set lab run, no fixed ρ, default δ and training."""
     hand_set = kind == "lab" or (c.get("rho") is not None and not c.get("rho_auto", True))
-    return (not hand_set and c.get("delta", DefenseConfig.delta) == DefenseConfig.delta
-            and c.get("train") in (None, dict(DefenseConfig().train.__dict__)))
+    return not hand_set and _shared_budget(c)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from finemix_core.experiment import Context, mixed_scores
 
 
 def specs(model: str, rhos: list[float], mode: str = "random", clean_size: int = 128, seed: int = 0, eval_limit: int | None = None,
-          pretrained: str = "default", defense: DefenseConfig | None = None) -> list[RunSpec]:
-    """The fine-tuned points: Fine-mixing (random or sorted masks) at each fixed ρ."""
-    method = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
+          pretrained: str = "default", defense: DefenseConfig | None = None, method: str | None = None) -> list[RunSpec]:
+    """The fine-tuned points at each fixed ρ: `method` (a Fine-mixing method, e.g. the default defense), else the
+    paper's Fine-mixing with the mask `mode`."""
+    method = method or ("fine-mixing-sorted" if mode == "sorted" else "fine-mixing")
     base = defense or DefenseConfig()
     return [RunSpec(model, replace(base, method=method, rho=rho, seed=seed), clean_size, pretrained, eval_limit) for rho in rhos]
 
@@ -39,6 +40,7 @@ def run(
     log: Callable[[str], None] = print,
     progress: bool = False,
     defense: DefenseConfig | None = None,
+    method: str | None = None,
 ) -> tuple[list[dict], ExecutionStats | None]:
     """Rows in ρ order (mix-only, then fine-tuned when asked), and how the fine-tuned points were executed.
     `ctx` is `model` loaded with `pretrained` and `eval_limit` (the driver's copy)."""
@@ -49,7 +51,7 @@ def run(
         mix.append({"rho": rho, "mode": mode, "stage": "mix-only", **s.as_dict(), "asr_floor": ctx.floor})
     if not fine_tune:
         return mix, None
-    planned = specs(model, rhos, mode, clean_size, seed, eval_limit, pretrained, defense)
+    planned = specs(model, rhos, mode, clean_size, seed, eval_limit, pretrained, defense, method)
     contexts = ContextCache(ctx.device)
     contexts.put(planned[0], ctx)
     keys, stored, stats = execute(planned, contexts, executor, "sweep", resume, log, progress)
@@ -58,7 +60,7 @@ def run(
     rows = []
     for point, spec in zip(mix, planned):
         row = stored[keys[spec]]
-        rows += [point, {"rho": point["rho"], "mode": mode, "stage": "fine-tuned", "cacc": row["cacc"], "asr": row["asr"],
+        rows += [point, {"rho": point["rho"], "mode": mode, "stage": "fine-tuned", "method": spec.defense.method, "cacc": row["cacc"], "asr": row["asr"],
                          "target_bias": row["target_bias"], "n_clean": row["n_clean"], "n_nontarget": row["n_nontarget"],
                          "asr_floor": ctx.floor}]
     return rows, stats

@@ -143,6 +143,8 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("sweep rho range", ["sweep", "--model", "word-cf", "--rhos", "0:2:0.5", "--out", "{tmp}/s.csv"], None, "within [0, 1]"),
     ("sweep unreadable range", ["sweep", "--model", "word-cf", "--rhos", "a:b", "--out", "{tmp}/s.csv"], None, "cannot read"),
     ("sweep mask mode", ["sweep", "--model", "word-cf", "--mode", "zigzag", "--out", "{tmp}/s.csv"], None, "unknown mask mode"),
+    ("sweep method without rho", ["sweep", "--model", "word-cf", "--fine-tune", "--method", "fine-tuning", "--out", "{tmp}/s.csv"], None,
+     "not a Fine-mixing method"),
     ("sweep output exists", ["sweep", "--model", "word-cf", "--out", "{X}"], existing, "exists"),
     ("report unknown method", ["report", "--methods", "none,magic", "--out", "{tmp}/r"], None, "unknown method"),
     ("report seeds", ["report", "--seeds", "a,b", "--out", "{tmp}/r"], None, "integers"),

@@ -167,6 +167,42 @@ def test_compare_keeps_hand_set_lab_runs_apart_and_says_when_a_search_fell_back(
     assert any("differs slightly from the Mixing lab" in c.value for c in at.caption)
 
 
+def test_fine_tuned_curve_page_draws_stored_points_with_intervals_and_the_auto_pick(tiny_zoo, tmp_path, monkeypatch):
+    from finemix_core import experiment
+    from finemix_core.defenses import DEFAULT_METHOD
+
+    home, pt = tiny_zoo
+    fresh = tmp_path / "home"
+    fresh.mkdir()
+    (fresh / "zoo").symlink_to(home / "zoo")
+    monkeypatch.setenv("FINEMIX_HOME", str(fresh))
+    stored = {0.0: (0.62, 0.10), 0.4: (0.70, 0.35), 1.0: (0.75, 0.95)}  # ρ → (CACC, ASR), as `finemix sweep --fine-tune` stores them
+    for rho, (cacc, asr) in stored.items():
+        experiment.record("sweep", _stored_row(DEFAULT_METHOD, rho=rho, cacc=cacc, asr=asr))
+    experiment.record("sweep", _stored_row("epur+fine-mixing", rho=0.2, cacc=0.1, asr=0.1))  # the paper recipe: not on this curve
+    experiment.record("report", _stored_row(DEFAULT_METHOD, rho=0.0, rho_auto=True, search=[
+        {"knob": "rho", "value": 0.0, "dev_acc": 0.61, "passed": True, "threshold": 0.58}]))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"model": "word-cf", "pt": str(pt)})
+    open_page(at, "curve")
+    assert len(at.get("plotly_chart")) == 2  # the curve and its Pareto view
+    table = at.dataframe[0].value
+    assert list(table["ρ"]) == [0.0, 0.4, 1.0]
+    assert list(table["CACC [95 %]"]) == [lab_rate(c, 80) for c, _ in stored.values()]
+    assert list(table["ASR [95 %]"]) == [lab_rate(a, 40) for _, a in stored.values()]
+    assert any("Auto-ρ picked ρ = 0" in m.value and "rho 0 → dev 0.610 ✓" in m.value for m in at.markdown)
+    assert any("ρ = 0.2, 0.6, 0.8" in c.value for c in at.caption)  # the grid points still missing
+    assert any(b.label == "Compute the 3 missing points" for b in at.button)
+    at.radio(key="curve_recipe").set_value("paper").run()  # the paper recipe's curve: only its own points
+    assert list(at.dataframe[0].value["ρ"]) == [0.2] and not any("Auto-ρ picked" in m.value for m in at.markdown)
+
+
+def lab_rate(value: float, n: int) -> str:
+    from finemix_core import lab
+
+    return lab.rate_text(value, n)
+
+
 def test_playground_in_a_fresh_session_prints_no_stray_code_or_values(app):
     open_page(app, "playground")  # before any fine-tune: the mix-only model is made on the spot
     shown = [str(getattr(el, "value", "")) for el in (*app.markdown, *app.get("code"), *app.get("json"), *app.get("table"))]

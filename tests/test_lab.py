@@ -143,3 +143,22 @@ def test_an_uploaded_csv_becomes_the_labs_data(tiny_zoo, monkeypatch):
     assert path.parent == home / "uploads" and lab.save_upload(raw, "again.csv") == path  # content-addressed
     lm = lab.load("word-cf", str(pt), n_interactive=8, data_name=str(path))
     assert lm.ctx.data_name == str(path) and len(lm.ctx.dsd["test"]) == 6 and len(lm.interactive.clean) == 6
+
+
+def test_a_curve_point_computed_in_the_lab_is_the_sweeps_stored_run(tiny_lab, tmp_path, monkeypatch):
+    """The page's on-demand point is stored as a sweep point: the curve reads it back, and `finemix sweep --fine-tune`
+    (sweep.run) reuses it instead of re-running."""
+    from finemix_core import sweep
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "zoo").symlink_to(lab.zoo.zoo_dir())
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    steps = []
+    row = lab.curve_point(tiny_lab, "fine-mixing", 0.4, progress=lambda d, t: steps.append((d, t)))
+    assert steps and steps[-1][0] == steps[-1][1]
+    curve = lab.tuned_curve(tiny_lab, "fine-mixing")
+    assert list(curve.points.rho) == [0.4] and curve.points.cacc.iloc[0] == row["cacc"] and 0.4 not in curve.missing
+    assert curve.points.cacc_lo.iloc[0] <= row["cacc"] <= curve.points.cacc_hi.iloc[0]
+    rows, stats = sweep.run(tiny_lab.ctx, tiny_lab.name, [0.4], fine_tune=True, pretrained=tiny_lab.pair.pt_source, log=lambda m: None)
+    assert stats.ran == 0 and stats.reused == 1 and rows[1]["cacc"] == row["cacc"]
