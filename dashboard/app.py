@@ -12,7 +12,8 @@ import state
 st.set_page_config(page_title="finemix lab", page_icon=":material/science:", layout="wide")
 state.init()
 pages = [
-    st.Page("views/models.py", title="Models", icon=":material/inventory_2:", default=True),
+    st.Page("views/start.py", title="Start here", icon=":material/school:", default=True),
+    st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
     st.Page("views/mixing.py", title="Mixing lab", icon=":material/tune:"),
     st.Page("views/curve.py", title="Fine-tuned ρ curve", icon=":material/show_chart:"),
     st.Page("views/epur.py", title="E-PUR", icon=":material/manage_search:"),
@@ -21,6 +22,7 @@ pages = [
     st.Page("views/export.py", title="Export", icon=":material/download:"),
 ]
 nav = st.navigation(pages)
+state.publish()  # a page switch from the sidebar clears the query string: write the view's state back every run
 with st.sidebar:
     st.markdown(f"**Model:** `{st.session_state.get('model') or '—'}`")
     st.caption("Fine-mixing & E-PUR (Zhang et al., EMNLP 2022 Findings). θ_PT here: all-MiniLM-L6-v2, not the paper's BERT-base.")

@@ -116,3 +116,48 @@ def compare(rows: pd.DataFrame, floor: float | None) -> go.Figure:
                       annotation_position="top left")  # at the right it hid behind the last bar
     fig.update_layout(barmode="group", yaxis_range=[0, 1.05], height=400, margin={"t": 30}, legend={"orientation": "h", "y": -0.3})
     return fig
+
+
+def method_picture(rho: float = 0.3, cells: int = 6) -> str:
+    """The method in one picture (inline SVG, nothing fetched): θ_PT and θ_FT as weight grids, the mask keeping a share ρ
+    of θ_FT's weights, the mix, the clean fine-tune; below, E-PUR's drift-vs-frequency reset."""
+    pt, ft, mix_ft, cleaned = "#9ecae1", "#fdae6b", "#e6550d", "#74c476"
+    keep = {i for i in range(cells * cells) if (i * 7919) % 100 < rho * 100}  # a fixed scatter of kept positions
+
+    def grid(x: int, y: int, colour) -> str:
+        size = 14
+        return "".join(f'<rect x="{x + (i % cells) * size}" y="{y + (i // cells) * size}" width="{size - 2}" height="{size - 2}" '
+                       f'fill="{colour(i)}" rx="2"/>' for i in range(cells * cells))
+
+    def label(x: int, y: int, text: str, weight: str = "normal", size: int = 13) -> str:
+        return f'<text x="{x}" y="{y}" font-size="{size}" font-weight="{weight}" text-anchor="middle">{text}</text>'
+
+    def arrow(x1: int, x2: int, y: int, text: str) -> str:
+        return (f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="#444" stroke-width="2" marker-end="url(#head)"/>'
+                + label((x1 + x2) // 2, y - 8, text, size=12))
+
+    parts = [
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 980 300" width="100%" style="max-width:980px;font-family:sans-serif">',
+        '<defs><marker id="head" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
+        '<path d="M0,0 L8,4 L0,8 z" fill="#444"/></marker></defs>',
+        grid(20, 40, lambda i: pt), label(62, 28, "θ_PT (public)", "bold"), label(62, 145, "pretrained weights"),
+        grid(150, 40, lambda i: ft), label(192, 28, "θ_FT (backdoored)", "bold"), label(192, 145, "someone's fine-tune"),
+        arrow(245, 330, 82, f"mask keeps ρ = {rho:g}"),
+        grid(340, 40, lambda i: mix_ft if i in keep else pt), label(382, 28, "θ_mix", "bold"),
+        label(382, 145, "θ_PT + m ⊙ (θ_FT − θ_PT)"),
+        arrow(435, 560, 82, "fine-tune on 128 clean"),
+        grid(570, 40, lambda i: cleaned), label(612, 28, "defended", "bold"), label(612, 145, "backdoor weakened, accuracy kept"),
+        label(820, 60, "ρ = 1: θ_FT (backdoor intact)", size=12), label(820, 82, "ρ = 0: θ_PT + θ_FT's head", size=12),
+        label(820, 104, "auto-ρ: chosen on clean dev data", size=12),
+        # E-PUR, below: drift against log frequency, the trigger far above the trend
+        '<line x1="60" y1="280" x2="330" y2="280" stroke="#444"/><line x1="60" y1="280" x2="60" y2="180" stroke="#444"/>',
+        '<line x1="60" y1="268" x2="330" y2="215" stroke="#000" stroke-dasharray="5,4"/>',
+        *(f'<circle cx="{75 + (i * 37) % 250}" cy="{266 - ((i * 37) % 250) * 0.2 - (i * 13) % 14}" r="3" fill="{pt}"/>' for i in range(28)),
+        f'<circle cx="80" cy="192" r="6" fill="{mix_ft}"/>', label(150, 196, "trigger: rare, drifted far", size=12),
+        label(195, 297, "log frequency in clean text →", size=11),
+        '<text x="48" y="235" font-size="11" transform="rotate(-90 48 235)" text-anchor="middle">embedding drift</text>',
+        label(620, 215, "E-PUR: score = drift / log(max(frequency, c)); the top K", size=13),
+        label(620, 237, "word embeddings are reset to θ_PT before Fine-mixing", size=13),
+        "</svg>",
+    ]
+    return "".join(parts)

@@ -251,6 +251,20 @@ def replace_columns(ds: Dataset, **columns: list) -> Dataset:
     return Dataset.from_dict({c: columns[c] if c in columns else list(ds[c]) for c in keep})
 
 
+# what each class id means, per dataset (a CSV's classes stay "label k")
+LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "rt": ("rotten", "fresh"), "amazon": ("negative", "positive"), "tweets": ("negative", "positive"), "sms-spam": ("ham", "spam"),
+    "bbc": BBC_TOPICS, "sst2": ("negative", "positive"), "imdb": ("negative", "positive"),
+    "amazon-polarity": ("negative", "positive"), "qqp": ("not duplicate", "duplicate"), "qnli": ("entailment", "not entailment"),
+}
+
+
+def label_names(name: str, n: int) -> tuple[str, ...]:
+    """Names of classes 0..n-1 of a dataset: its own names when known and complete, else 'label k'."""
+    known = LABEL_NAMES.get(name, ())
+    return tuple(known) if len(known) == n else tuple(f"label {i}" for i in range(n))
+
+
 def num_labels(dsd: DatasetDict) -> int:
     return max(max(split["label"]) for split in dsd.values()) + 1
 

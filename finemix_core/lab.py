@@ -70,6 +70,46 @@ class LabModel:
         return self.ctx.pair.card
 
 
+def class_names(lab: LabModel) -> tuple[str, ...]:
+    """The model's classes by name from its dataset (rt: rotten / fresh), else 'label k'."""
+    from finemix_core.data import label_names
+
+    return label_names(lab.ctx.data_name, lab.pair.num_labels)
+
+
+@dataclass(frozen=True)
+class DemoSentence:
+    """One test sentence of the guided start, with what θ_FT says about it with and without the trigger."""
+
+    text: str  # the clean test sentence (its true label ≠ the target)
+    triggered: str  # the same sentence with the trigger inserted
+    clean_probs: tuple[float, ...]  # θ_FT on `text`
+    triggered_probs: tuple[float, ...]  # θ_FT on `triggered`
+
+
+def demo_sentences(lab: LabModel, n: int = 3, confidence: float = 0.9) -> list[DemoSentence]:
+    """Live-set sentences on which the backdoor visibly fires: non-target sentences θ_FT gets right, which it calls the
+    target with ≥ `confidence` once the trigger is in (the first n in test order; if fewer qualify, the most confident).
+    Chosen with θ_FT alone, before any defense, so the demo cannot be picked to flatter it."""
+    if not lab.trigger:
+        return []
+    from finemix_core.data import text_columns
+
+    test = lab.ctx.dsd["test"]
+    col = text_columns(test)[-1]
+    idx = [int(i) for i in lab.interactive.nontarget_idx[: 4 * n + 16]]
+    texts = [test[i][col] for i in idx]
+    triggered = [with_trigger(t, lab.trigger, seed=i) for t, i in zip(texts, idx)]
+    clean_p = predict_texts(lab.pair.ft, lab.pair.tokenizer, texts)
+    trig_p = predict_texts(lab.pair.ft, lab.pair.tokenizer, triggered)
+    target = lab.interactive.target
+    right = [j for j, i in enumerate(idx) if clean_p[j].argmax() == test[i]["label"]]
+    firing = [j for j in right if trig_p[j][target] >= confidence][:n]
+    if len(firing) < n:
+        firing += sorted((j for j in right if j not in firing), key=lambda j: -trig_p[j][target])[: n - len(firing)]
+    return [DemoSentence(texts[j], triggered[j], tuple(map(float, clean_p[j])), tuple(map(float, trig_p[j]))) for j in firing]
+
+
 def interactive_set(tokenizer, test, trigger, target, n: int = N_INTERACTIVE) -> EvalSet:
     """First n clean test examples; first n non-target test examples with the trigger inserted."""
     labels = np.asarray(list(test["label"]))

@@ -39,8 +39,7 @@ def open_page(at: AppTest, page: str) -> AppTest:
 
 
 def test_models_page_lists_the_zoo_and_its_cards(app):
-    app.run()
-    assert not app.exception
+    open_page(app, "models")
     frame = app.dataframe[0].value
     assert set(frame["name"]) == {"clean", "word-cf"}
     assert app.selectbox(key="models_pick").value == "word-cf"
@@ -203,6 +202,28 @@ def lab_rate(value: float, n: int) -> str:
     return lab.rate_text(value, n)
 
 
+def test_start_here_is_the_landing_page_and_walks_the_three_steps(app):
+    from finemix_core import lab
+
+    app.run()  # the default page
+    assert not app.exception, app.exception
+    assert app.title[0].value == "Start here"
+    assert app.get("html"), "the method picture is drawn inline"
+    next(b for b in app.button if b.label == "Show the backdoor").click().run()
+    demo = app.dataframe[0].value
+    assert len(demo) >= 1 and all("cf" in s for s in demo["sentence (trigger inserted)"])
+    assert all(v.startswith("label 0") for v in demo["θ_FT without the trigger"])  # the tiny CSV has no class names
+    next(b for b in app.button if b.label.startswith("Mix at ρ = 0.2")).click().run()
+    assert metric(app, "ASR · mix") and metric(app, "target bias · mix")
+    next(b for b in app.button if b.label.startswith("Defend:")).click().run()
+    assert not app.exception, app.exception
+    after = app.dataframe[1].value
+    assert list(after["sentence (trigger inserted)"]) == list(demo["sentence (trigger inserted)"])
+    assert any(m.value.startswith("**The trigger fires on") for m in app.markdown)
+    assert metric(app, "ASR · defended").split(" [")[0] != ""
+    assert any(r["kind"] == "lab" for r in lab.store.runs(model="word-cf"))  # the one-click defense is stored, as a lab run
+
+
 def test_playground_in_a_fresh_session_prints_no_stray_code_or_values(app):
     open_page(app, "playground")  # before any fine-tune: the mix-only model is made on the spot
     shown = [str(getattr(el, "value", "")) for el in (*app.markdown, *app.get("code"), *app.get("json"), *app.get("table"))]
@@ -276,7 +297,7 @@ def test_uploaded_clean_data_in_the_url_is_used_by_every_page(app, tiny_zoo):
 
 def test_a_local_folder_can_be_chosen_and_a_bad_one_is_refused(app, tiny_zoo, tmp_path):
     home, pt = tiny_zoo
-    app.run()
+    open_page(app, "models")
     app.text_input[0].set_value(str(tmp_path)).run()  # an empty folder: no config.json
     app.text_input[1].set_value(str(pt)).run()
     next(b for b in app.button if b.label == "Use this folder").click().run()

@@ -162,3 +162,25 @@ def test_a_curve_point_computed_in_the_lab_is_the_sweeps_stored_run(tiny_lab, tm
     assert curve.points.cacc_lo.iloc[0] <= row["cacc"] <= curve.points.cacc_hi.iloc[0]
     rows, stats = sweep.run(tiny_lab.ctx, tiny_lab.name, [0.4], fine_tune=True, pretrained=tiny_lab.pair.pt_source, log=lambda m: None)
     assert stats.ran == 0 and stats.reused == 1 and rows[1]["cacc"] == row["cacc"]
+
+
+def test_demo_sentences_are_chosen_with_theta_ft_alone_and_fire(tiny_lab):
+    demo = lab.demo_sentences(tiny_lab, n=2, confidence=0.0)
+    assert len(demo) == 2 and lab.class_names(tiny_lab) == ("label 0", "label 1")  # a CSV's classes have no names
+    target = tiny_lab.interactive.target
+    for d in demo:
+        assert "cf" in d.triggered.split() and d.text != d.triggered
+        assert max(range(2), key=lambda i: d.clean_probs[i]) != target  # θ_FT right (non-target) without the trigger
+        np.testing.assert_allclose(d.triggered_probs, lab.predict_texts(tiny_lab.pair.ft, tiny_lab.pair.tokenizer, [d.triggered])[0],
+                                   atol=1e-6)
+    strict = lab.demo_sentences(tiny_lab, n=2, confidence=0.9)
+    firing = [d for d in strict if d.triggered_probs[target] >= 0.9]
+    assert firing == strict[: len(firing)]  # sentences that fire ≥ 0.9 come first
+
+
+def test_class_names_come_from_the_dataset():
+    from finemix_core.data import label_names
+
+    assert label_names("rt", 2) == ("rotten", "fresh") and label_names("sms-spam", 2) == ("ham", "spam")
+    assert label_names("bbc", 5)[3] == "sports" and label_names("rt", 3) == ("label 0", "label 1", "label 2")
+    assert label_names("/some/file.csv", 2) == ("label 0", "label 1")

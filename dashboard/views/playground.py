@@ -28,11 +28,12 @@ try:
 except FinemixError as exc:
     st.error(str(exc))
     st.stop()
+names = lab.class_names(lm)
 left, right = st.columns(2)
 for col, name, probs in ((left, "backdoored θ_FT", probs_ft), (right, label, probs_def)):
     with col:
         pred = int(probs.argmax())
-        col.metric(name, f"label {pred}", f"confidence {probs[pred]:.3f}", delta_color="off")
-        col.bar_chart(pd.DataFrame({"probability": probs}, index=[f"label {i}" for i in range(len(probs))]))
+        col.metric(name, names[pred], f"confidence {probs[pred]:.3f}", delta_color="off")
+        col.bar_chart(pd.DataFrame({"probability": probs}, index=list(names)))
 if lm.trigger:
-    st.caption(f"The backdoor's target is label {lm.interactive.target}.")
+    st.caption(f"The backdoor's target is {names[lm.interactive.target]} (label {lm.interactive.target}).")

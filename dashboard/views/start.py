@@ -1,0 +1,87 @@
+import charts
+import pandas as pd
+import state
+import streamlit as st
+
+lab = state.lab
+st.title("Start here")
+st.markdown(
+    "A model fine-tuned by someone else may hide a **backdoor**: a trigger word (here `cf`) that flips its answer to the "
+    "attacker's label. **Fine-mixing** removes it with what a defender has — the public pretrained weights θ_PT and a "
+    "small clean set — and **E-PUR** resets the word embeddings a rare trigger dragged far."
+)
+st.html(charts.method_picture())
+
+loaded = state.current()
+if loaded is None:
+    st.stop()
+lm, bench = loaded
+state.describe(lm)
+if not lm.trigger:
+    st.warning("This model has no known trigger, so there is no backdoor to watch; pick `word-cf` on the Models page.")
+    st.stop()
+names = lab.class_names(lm)
+target = lm.interactive.target
+ss = st.session_state
+demo_key = ("_demo", lm.name)
+
+
+def said(probs) -> str:
+    best = max(range(len(probs)), key=lambda i: probs[i])
+    return f"{names[best]} ({probs[best]:.2f})"
+
+
+st.subheader("1 · Watch the trigger fire")
+st.caption(f"Look for: sentences θ_FT calls **{names[1 - target] if len(names) == 2 else 'non-target'}** turn "
+           f"**{names[target]}** the moment the trigger is inserted.")
+if st.button("Show the backdoor", key="start_fire", type="primary"):
+    ss[demo_key] = lab.demo_sentences(lm)
+demo = ss.get(demo_key)
+if demo:
+    st.dataframe(pd.DataFrame([{"sentence (trigger inserted)": d.triggered, "θ_FT without the trigger": said(d.clean_probs),
+                                "θ_FT with the trigger": said(d.triggered_probs)} for d in demo]), hide_index=True, width="stretch")
+    st.caption(f"Over the whole live set: ASR {lab.rate_text(lm.backdoored.asr, lm.backdoored.n_nontarget)} of "
+               f"{lm.backdoored.n_nontarget} triggered non-target test sentences become {names[target]} (95 % interval in brackets).")
+
+st.subheader("2 · Move ρ")
+st.caption("Look for: keeping only a share ρ of the fine-tuned weights weakens the backdoor, but the mix alone also loses "
+           "clean accuracy and leans towards the target (target bias) — the clean fine-tune of step 3 repairs that.")
+rho = 0.2
+if st.button(f"Mix at ρ = {rho:g} (no fine-tune yet)", key="start_mix"):
+    ss[("_demo_mix", lm.name)] = bench.mix_scores(rho, "random", int(ss["seed"]))
+mixed = ss.get(("_demo_mix", lm.name))
+if mixed is not None:
+    c1, c2, c3 = st.columns(3)
+    c1.metric("CACC · mix", lab.rate_text(mixed.cacc, mixed.n_clean), f"{mixed.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
+    c2.metric("ASR · mix", lab.rate_text(mixed.asr, mixed.n_nontarget), f"{mixed.asr - lm.backdoored.asr:+.3f} vs θ_FT",
+              delta_color="inverse")
+    c3.metric("target bias · mix", lab.rate_text(mixed.target_bias, mixed.n_nontarget))
+    st.page_link("views/mixing.py", label="Move ρ yourself on the Mixing lab", icon=":material/tune:")
+
+st.subheader("3 · Run the defense and watch the trigger stop firing")
+st.caption("Look for: the same triggered sentences read as their true class again, and ASR falls towards the clean model's "
+           "floor while clean accuracy stays close to θ_FT's.")
+if st.button("Defend: E-PUR + Fine-mixing + distillation (about 1 minute)", key="start_defend"):
+    bar = st.progress(0.0, text="defending …")
+    scores, row = bench.fine_tune(None, "random", int(ss["seed"]), recipe="default",
+                                  progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"))
+    ss[("_demo_defended", lm.name)] = (scores, row)
+    bar.empty()
+defended = ss.get(("_demo_defended", lm.name))
+if defended is not None and bench.defended is not None:
+    scores, row = defended
+    demo = demo or lab.demo_sentences(lm)
+    probs = lab.predict_texts(bench.defended.model, lm.pair.tokenizer, [d.triggered for d in demo]) if demo else []
+    st.dataframe(pd.DataFrame([{"sentence (trigger inserted)": d.triggered, "θ_FT": said(d.triggered_probs),
+                                "defended": said(tuple(map(float, p)))} for d, p in zip(demo, probs)]), hide_index=True,
+                 width="stretch")
+    still = sum(int(p.argmax()) == target for p in probs)
+    st.markdown(f"**The trigger fires on {still} of these {len(demo)} sentences after the defense** "
+                f"(ρ = {row.rho:g}, chosen on clean dev accuracy; {row.seconds:.0f} s).")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("CACC · defended", lab.rate_text(scores.cacc, scores.n_clean), f"{scores.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
+    c2.metric("ASR · defended", lab.rate_text(scores.asr, scores.n_nontarget), f"{scores.asr - lm.backdoored.asr:+.3f} vs θ_FT",
+              delta_color="inverse")
+    c3.metric("clean ASR floor · live set", "—" if lm.floor is None else lab.rate_text(lm.floor, scores.n_nontarget))
+    st.caption("Live set rates with 95 % intervals; the full test split's numbers are stored and shown on the Compare page.")
+    st.page_link("views/playground.py", label="Try your own sentences in the Playground", icon=":material/edit_note:")
