@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import state` / `im
 
 import state
 
-st.set_page_config(page_title="finemix lab", page_icon=":material/science:", layout="wide")
+# a local icon: a ":material/…:" page icon makes the browser fetch it from fonts.gstatic.com, which offline fails
+st.set_page_config(page_title="finemix lab", page_icon=str(Path(__file__).resolve().parent / "favicon.png"), layout="wide")
 state.init()
 pages = [
     st.Page("views/start.py", title="Start here", icon=":material/school:", default=True),

@@ -17,6 +17,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from finemix_core import data, zoo
+from finemix_core.atomic import check_new, check_writable, write_csv
 from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, RecoveryConfig, zoo_dir
 from finemix_core.errors import FinemixError
 
@@ -195,15 +196,6 @@ class _ProgressBar:
             self.bar.close()
 
 
-def check_writable(out: Path) -> None:
-    """Fail before hours of work when the output cannot be written: its nearest existing folder must be writable."""
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise FinemixError(f"cannot write {out}: {parent} is not a writable folder; choose another --out")
-
-
 def _unit_interval(spec: str, flag: str, unset: str, why: str) -> float | None:
     """A number in [0, 1] given to `flag`, or None for the word `unset`; `why` explains the range in the error."""
     if spec.strip() == unset:
@@ -259,8 +251,7 @@ def defend_cmd(
     from finemix_core.evaluate import best_device
     from finemix_core.triggers import parse_trigger
 
-    if out.exists() and not overwrite:
-        raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
+    check_new(out, overwrite)
     check_writable(out)
     if limit is not None and limit <= 0:
         raise FinemixError(f"--limit must be positive, got {limit}")
@@ -355,8 +346,7 @@ def sweep_cmd(
             fm = [m for m in METHODS if "fine-mixing" in m]
             raise FinemixError(f"--method '{method}' is not a Fine-mixing method (ρ means nothing to it); use one of {', '.join(fm)}")
         mode = "sorted" if "fine-mixing-sorted" in method else "random"
-    if out.exists() and not overwrite:
-        raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
+    check_new(out, overwrite)
     check_writable(out)
     values = experiment.parse_range(rhos)
     executor = make_executor(ray, cpus_per_task, retries, ship)
@@ -367,7 +357,7 @@ def sweep_cmd(
                              log=lambda m: typer.echo(m, err=True), progress=True, method=method)
     if stats is not None:
         typer.echo(f"fine-tuned points: {stats.describe()}", err=True)
-    write_csv_atomic(pd.DataFrame(rows), out)
+    write_csv(pd.DataFrame(rows), out)
     experiment.store.record("sweep", str(ctx.pair.card.get("name", ctx.pair.ft_source)), None,
                             {"rhos": values, "mode": mode, "fine_tune": fine_tune, "clean_size": clean_size, "seed": seed, "method": method},
                             {"rows": rows})
@@ -377,19 +367,6 @@ def sweep_cmd(
     for r in rows:
         table.add_row(f"{r['rho']:g}", r["stage"], _fmt(r["cacc"]), _fmt(r["asr"]), _fmt(r["target_bias"]), _fmt(r["asr_floor"]))
     console.print(table)
-
-
-def write_csv_atomic(frame, out: Path) -> None:
-    """Write a CSV beside its destination, then rename it into place (never a half file)."""
-    tmp = out.with_name(f".tmp-{out.name}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(tmp, index=False)
-        tmp.replace(out)
-    except OSError as exc:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
-        raise FinemixError(f"cannot write {out}: {exc.strerror or exc}; choose a writable folder with free space") from None
 
 
 @app.command("report")

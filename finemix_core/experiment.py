@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from finemix_core import data, store
+from finemix_core.atomic import save_dir
 from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, zoo_dir
 from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, defend, defender_data
 from finemix_core.errors import FinemixError
@@ -24,7 +25,6 @@ from finemix_core.evaluate import EvalSet, Scores, make_eval_set, score
 from finemix_core.mixing import MixConfig, mix_into
 from finemix_core.models import CARD_NAME, ModelPair, load_classifier, load_pair
 from finemix_core.train import Progress
-from finemix_core.zoo import atomic_save_dir
 
 
 @dataclass
@@ -238,7 +238,7 @@ def save_defended(ctx: Context, result: DefenseResult, row: RunRow, out: Path, o
         ctx.pair.tokenizer.save_pretrained(tmp)
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2, default=str))
 
-    return atomic_save_dir(Path(out), write, overwrite)
+    return save_dir(Path(out), write, overwrite)
 
 
 def record(kind: str, row: RunRow | dict) -> int:

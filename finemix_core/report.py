@@ -22,7 +22,7 @@ from finemix_core.defenses import DEFAULT_METHOD, RECOVERY_GRID, DefenseConfig
 from finemix_core.errors import FinemixError
 from finemix_core.executor import ContextCache, ExecutionStats, Executor, RunSpec, execute, failure_error, run_key
 from finemix_core.experiment import record
-from finemix_core.zoo import atomic_save_dir
+from finemix_core.atomic import check_new, save_dir, write_csv
 
 # the references, the paper's recipe exactly as the baseline report ran it, the new default, and recovery given to fine-tuning
 REPORT_METHODS = ("none", "fine-tuning", "fine-pruning", "fine-mixing", "epur+fine-mixing", DEFAULT_METHOD, "fine-tuning+distill")
@@ -133,9 +133,7 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
     def checkpoint(key: str, row: dict) -> None:
         used[key] = row
         if cfg.checkpoint is not None:
-            tmp = Path(cfg.checkpoint).with_name(f".tmp-{Path(cfg.checkpoint).name}")
-            pd.DataFrame(list(used.values())).to_csv(tmp, index=False)
-            tmp.replace(cfg.checkpoint)
+            write_csv(pd.DataFrame(list(used.values())), Path(cfg.checkpoint))
 
     keys, rows, stats = execute([s for specs in sections.values() for s in specs], ContextCache(device), executor, "report",
                                 cfg.resume, log, progress, checkpoint)
@@ -279,8 +277,7 @@ def write(out: Path, cfg: ReportConfig, command: str, device: torch.device | str
     """Run everything (on `executor`; default in this process), then write report.md, runs.csv and sizes.csv into `out`
     (atomically)."""
     out = Path(out)
-    if out.exists() and not overwrite:  # fail before an hour of work, not after it
-        raise FinemixError(f"output {out} exists; choose another path or pass --overwrite")
+    check_new(out, overwrite)  # fail before an hour of work, not after it
     started = time.perf_counter()
     runs = run(cfg, device, log, executor, progress)
     text = markdown(runs, cfg, command, time.perf_counter() - started, torch.device(device).type)
@@ -293,4 +290,4 @@ def write(out: Path, cfg: ReportConfig, command: str, device: torch.device | str
                 frame.to_csv(tmp / name, index=False)
         (tmp / "config.json").write_text(json.dumps(asdict(replace(cfg)), indent=2, default=str))
 
-    return atomic_save_dir(out, write_files, overwrite)
+    return save_dir(out, write_files, overwrite)

@@ -7,9 +7,7 @@ so a killed build leaves no half entry and the next build continues with what is
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -18,6 +16,7 @@ from pathlib import Path
 import torch
 
 from finemix_core import __version__, data
+from finemix_core.atomic import save_dir
 from finemix_core.attacks import embedding_poison, poison
 from finemix_core.config import AttackConfig, EvalConfig, TrainConfig, ZooEntrySpec, zoo_dir
 from finemix_core.encoding import encode
@@ -61,52 +60,6 @@ def read_entries(root: Path | None = None) -> list[dict]:
 def _clean_stale(root: Path) -> None:
     for tmp in root.glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _clean_dead_tmp(dest: Path) -> None:
-    """Remove temp folders for `dest` left by killed writers (their pid is gone); live writers keep theirs."""
-    for tmp in dest.parent.glob(f".tmp-{dest.name}-*"):
-        pid = tmp.name.removeprefix(f".tmp-{dest.name}-").split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def atomic_save_dir(dest: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
-    """Write a folder under a temporary name beside `dest`, then rename it into place."""
-    if dest.exists() and not overwrite:
-        raise FinemixError(f"output {dest} exists; choose another path or pass --overwrite")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _clean_dead_tmp(dest)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-{os.getpid()}-", dir=dest.parent))
-    except OSError as exc:
-        raise FinemixError(f"cannot write {dest}: {exc.strerror or exc}; choose a writable folder with free space") from None
-    try:
-        write(tmp)
-        if dest.exists():
-            old = dest.with_name(f".tmp-old-{dest.name}-{os.getpid()}")
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-    except OSError as exc:  # disk full, permissions: nothing half-written stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FinemixError(f"cannot write {dest}: {exc.strerror or exc}; choose a writable folder with free space") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
 
 
 def build_entry(
@@ -174,7 +127,7 @@ def build_entry(
         tokenizer.save_pretrained(tmp)
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2))
 
-    atomic_save_dir(root / spec.name, write)
+    save_dir(root / spec.name, write)
     return card
 
 

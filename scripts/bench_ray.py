@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from finemix_core.atomic import write_bytes
 from finemix_core.config import finemix_home
 from finemix_core.defenses import DefenseConfig
 from finemix_core.executor import ContextCache, RunSpec, SequentialExecutor, execute
@@ -95,10 +96,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".tmp-{args.out.name}")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+        write_bytes(text.encode(), args.out)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from finemix_core import store
-from finemix_core.zoo import atomic_save_dir
+from finemix_core.atomic import save_dir
 
 WRITER = """
 import sys, time
 from pathlib import Path
-from finemix_core.zoo import atomic_save_dir
+from finemix_core.atomic import save_dir
 
 def write(tmp):
     (tmp / "part1").write_text("new")
@@ -26,7 +26,7 @@ def write(tmp):
     time.sleep(60)  # killed here, half-written
     (tmp / "part2").write_text("new")
 
-atomic_save_dir(Path(sys.argv[1]), write, overwrite=True)
+save_dir(Path(sys.argv[1]), write, overwrite=True)
 """
 
 
@@ -42,11 +42,11 @@ def _kill_mid_write(dest: Path) -> None:
 
 def test_sigkill_mid_write_keeps_the_previous_folder_and_the_rerun_completes(tmp_path):
     dest = tmp_path / "model"
-    atomic_save_dir(dest, lambda t: (t / "part1").write_text("old"))
+    save_dir(dest, lambda t: (t / "part1").write_text("old"))
     _kill_mid_write(dest)
     assert (dest / "part1").read_text() == "old" and not (dest / "part2").exists()  # previous state intact
     assert list(tmp_path.glob(".tmp-model-*"))  # the dead writer's leftovers …
-    atomic_save_dir(dest, lambda t: [(t / p).write_text("new") for p in ("part1", "part2")], overwrite=True)
+    save_dir(dest, lambda t: [(t / p).write_text("new") for p in ("part1", "part2")], overwrite=True)
     assert (dest / "part1").read_text() == "new" and (dest / "part2").read_text() == "new"
     assert not list(tmp_path.glob(".tmp-*"))  # … are cleared by the next run
 
@@ -60,7 +60,7 @@ def test_sigkill_on_a_first_write_leaves_no_folder(tmp_path):
 def test_a_live_writers_temp_folder_is_not_touched(tmp_path):
     live = tmp_path / f".tmp-model-{os.getpid()}-abc"
     live.mkdir()
-    atomic_save_dir(tmp_path / "model", lambda t: (t / "x").write_text("1"))
+    save_dir(tmp_path / "model", lambda t: (t / "x").write_text("1"))
     assert live.is_dir()
 
 

@@ -4,6 +4,7 @@ loopback port, serving a real quick-built backdoored model. Screenshots go to as
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -64,14 +65,40 @@ def mix_numbers(page) -> tuple[str, ...]:
                  for label in labels)
 
 
-def test_live_slider_in_a_real_browser(server, tmp_path):
+def outside_hosts(urls: list[str]) -> list[str]:
+    """Requests that left the machine: anything but loopback (and in-page data:/blob: URLs)."""
+    from urllib.parse import urlparse
+
+    return [u for u in urls if urlparse(u).scheme not in ("data", "blob") and urlparse(u).hostname not in ("127.0.0.1", "localhost")]
+
+
+def test_live_lab_in_a_real_browser(server, tmp_path):
+    """Start here → the trigger fires → one-click defense → it stops firing; the live slider; sidebar navigation keeps the
+    URL state; and no request ever leaves the machine."""
     from playwright.sync_api import expect, sync_playwright
 
     shots = tmp_path / "shots"
     shots.mkdir()
+    requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("request", lambda r: requests.append(r.url))
+
+        # the guided start, the landing page
+        page.goto(f"{server}/?model=word-cf")
+        expect(page.get_by_role("heading", name="Start here")).to_be_visible(timeout=120_000)
+        page.get_by_role("button", name="Show the backdoor").click()
+        expect(page.get_by_text("Over the whole live set")).to_be_visible(timeout=120_000)
+        page.get_by_role("button", name="Defend: E-PUR + Fine-mixing + distillation (about 1 minute)").click()
+        verdict = page.get_by_text("The trigger fires on")
+        expect(verdict).to_be_visible(timeout=420_000)
+        fired, shown = (int(w) for w in re.findall(r"fires on (\d+) of these (\d+)", verdict.inner_text())[0])
+        asr = page.locator('[data-testid="stMetric"]', has_text="ASR · defended").locator('[data-testid="stMetricValue"]').inner_text()
+        assert fired < shown, f"the trigger still fires on {fired} of {shown} demo sentences after the defense"
+        assert float(asr.split(" ")[0]) < 0.6, asr  # and over the live set, far fewer triggered sentences flip
+        page.screenshot(path=shots / "lab-start.png", full_page=True)
+
         page.goto(f"{server}/mixing?model=word-cf&rho=1.0")
         page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=240_000)
         expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=60_000)
@@ -89,18 +116,35 @@ def test_live_slider_in_a_real_browser(server, tmp_path):
         while (after := mix_numbers(page)) == before and time.time() < deadline:
             time.sleep(0.5)
         assert after != before, f"CACC, ASR and target bias stayed {before} after moving ρ from 1 to 0"
+        assert all("[" in v for v in after), f"every live rate shows its interval: {after}"
         page.wait_for_function("() => window.location.search.includes('rho=0.0')", timeout=30_000)  # shareable URL follows
         page.screenshot(path=shots / "lab-mixing.png", full_page=True)
+
+        # sidebar navigation away and back keeps ρ in the URL, and a reload restores it
+        page.get_by_test_id("stSidebarNav").get_by_text("E-PUR", exact=True).click()
+        page.wait_for_url("**/epur?**", timeout=60_000)
+        page.wait_for_function("() => window.location.search.includes('rho=0.0')", timeout=30_000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
+        page.wait_for_url("**/mixing?**", timeout=60_000)
+        page.wait_for_function("() => window.location.search.includes('rho=0.0')", timeout=30_000)
+        page.reload()
+        expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00", timeout=120_000)
 
         page.goto(f"{server}/epur?model=word-cf&k=50")
         page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
         expect(page.get_by_text("Known trigger pieces")).to_be_visible(timeout=60_000)
         page.screenshot(path=shots / "lab-epur.png", full_page=True)
 
-        page.goto(f"{server}/?model=word-cf")
+        page.goto(f"{server}/models?model=word-cf")
         expect(page.get_by_text("Build zoo entries")).to_be_visible(timeout=60_000)
         page.screenshot(path=shots / "lab-models.png", full_page=True)
         browser.close()
+    assert requests and not outside_hosts(requests), f"requests left the machine: {sorted(set(outside_hosts(requests)))[:5]}"
     assets = ROOT / "assets"
     for shot in shots.iterdir():  # replace the README's screenshots only after the whole run passed
         shutil.copy(shot, assets / shot.name)
+
+
+def test_the_request_filter_catches_outside_hosts():
+    assert outside_hosts(["http://127.0.0.1:8501/_stcore/health", "data:image/png;base64,AA", "http://localhost/x"]) == []
+    assert outside_hosts(["https://fonts.gstatic.com/s/i/x.svg"]) == ["https://fonts.gstatic.com/s/i/x.svg"]
