@@ -12,8 +12,6 @@ import streamlit as st
 
 from finemix_core import lab
 from finemix_core.errors import FinemixError
-from finemix_core.evaluate import best_device
-from finemix_core.mixing import MODES
 
 DEFAULTS = {"model": "", "pt": "default", "data": "", "rho": 0.3, "mode": "random", "k": 200, "seed": 0}
 TYPES = {"model": str, "pt": str, "data": str, "rho": float, "mode": str, "k": int, "seed": int}
@@ -22,7 +20,7 @@ TYPES = {"model": str, "pt": str, "data": str, "rho": float, "mode": str, "k": i
 def _valid(name: str, value) -> bool:
     return {
         "rho": lambda v: 0.0 <= v <= 1.0,
-        "mode": lambda v: v in MODES,
+        "mode": lambda v: v in lab.MODES,
         "k": lambda v: 0 <= v <= 30522,
         "seed": lambda v: 0 <= v < 2**31,
     }.get(name, lambda v: True)(value)
@@ -80,9 +78,9 @@ def set_value(name: str, value) -> None:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model pair, data and evaluation sets …")
-def _lab_model(model: str, pt: str, data: str = "") -> lab.LabModel:
+def lab_model(model: str, pt: str, data: str = "") -> lab.LabModel:
     # at most two models in memory: switching back and forth is instant, a third evicts the oldest
-    return lab.load(model, pt, device=best_device(), data_name=data or None)
+    return lab.load(model, pt, device=lab.best_device(), data_name=data or None)
 
 
 def current() -> tuple[lab.LabModel, lab.Workbench] | None:
@@ -93,7 +91,7 @@ def current() -> tuple[lab.LabModel, lab.Workbench] | None:
         st.page_link("views/models.py", label="Go to Models", icon=":material/inventory_2:")
         return None
     try:
-        lm = _lab_model(ss["model"], ss["pt"], ss.get("data", ""))
+        lm = lab_model(ss["model"], ss["pt"], ss.get("data", ""))
     except FinemixError as exc:
         st.error(str(exc))
         st.page_link("views/models.py", label="Choose another model", icon=":material/inventory_2:")
@@ -116,9 +114,7 @@ def page(title: str, intro: str) -> tuple[lab.LabModel, lab.Workbench]:
 
 
 def bf16_ok(lm: lab.LabModel) -> bool:
-    from finemix_core.bench import bf16_supported
-
-    return bf16_supported(lm.ctx.device)
+    return lab.bf16_supported(lm.ctx.device)
 
 
 def describe(lm: lab.LabModel) -> None:

@@ -1,4 +1,4 @@
-"""Backdoor attacks that build the zoo (DESIGN.md §4).
+"""Backdoor attacks that build the zoo (docs/design.md §4).
 
 Data poisoning (word, word-combo, sentence): a share `poison_rate` of the NON-target training
 examples get the trigger and the target label, replacing their clean versions; θ_PT is then

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from finemix_core import data, zoo
 from finemix_core.atomic import check_new, check_writable, write_csv
-from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, RecoveryConfig, zoo_dir
+from finemix_core.config import RecoveryConfig, zoo_dir
 from finemix_core.errors import FinemixError
 
 app = typer.Typer(help="Fine-mixing and E-PUR: remove backdoors from fine-tuned language models.", no_args_is_help=True)
@@ -118,43 +118,34 @@ def zoo_list(as_json: Annotated[bool, typer.Option("--json", help="One JSON arra
 @user_errors
 def evaluate_cmd(
     model: Annotated[str, typer.Option(help="Zoo entry name or local HF classifier folder.")],
-    data_name: Annotated[str, typer.Option("--data", help="Dataset name or CSV path.")] = DEFAULT_DATASET,
+    data_name: Annotated[str | None, typer.Option("--data", help="Dataset name or CSV path (default: the card's, else rt).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Trigger, 'w1+w2' for several pieces (default: the card's).")] = None,
     target: Annotated[int | None, typer.Option(help="Target label of the backdoor (default: the card's, else 1).")] = None,
-    floor_model: Annotated[str | None, typer.Option(help="Clean model for the ASR floor (default: zoo 'clean' if built).")] = None,
-    split_seed: Annotated[int, typer.Option(help="Seed of the train/dev/test split.")] = 0,
+    floor_model: Annotated[str | None, typer.Option(
+        help="Clean model for the ASR floor (default: the zoo's 'clean' when trained on the same data and split).")] = None,
+    split_seed: Annotated[int | None, typer.Option(help="Seed of the train/dev/test split (default: the card's, else 0).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate on the first N test examples only.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """CACC, ASR, target bias and the clean ASR floor of a model on a dataset's test split."""
-    from finemix_core.evaluate import best_device, make_eval_set, score
-    from finemix_core.models import load_classifier, load_tokenizer, read_card, resolve
+    from finemix_core.evaluate import best_device, score
+    from finemix_core.experiment import prepare_scoring
+    from finemix_core.models import load_classifier, load_tokenizer, read_card
     from finemix_core.triggers import parse_trigger
 
     if limit is not None and limit <= 0:
         raise FinemixError(f"--limit must be positive, got {limit}")
-    dsd = data.load(data_name, split_seed)
+    pieces = parse_trigger(trigger) if trigger is not None else None
+    if data_name is not None:
+        data.check_name(data_name)
     clf, src = load_classifier(model, allow_pickle=allow_pickle)
-    card = read_card(src)
-    n_labels = data.num_labels(dsd)
-    if n_labels > clf.config.num_labels:
-        raise FinemixError(
-            f"dataset has labels up to {n_labels - 1} but the model has {clf.config.num_labels} outputs; pick matching data"
-        )
-    pieces = parse_trigger(trigger) if trigger is not None else (tuple(card["trigger"]) if card.get("trigger") else None)
-    tgt = target if target is not None else card.get("target", DEFAULT_TARGET)
-    if pieces is not None and not 0 <= tgt < clf.config.num_labels:
-        raise FinemixError(f"target {tgt} outside the model's labels 0..{clf.config.num_labels - 1}")
-    tokenizer = load_tokenizer(src)
     device = best_device()
-    es = make_eval_set(tokenizer, dsd["test"], pieces, tgt if pieces else None, EvalConfig(limit=limit))
-    scores = score(clf.to(device), es)
-    floor = None
-    floor_src = floor_model or ("clean" if (zoo_dir() / "clean").is_dir() else None)
-    if pieces is not None and floor_src is not None and Path(str(resolve(floor_src))) != Path(str(src)):
-        floor_clf, _ = load_classifier(floor_src)
-        floor = score(floor_clf.to(device), es).asr
+    sc = prepare_scoring(read_card(src), load_tokenizer(src), clf.config.num_labels, str(src), data_name, split_seed, pieces, target,
+                         limit, floor_model, device)
+    scores = score(clf.to(device), sc.eval_set)
+    data_name, split_seed, pieces, floor = sc.data_name, sc.split_seed, sc.eval_set.trigger, sc.floor
+    tgt, floor_src = sc.eval_set.target, sc.floor_model
     result = {
         "model": str(src), "data": data_name, "split_seed": split_seed, "trigger": "+".join(pieces) if pieces else None,
         "target": tgt if pieces else None, **scores.as_dict(), "asr_floor": floor, "floor_model": floor_src if floor is not None else None,

@@ -1,6 +1,6 @@
 """Typed configuration objects and paths shared by every module.
 
-Every default here is ours unless DESIGN.md cites the paper; each is configurable and documented.
+Every default here is ours unless docs/design.md cites the paper; each is configurable and documented.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class RecoveryConfig:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """How a backdoored model is built (DESIGN.md §4)."""
+    """How a backdoored model is built (docs/design.md §4)."""
 
     attack: str = "word"  # clean | word | word-combo | sentence | ep
     trigger: tuple[str, ...] = ("cf",)  # pieces; each is inserted at its own random position
@@ -75,7 +75,7 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How CACC and ASR are measured (DESIGN.md §5)."""
+    """How CACC and ASR are measured (docs/design.md §5)."""
 
     batch_size: int = 32  # inference batch (length-sorted, dynamic padding)
     max_length: int = MAX_LENGTH

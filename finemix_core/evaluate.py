@@ -1,4 +1,4 @@
-"""CACC, ASR and the target-bias of a classifier (DESIGN.md §5).
+"""CACC, ASR and the target-bias of a classifier (docs/design.md §5).
 
 An `EvalSet` tokenises once: the clean test examples and the triggered non-target ones. Scoring a
 model is then two inference passes over length-sorted, dynamically padded batches:

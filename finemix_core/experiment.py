@@ -41,6 +41,7 @@ class Context:
     clean_splits: DatasetDict | None = None  # that CSV split into train and dev for the defender
     extra_unlabeled: Dataset | None = None  # clean unlabelled texts the user gave (--unlabeled)
     extra_unlabeled_source: str | None = None
+    floor_classifier: torch.nn.Module | None = None  # the loaded clean model (kept only when prepare was asked to)
 
     @property
     def trigger_text(self) -> str | None:
@@ -90,6 +91,7 @@ def prepare(
     device: torch.device | str = "cpu",
     clean_data: str | None = None,
     unlabeled: str | None = None,
+    keep_floor: bool = False,
 ) -> Context:
     """Load the pair and the data; the trigger and dataset default to the model's card.
 
@@ -97,23 +99,13 @@ def prepare(
     (split into train and dev only); `unlabeled` a .txt/.csv of clean unlabelled texts for recovery.
     """
     pair = load_pair(model, pretrained, allow_pickle=allow_pickle)
-    card = pair.card
     if clean_data is not None and (clean_data in data.OFFLINE or clean_data in data.ONLINE):
         data_name, clean_data = data_name or clean_data, None  # a named dataset: its own train/dev splits
     extra = data.read_unlabeled(unlabeled) if unlabeled else None
-    name = data_name or card.get("dataset") or clean_data or DEFAULT_DATASET
-    seed = split_seed if split_seed is not None else card.get("split_seed", 0)
-    dsd = data.load(name, seed)
-    n_labels = data.num_labels(dsd)
-    if n_labels > pair.num_labels:
-        raise FinemixError(f"the data has labels up to {n_labels - 1} but the model has {pair.num_labels} outputs; pick matching data")
-    if data.text_columns(dsd) == ["text_a", "text_b"] and card.get("dataset") and card.get("dataset") != name:
-        raise FinemixError(f"{name} is a sentence-pair dataset but the model was trained on {card['dataset']}; pick matching data")
-    pieces = trigger or (tuple(card["trigger"]) if card.get("trigger") else None)
-    tgt = target if target is not None else card.get("target", DEFAULT_TARGET)
-    if pieces is not None and not 0 <= tgt < pair.num_labels:
-        raise FinemixError(f"target {tgt} outside the model's labels 0..{pair.num_labels - 1}")
-    es = make_eval_set(pair.tokenizer, dsd["test"], pieces, tgt if pieces else None, EvalConfig(limit=eval_limit))
+    scoring = prepare_scoring(pair.card, pair.tokenizer, pair.num_labels, pair.ft_source, data_name or pair.card.get("dataset") or clean_data,
+                              split_seed, trigger, target, eval_limit, floor_model, device, keep_floor)
+    name, seed, dsd, es, floor, floor_src = (scoring.data_name, scoring.split_seed, scoring.dsd, scoring.eval_set, scoring.floor,
+                                             scoring.floor_model)
     device = torch.device(device)
     clean_splits = None
     if clean_data is not None:
@@ -125,14 +117,48 @@ def prepare(
             raise FinemixError(f"{clean_data} is {kinds[data.text_columns(rows) == ['text_a', 'text_b']]} but the model is scored on "
                                f"{kinds[data.text_columns(dsd) == ['text_a', 'text_b']]} ({name}); pick matching data")
         clean_splits = data.defender_split(rows, seed)
-    floor, floor_src = None, None
+    return Context(pair, name, seed, dsd, es, floor, floor_src, device, clean_data, clean_splits, extra,
+                   f"{Path(unlabeled).name}" if unlabeled else None, scoring.floor_classifier)
+
+
+@dataclass
+class Scoring:
+    """What a model is scored on: the data, its test set with the triggered copy, and the clean floor there."""
+
+    data_name: str
+    split_seed: int
+    dsd: DatasetDict
+    eval_set: EvalSet
+    floor: float | None
+    floor_model: str | None
+    floor_classifier: torch.nn.Module | None = None  # the loaded clean model, when asked to keep it
+
+
+def prepare_scoring(card: dict, tokenizer, num_labels: int, ft_source: str, data_name: str | None = None, split_seed: int | None = None,
+                    trigger: tuple[str, ...] | None = None, target: int | None = None, eval_limit: int | None = None,
+                    floor_model: str | None = None, device: torch.device | str = "cpu", keep_floor: bool = False) -> Scoring:
+    """The data, test set and clean floor for a classifier with this card (dataset, split seed, trigger, target as
+    defaults); shared by `prepare` (model pairs) and `finemix evaluate` (any classifier)."""
+    name = data_name or card.get("dataset") or DEFAULT_DATASET
+    seed = split_seed if split_seed is not None else card.get("split_seed", 0)
+    dsd = data.load(name, seed)
+    n_labels = data.num_labels(dsd)
+    if n_labels > num_labels:
+        raise FinemixError(f"the data has labels up to {n_labels - 1} but the model has {num_labels} outputs; pick matching data")
+    if data.text_columns(dsd) == ["text_a", "text_b"] and card.get("dataset") and card.get("dataset") != name:
+        raise FinemixError(f"{name} is a sentence-pair dataset but the model was trained on {card['dataset']}; pick matching data")
+    pieces = trigger or (tuple(card["trigger"]) if card.get("trigger") else None)
+    tgt = target if target is not None else card.get("target", DEFAULT_TARGET)
+    if pieces is not None and not 0 <= tgt < num_labels:
+        raise FinemixError(f"target {tgt} outside the model's labels 0..{num_labels - 1}")
+    es = make_eval_set(tokenizer, dsd["test"], pieces, tgt if pieces else None, EvalConfig(limit=eval_limit))
+    floor, floor_src, clean = None, None, None
     if pieces:
-        floor_src = floor_model or _zoo_clean_for(name, seed, pair.ft_source)
+        floor_src = floor_model or _zoo_clean_for(name, seed, ft_source)
         if floor_src is not None:
             clean, _ = load_classifier(floor_src)
-            floor = score(clean.to(device), es).asr
-    return Context(pair, name, seed, dsd, es, floor, floor_src, device, clean_data, clean_splits, extra,
-                   f"{Path(unlabeled).name}" if unlabeled else None)
+            floor = score(clean.to(torch.device(device)), es).asr
+    return Scoring(name, seed, dsd, es, floor, floor_src, clean if keep_floor else None)
 
 
 def _zoo_clean_for(data_name: str, split_seed: int, ft_source: str) -> str | None:

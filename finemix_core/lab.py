@@ -29,10 +29,10 @@ from finemix_core.config import ZooEntrySpec
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
-from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score, wilson  # noqa: F401 — wilson re-exported for the views
+from finemix_core.evaluate import EvalSet, Scores, best_device, make_eval_set, predict, score, wilson  # noqa: F401 — re-exported
 from finemix_core.experiment import Context, RunRow, prepare, record, run_defense, save_defended
-from finemix_core.mixing import MixConfig, mix_into
-from finemix_core.models import CARD_NAME, load_classifier
+from finemix_core.mixing import MODES, MixConfig, mix_into  # noqa: F401 — MODES re-exported for the dashboard
+from finemix_core.models import CARD_NAME
 from finemix_core.report import REPORT_METHODS
 from finemix_core.train import Progress
 from finemix_core.triggers import example_rng, insert_trigger
@@ -68,6 +68,13 @@ class LabModel:
     @property
     def card(self) -> dict:
         return self.ctx.pair.card
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether the bf16 fast path is offered on this device (re-exported for the dashboard: its one door is this module)."""
+    from finemix_core.bench import bf16_supported as supported
+
+    return supported(device)
 
 
 def class_names(lab: LabModel) -> tuple[str, ...]:
@@ -126,14 +133,14 @@ def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERAC
          data_name: str | None = None) -> LabModel:
     """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path)."""
     started = time.perf_counter()
-    ctx = prepare(model, pretrained, data_name or None, device=device)
+    ctx = prepare(model, pretrained, data_name or None, device=device, keep_floor=True)
     es = interactive_set(ctx.pair.tokenizer, ctx.dsd["test"], ctx.eval_set.trigger, ctx.eval_set.target, n_interactive)
     # the pair stays in host memory (mixing reads it there); on a GPU score a copy, never move the cached θ_FT
     backdoored = score(ctx.pair.ft_for_inference(ctx.device), es)
     floor = None
-    if es.trigger and ctx.floor_model:
-        clean, _ = load_classifier(ctx.floor_model)
-        floor = score(clean.to(ctx.device), es).asr
+    if es.trigger and ctx.floor_classifier is not None:
+        floor = score(ctx.floor_classifier, es).asr  # the clean model prepare loaded for the full-test floor: loaded once
+    ctx.floor_classifier = None  # not kept: the lab holds two models at most, each without its floor model
     name = ctx.pair.card.get("name", ctx.pair.ft_source)  # the key the result rows (and so the history) use
     return LabModel(ctx, es, backdoored, floor, name, time.perf_counter() - started)
 

@@ -1,4 +1,4 @@
-"""Fine-mixing step 1: θ_mix = θ_PT + m ⊙ (θ_FT − θ_PT), m a 0/1 mask keeping a share ρ (DESIGN.md §2).
+"""Fine-mixing step 1: θ_mix = θ_PT + m ⊙ (θ_FT − θ_PT), m a 0/1 mask keeping a share ρ (docs/design.md §2).
 
 `mix` is a pure function of the pair: it returns new tensors and never writes θ_FT or θ_PT. Δ is
 cached on the ModelPair, so re-mixing at a new ρ costs one masked add per tensor.
@@ -35,25 +35,6 @@ def _check(cfg: MixConfig) -> None:
         raise FinemixError(f"unknown mask scope '{cfg.scope}'; use one of {', '.join(SCOPES)}")
 
 
-def random_mask(shape: torch.Size, rho: float, generator: torch.Generator) -> torch.Tensor:
-    """Exactly round(ρ·n) ones at uniformly random positions."""
-    n = shape.numel()
-    keep = round(rho * n)
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.randperm(n, generator=generator)[:keep]] = True
-    return mask.view(shape)
-
-
-def sorted_mask(delta: torch.Tensor, rho: float) -> torch.Tensor:
-    """Keep the round(ρ·n) entries with the largest |Δ| (ties broken by position)."""
-    n = delta.numel()
-    keep = round(rho * n)
-    mask = torch.zeros(n, dtype=torch.bool)
-    if keep:
-        mask[torch.topk(delta.abs().flatten(), keep, sorted=False).indices] = True
-    return mask.view(delta.shape)
-
-
 def _rank_of(order: torch.Tensor) -> torch.Tensor:
     """rank[order[i]] = i: an element is kept at ρ iff its rank < round(ρ·n)."""
     rank = torch.empty(len(order), dtype=torch.int32)
@@ -64,8 +45,9 @@ def _rank_of(order: torch.Tensor) -> torch.Tensor:
 def ranks(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
     """Per shared tensor, every element's position in the keep order, cached on the pair.
 
-    Random: the inverse of the same seeded permutations `random_mask` draws (same generator, same tensor
-    order), so `rank < round(ρ·n)` is exactly `random_mask`. Sorted: positions by descending |Δ|. A slider
+    Random: the inverse of one seeded permutation per tensor (same generator, same tensor order), so
+    `rank < round(ρ·n)` keeps exactly round(ρ·n) uniformly random positions (tests/test_mixing.py checks it against a
+    direct draw). Sorted: positions by descending |Δ|. A slider
     move then costs one comparison per element instead of a permutation or a top-k.
     """
     key = (cfg.mode, cfg.scope if cfg.mode == "sorted" else "tensor", cfg.seed if cfg.mode == "random" else None)

@@ -2,7 +2,7 @@
 clean-set-size study (Fine-mixing vs fine-tuning). Markdown + CSV, written atomically.
 
 Each cell says what it was measured on: model, data, split seed, test size, clean-set size, seeds.
-The verdict lines compare against the targets of the defenses issue and say plainly where we miss.
+The verdict lines compare against the efficacy bar (README, "Against the bar") and say plainly where we miss.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ REPORT_METHODS = ("none", "fine-tuning", "fine-pruning", "fine-mixing", "epur+fi
 @dataclass(frozen=True)
 class ReportConfig:
     entries: tuple[str, ...] | None = None  # zoo entries to defend (None: every backdoored one)
-    methods: tuple[str, ...] = REPORT_METHODS  # defenses compared (DESIGN.md §6 + Fine-mixing variants)
+    methods: tuple[str, ...] = REPORT_METHODS  # defenses compared (docs/design.md §6 + Fine-mixing variants)
     seeds: tuple[int, ...] = (0, 1, 2)  # defense seeds: clean-set draw, masks, training order
     clean_size: int = 128  # the defender's clean training examples
     sizes: tuple[int, ...] = (32, 64, 128, 512)  # clean-set-size study (empty: skip it)
@@ -169,7 +169,7 @@ def summarise(rows: pd.DataFrame, by: tuple[str, ...] = ("model", "method")) -> 
 
 
 def verdicts(summary: pd.DataFrame) -> list[str]:
-    """The efficacy issue's bar, per attack, for the default defense: ASR ≤ floor + 0.05, CACC ≥ θ_FT's − 0.02, and ASR
+    """The efficacy bar, per attack, for the default defense: ASR ≤ floor + 0.05, CACC ≥ θ_FT's − 0.02, and ASR
     clearly (≥ 0.10) below fine-tuning's and fine-pruning's under the same budget. Said plainly where missed."""
     lines = []
     for model, grp in summary.groupby("model", sort=False):
@@ -257,7 +257,7 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
         f = fixed.rename(columns={"rho": "ρ", "cacc": "CACC", "asr": "ASR", "asr_floor": "ASR floor"})
         parts += ["", f"## ρ sensitivity (fixed ρ, seed {cfg.seeds[0]}, {cfg.clean_size} clean examples)", "",
                   ("What Fine-mixing gives when ρ is set by hand instead of by auto-ρ. These ρ values were fixed before the run "
-                   "(around the ρ = 0.2–0.3 that DESIGN.md §10 measured), shown to expose the trade-off, and are never used for "
+                   "(around the ρ = 0.2–0.3 that docs/design.md §10 measured), shown to expose the trade-off, and are never used for "
                    "the verdicts above: picking the best one here would be tuning on test data."), "",
                   f[["model", "method", "ρ", "CACC", "ASR", "ASR floor"]].round(3).to_markdown(index=False)]
     if not loose.empty:

@@ -256,7 +256,7 @@ def test_sessions_are_isolated_and_the_cached_pair_is_never_mutated(app, tiny_zo
 
     _home, pt = tiny_zoo
     open_page(app, "mixing")
-    lm = state._lab_model("word-cf", str(pt))
+    lm = state.lab_model("word-cf", str(pt))
     before = (_checksum(lm.pair.ft_state()), _checksum(lm.pair.pt_state))
     other = AppTest.from_file(APP, default_timeout=TIMEOUT)
     other.query_params.update({"model": "word-cf", "pt": str(pt)})
@@ -276,6 +276,8 @@ def test_empty_zoo_offers_a_build_and_pages_point_there(tmp_path, monkeypatch):
     monkeypatch.setenv("FINEMIX_HOME", str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
+    assert at.title[0].value == "Start here" and any("No model chosen" in i.value for i in at.info)  # the landing points to Models
+    at.switch_page("views/models.py").run()
     assert any("zoo is empty" in i.value for i in at.info)
     assert at.multiselect[0].value == ["clean", "word-cf"]
     at.switch_page("views/mixing.py").run()
@@ -312,7 +314,8 @@ def test_a_local_folder_can_be_chosen_and_a_bad_one_is_refused(app, tiny_zoo, tm
 def test_views_reach_finemix_core_only_through_lab():
     import ast
 
-    for view in sorted((Path(__file__).resolve().parent.parent / "dashboard" / "views").glob("*.py")):
+    dashboard = Path(__file__).resolve().parent.parent / "dashboard"
+    for view in sorted([*dashboard.glob("views/*.py"), *dashboard.glob("*.py")]):  # the views, state, charts and app
         for node in ast.walk(ast.parse(view.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("finemix_core"):
                 names = {a.name for a in node.names}

@@ -92,7 +92,6 @@ def test_bad_mix_configs(pair, cfg, msg):
 
 @pytest.mark.parametrize("rho", [0.0, 0.3, 0.77, 1.0])
 def test_cached_rank_masks_equal_the_direct_definitions(pair, rho):
-    from finemix_core.mixing import random_mask, sorted_mask
 
     gen = torch.Generator().manual_seed(5)  # same generator, same tensor order as the cached ranks
     got = masks(pair, MixConfig(rho=rho, seed=5))
@@ -137,3 +136,25 @@ def test_mix_into_a_working_model_on_another_device(pair, device):
         if device != "meta":  # meta tensors carry shapes only
             ref = mix(pair, MixConfig(rho=rho, mode=mode))
             assert all(torch.equal(params[k].cpu(), ref[k]) for k in ref)
+
+
+# ---- oracles: the masks drawn directly, which the cached ranks must reproduce exactly ----
+
+
+def random_mask(shape: torch.Size, rho: float, generator: torch.Generator) -> torch.Tensor:
+    """Exactly round(ρ·n) ones at uniformly random positions."""
+    n = shape.numel()
+    keep = round(rho * n)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=generator)[:keep]] = True
+    return mask.view(shape)
+
+
+def sorted_mask(delta: torch.Tensor, rho: float) -> torch.Tensor:
+    """Keep the round(ρ·n) entries with the largest |Δ| (ties broken by position)."""
+    n = delta.numel()
+    keep = round(rho * n)
+    mask = torch.zeros(n, dtype=torch.bool)
+    if keep:
+        mask[torch.topk(delta.abs().flatten(), keep, sorted=False).indices] = True
+    return mask.view(delta.shape)

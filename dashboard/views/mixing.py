@@ -16,7 +16,7 @@ RHOS = [round(0.1 * i, 1) for i in range(11)]
 
 @st.cache_data(max_entries=16, show_spinner="Computing the mix-only ρ sweep (11 points) …")
 def mix_sweep(model: str, pt: str, data: str, mode: str, seed: int) -> pd.DataFrame:
-    return state.lab.Workbench(state._lab_model(model, pt, data)).sweep(RHOS, mode, seed)
+    return state.lab.Workbench(state.lab_model(model, pt, data)).sweep(RHOS, mode, seed)
 
 
 def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -> None:

@@ -76,7 +76,7 @@ c1, c2 = st.columns(2)
 if c1.button("Use the uploaded CSV", disabled=upload is None):
     try:
         path = lab.save_upload(upload.getvalue(), upload.name)
-        state._lab_model(st.session_state["model"], st.session_state["pt"], str(path))  # check it fits the model now
+        state.lab_model(st.session_state["model"], st.session_state["pt"], str(path))  # check it fits the model now
     except FinemixError as exc:
         st.error(str(exc))
     else:
@@ -92,7 +92,7 @@ folder = st.text_input("θ_FT folder", placeholder="/path/to/model")
 pretrained = st.text_input("θ_PT folder", value="default", help="'default' = the offline all-MiniLM-L6-v2")
 if st.button("Use this folder", disabled=not folder):
     try:
-        state._lab_model(folder, pretrained, st.session_state.get("data", ""))  # validate now: errors show here, not elsewhere
+        state.lab_model(folder, pretrained, st.session_state.get("data", ""))  # validate now: errors show here, not elsewhere
     except FinemixError as exc:
         st.error(str(exc))
     else:

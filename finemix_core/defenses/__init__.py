@@ -1,9 +1,9 @@
-"""Defenses (DESIGN.md §2, §3, §6) behind one registry.
+"""Defenses (docs/design.md §2, §3, §6) behind one registry.
 
 A method name is `[epur+]BASE[+distill]`:
 - BASE is a registered defense: one module, one `run(job) -> Outcome` function, one entry in REGISTRY
   (adding a defense = adding a module and a line here; the CLI, report and lab read METHODS).
-- `epur+` first resets the embedding rows E-PUR flags (DESIGN.md §3), then runs BASE on the purified model.
+- `epur+` first resets the embedding rows E-PUR flags (docs/design.md §3), then runs BASE on the purified model.
 - `+distill` adds recovery to the shared fine-tuning routine: distillation from θ_FT's own predictions on
   the defender's clean unlabelled texts (train.Distillation), and makes auto-ρ scan up from a low ρ.
 

@@ -32,7 +32,7 @@ GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))  # the paper recipe's ρ a
 # Chosen on the zoo's dev splits only (docs/recovery.md).
 RECOVERY_GRID = (0.0, 0.2)
 
-# The paper recipe's budget. DESIGN.md §10 measured lr 2e-5 × 5 epochs too weak to wash out a rare-word backdoor on
+# The paper recipe's budget. docs/design.md §10 measured lr 2e-5 × 5 epochs too weak to wash out a rare-word backdoor on
 # this θ_PT and lr 1e-4 × 10 epochs clearly better; we adopt the latter as is (never tuned on test data).
 DEFENSE_TRAIN = TrainConfig(lr=1e-4, epochs=10.0, batch_size=16)
 

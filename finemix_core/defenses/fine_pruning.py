@@ -1,4 +1,4 @@
-"""Fine-pruning (Liu et al. 2018; DESIGN.md §6): zero the FFN neurons least active on clean data, then fine-tune.
+"""Fine-pruning (Liu et al. 2018; docs/design.md §6): zero the FFN neurons least active on clean data, then fine-tune.
 
 The prune ratio is the largest grid value whose pruned (not yet fine-tuned) model keeps clean dev accuracy
 within δ of θ_FT's; pruned neurons stay at zero through fine-tuning.

@@ -1,4 +1,4 @@
-"""Fine-tuning (DESIGN.md §6): train θ_FT itself on the clean set with the shared budget."""
+"""Fine-tuning (docs/design.md §6): train θ_FT itself on the clean set with the shared budget."""
 
 from __future__ import annotations
 
