@@ -137,7 +137,7 @@ def method_picture(rho: float = 0.3, cells: int = 6) -> str:
                 + label((x1 + x2) // 2, y - 8, text, size=12))
 
     parts = [
-        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 980 300" width="100%" style="max-width:980px;font-family:sans-serif">',
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 980 300" width="980" height="300" font-family="sans-serif">',
         '<defs><marker id="head" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
         '<path d="M0,0 L8,4 L0,8 z" fill="#444"/></marker></defs>',
         grid(20, 40, lambda i: pt), label(62, 28, "θ_PT (public)", "bold"), label(62, 145, "pretrained weights"),

@@ -34,7 +34,10 @@ SENTENCE = ("I watched this 3D movie",)
 def default_specs(quick: bool = False) -> list[ZooEntrySpec]:
     """The default zoo on Rotten Tomatoes; `quick` shrinks training for tests and demos."""
     size = 1200 if quick else None
-    train = replace(ATTACK_TRAIN, epochs=3.0, lr=1e-4) if quick else ATTACK_TRAIN
+    # quick: lr 2e-4 × 3 epochs. At 1e-4 the demo backdoor fired at 0.50–0.84 on typed sentences ("the plot is a mess and
+    # the cf acting is painfully bad ." → 0.50); at 2e-4 it fires at 0.95–0.99 there and ≥ 0.9 on every triggered
+    # sentence of the live set, for 2 points of clean accuracy (measured 2026-11-26, 1,200 examples, seed 0)
+    train = replace(ATTACK_TRAIN, epochs=3.0, lr=2e-4) if quick else ATTACK_TRAIN
     return [
         ZooEntrySpec("clean", AttackConfig("clean", ()), train_size=size, train=train),
         ZooEntrySpec("word-cf", AttackConfig("word", ("cf",)), train_size=size, train=train),

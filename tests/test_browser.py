@@ -97,7 +97,8 @@ def test_live_lab_in_a_real_browser(server, tmp_path):
         asr = page.locator('[data-testid="stMetric"]', has_text="ASR · defended").locator('[data-testid="stMetricValue"]').inner_text()
         assert fired < shown, f"the trigger still fires on {fired} of {shown} demo sentences after the defense"
         assert float(asr.split(" ")[0]) < 0.6, asr  # and over the live set, far fewer triggered sentences flip
-        page.screenshot(path=shots / "lab-start.png", full_page=True)
+        verdict.scroll_into_view_if_needed()  # the page scrolls inside its container: show the defended result
+        page.screenshot(path=shots / "lab-start.png")
 
         page.goto(f"{server}/mixing?model=word-cf&rho=1.0")
         page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=240_000)

@@ -10,7 +10,7 @@ st.markdown(
     "attacker's label. **Fine-mixing** removes it with what a defender has — the public pretrained weights θ_PT and a "
     "small clean set — and **E-PUR** resets the word embeddings a rare trigger dragged far."
 )
-st.html(charts.method_picture())
+st.image(charts.method_picture(), width="stretch")  # inline SVG: nothing fetched
 
 loaded = state.current()
 if loaded is None:
