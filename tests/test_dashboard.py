@@ -208,7 +208,7 @@ def test_start_here_is_the_landing_page_and_walks_the_three_steps(app):
     app.run()  # the default page
     assert not app.exception, app.exception
     assert app.title[0].value == "Start here"
-    assert app.get("imgs"), "the method picture is drawn inline"
+    assert app.get("image"), "the method picture is drawn inline"
     next(b for b in app.button if b.label == "Show the backdoor").click().run()
     demo = app.dataframe[0].value
     assert len(demo) >= 1 and all("cf" in s for s in demo["sentence (trigger inserted)"])
