@@ -78,7 +78,9 @@ class BenchResult:
     torch: str
     live_set: LiveSetSize
     bare_forward_s: float  # one forward over the live set (the floor)
-    slider_step_s: float  # mix + load + score, what a slider move costs
+    slider_step_s: float  # mix + load + score, what a slider move costs (its full numbers)
+    slider_first_s: float  # mix + score the first slice (lab.N_FIRST clean + triggered): a move's first numbers
+    first_slice: int  # examples per side in that slice
     mix_only_s: float
     slider_over_bare: float
     ours_eval_s: float
@@ -195,9 +197,14 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> Bench
     def mix_only() -> None:
         mix_into(lm.pair, MixConfig(rho=float(next(rhos))), bench.params)
 
+    def slider_first() -> None:
+        bench.mix(float(next(rhos)))
+        bench.score(first=lab.N_FIRST)
+
     log("timing bare forward, slider step, mix alone …")
     t_bare = _median_seconds(bare, cfg.repeats, sync)
     t_slider = _median_seconds(slider, cfg.repeats, sync)
+    t_first = _median_seconds(slider_first, cfg.repeats, sync)
     t_mix = _median_seconds(mix_only, cfg.repeats, sync)
 
     # ours vs the HF pipeline: same texts, same model weights, same threads, tokenisation included on both sides
@@ -257,7 +264,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> Bench
         model=name, device=device.type, gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
         live_set=LiveSetSize(len(es.clean), len(es.triggered or []), tokens),
-        bare_forward_s=t_bare, slider_step_s=t_slider, mix_only_s=t_mix, slider_over_bare=t_slider / t_bare,
+        bare_forward_s=t_bare, slider_step_s=t_slider, slider_first_s=t_first, first_slice=lab.N_FIRST, mix_only_s=t_mix, slider_over_bare=t_slider / t_bare,
         ours_eval_s=t_ours, hf_pipeline_s=t_hf, ours_over_hf_throughput=t_hf / t_ours,
         tokens_per_s=tokens / t_bare, gflops_per_s=2 * non_embedding * tokens / t_bare / 1e9,
         fast_path=fast, fine_mix_end_to_end_s=e2e, zoo_build_s={n: c.get("build_seconds") for n, c in cards.items()},

@@ -81,7 +81,8 @@ class Scores:
     asr: float | None  # None when no trigger is known
     target_bias: float | None
     n_clean: int
-    n_nontarget: int
+    n_nontarget: int  # non-target clean examples (target bias's denominator)
+    n_triggered: int | None = None  # triggered examples (ASR's denominator; None: as many as n_nontarget)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +92,8 @@ class Scores:
         value = getattr(self, metric)
         if value is None:
             return None
-        return wilson(value, self.n_clean if metric == "cacc" else self.n_nontarget, z)
+        n = {"cacc": self.n_clean, "asr": self.n_triggered or self.n_nontarget}.get(metric, self.n_nontarget)
+        return wilson(value, n, z)
 
 
 def wilson(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
@@ -119,7 +121,7 @@ def score(model: torch.nn.Module, es: EvalSet, batch_size: int = INFER_BATCH) ->
     trig_pred = predict(model, es.triggered, batch_size).argmax(1)
     asr = float((trig_pred == es.target).mean())
     bias = float((clean_pred[es.nontarget_idx] == es.target).mean())
-    return Scores(cacc, asr, bias, len(es.clean), len(es.nontarget_idx))
+    return Scores(cacc, asr, bias, len(es.clean), len(es.nontarget_idx), len(es.triggered))
 
 
 def best_device() -> torch.device:

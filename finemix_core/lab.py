@@ -38,6 +38,7 @@ from finemix_core.train import Progress
 from finemix_core.triggers import example_rng, insert_trigger
 
 N_INTERACTIVE = 256  # clean and triggered examples scored on every slider move
+N_FIRST = 48  # a slider move first scores this slice (< 1 s on 2 cores), shows it with its wider interval, then the rest
 
 
 @dataclass
@@ -129,6 +130,18 @@ def interactive_set(tokenizer, test, trigger, target, n: int = N_INTERACTIVE) ->
     return EvalSet(full.clean.subset(range(keep)), full.triggered, full.nontarget_idx[full.nontarget_idx < keep], full.trigger, full.target)
 
 
+def live_slice(lab: LabModel, n: int = N_FIRST) -> EvalSet:
+    """The first n clean and first n triggered examples of the live set (cached per LabModel)."""
+    key = ("slice", n)
+    if key not in lab.clean_texts_cache:
+        es = lab.interactive
+        keep = min(n, len(es.clean))
+        trig = None if es.triggered is None else es.triggered.subset(range(min(n, len(es.triggered))))
+        lab.clean_texts_cache[key] = EvalSet(es.clean.subset(range(keep)), trig, es.nontarget_idx[es.nontarget_idx < keep],
+                                             es.trigger, es.target)
+    return lab.clean_texts_cache[key]
+
+
 def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERACTIVE, device: torch.device | str = "cpu",
          data_name: str | None = None) -> LabModel:
     """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path)."""
@@ -160,13 +173,19 @@ class Workbench:
 
     def mix_scores(self, rho: float, mode: str = "random", seed: int = 0) -> Scores:
         """The mix-only path: mix from cached Δ, load into the working model, score the interactive set."""
-        mix_into(self.lab.pair, MixConfig(rho=rho, mode=mode, seed=seed), self.params)
-        self.state_label = f"mix ρ={rho:g} ({mode})"
+        self.mix(rho, mode, seed)
         return self.score()
 
-    def score(self) -> Scores:
-        """The live set through the working model, or through its bf16 twin when the fast path is on (approximate)."""
-        return score(self.bf16_model() if self.fast else self.model, self.lab.interactive)
+    def mix(self, rho: float, mode: str = "random", seed: int = 0) -> None:
+        """Mix from cached Δ into the working model (in place; no scoring)."""
+        mix_into(self.lab.pair, MixConfig(rho=rho, mode=mode, seed=seed), self.params)
+        self.state_label = f"mix ρ={rho:g} ({mode})"
+
+    def score(self, first: int | None = None) -> Scores:
+        """The live set through the working model, or through its bf16 twin when the fast path is on (approximate);
+        `first`: only the first N clean and N triggered examples (a slider move's first numbers)."""
+        es = self.lab.interactive if first is None else live_slice(self.lab, first)
+        return score(self.bf16_model() if self.fast else self.model, es)
 
     @torch.no_grad()
     def bf16_model(self) -> torch.nn.Module:
@@ -221,10 +240,22 @@ def rate_text(value: float | None, n: int) -> str:
     return f"{value:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
+def n_of(s: Scores, metric: str) -> int:
+    """How many examples a rate of `s` is a share of: CACC the clean ones, ASR the triggered ones, target bias the
+    non-target clean ones."""
+    return {"cacc": s.n_clean, "asr": s.n_triggered or s.n_nontarget}.get(metric, s.n_nontarget)
+
+
+def metric_text(s: Scores, metric: str) -> str:
+    """One rate of `s` with its Wilson 95 % interval (rate_text with the right n)."""
+    return rate_text(getattr(s, metric), n_of(s, metric))
+
+
 def with_intervals(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of a frame of rates (cacc, asr, target_bias with n_clean / n_nontarget) with *_lo / *_hi Wilson columns."""
     out = frame.copy()
-    for metric, n_col in (("cacc", "n_clean"), ("asr", "n_nontarget"), ("target_bias", "n_nontarget")):
+    asr_n = "n_triggered" if "n_triggered" in out and out["n_triggered"].notna().all() else "n_nontarget"
+    for metric, n_col in (("cacc", "n_clean"), ("asr", asr_n), ("target_bias", "n_nontarget")):
         if metric in out and n_col in out:
             bounds = [wilson(v, int(n)) if pd.notna(v) and pd.notna(n) else (np.nan, np.nan) for v, n in zip(out[metric], out[n_col])]
             out[f"{metric}_lo"] = [b[0] for b in bounds]

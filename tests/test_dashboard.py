@@ -60,9 +60,9 @@ def test_mixing_slider_changes_the_live_metrics_and_the_url(app, tiny_zoo):
     lm = lab.load("word-cf", str(tiny_zoo[1]))
     bench = lab.Workbench(lm)
     one, zero = bench.mix_scores(1.0), bench.mix_scores(0.0)
-    assert at_one == lab.rate_text(one.asr, one.n_nontarget) == lab.rate_text(lm.backdoored.asr, lm.backdoored.n_nontarget)
-    assert at_zero == lab.rate_text(zero.asr, zero.n_nontarget)
-    lo, hi = lab.wilson(zero.asr, zero.n_nontarget)
+    assert at_one == lab.metric_text(one, "asr") == lab.metric_text(lm.backdoored, "asr")
+    assert at_zero == lab.metric_text(zero, "asr")
+    lo, hi = lab.wilson(zero.asr, lab.n_of(zero, "asr"))
     assert at_zero == f"{zero.asr:.3f} [{lo:.2f}, {hi:.2f}]" and lo < zero.asr <= hi and hi - lo > 0.05  # its 95 % interval
     assert at_one != at_zero
 

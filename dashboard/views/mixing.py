@@ -23,17 +23,17 @@ def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -
     """Four rates on the live set, each with its Wilson 95 % interval (n = the examples it is a share of)."""
     ci = "95 % Wilson interval in brackets, over the live set's {n} {what} examples"
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric(f"CACC · {label}", state.lab.rate_text(s.cacc, s.n_clean), None if ref is None else f"{s.cacc - ref.cacc:+.3f} vs backdoored",
+    c1.metric(f"CACC · {label}", state.lab.metric_text(s, "cacc"), None if ref is None else f"{s.cacc - ref.cacc:+.3f} vs backdoored",
               help=ci.format(n=s.n_clean, what="clean"))
     if s.asr is None:
         c2.metric(f"ASR · {label}", "—", help="no trigger known for this model")
         return
-    c2.metric(f"ASR · {label}", state.lab.rate_text(s.asr, s.n_nontarget), None if ref is None else f"{s.asr - ref.asr:+.3f} vs backdoored",
-              delta_color="inverse", help=ci.format(n=s.n_nontarget, what="triggered non-target"))
-    c3.metric("target bias", state.lab.rate_text(s.target_bias, s.n_nontarget),
+    c2.metric(f"ASR · {label}", state.lab.metric_text(s, "asr"), None if ref is None else f"{s.asr - ref.asr:+.3f} vs backdoored",
+              delta_color="inverse", help=ci.format(n=state.lab.n_of(s, "asr"), what="triggered non-target"))
+    c3.metric("target bias", state.lab.metric_text(s, "target_bias"),
               help="non-target examples WITHOUT the trigger predicted as the target; " + ci.format(n=s.n_nontarget, what="non-target"))
     gap = None if floor is None else s.asr - floor
-    c4.metric("clean ASR floor · live set", "—" if floor is None else state.lab.rate_text(floor, s.n_nontarget),
+    c4.metric("clean ASR floor · live set", "—" if floor is None else state.lab.rate_text(floor, state.lab.n_of(s, "asr")),
               None if gap is None else f"{gap:+.3f}: ASR {'above' if gap >= 0 else 'below'} the floor", delta_color="inverse",
               help="the zoo's clean model on the same live set (the Compare and Export pages use the full test split, so "
                    "their floor differs slightly)")
@@ -51,9 +51,19 @@ def live() -> None:
     if state.bf16_ok(lm):
         bench.fast = st.toggle("bf16 fast path (approximate; off by default)", key="fast_path",
                                help="the live set through a bf16 copy of the working weights (cast once per move); `finemix bench` measures its speed and agreement with fp32")
-    mixed = bench.mix_scores(rho, mode, seed)
-    st.markdown(f"**Mix only** at ρ = {rho:g} ({mode} mask, seed {seed}) — no fine-tuning" + (" · bf16" if bench.fast else ""))
-    metric_row("mix", mixed, lm.backdoored, lm.floor)
+    head = f"**Mix only** at ρ = {rho:g} ({mode} mask, seed {seed}) — no fine-tuning" + (" · bf16" if bench.fast else "")
+    slot = st.empty()
+    bench.mix(rho, mode, seed)
+    # first numbers from a slice of the live set within a second, with their wider intervals; then the whole set. A new
+    # move reruns this fragment and interrupts the old one at its next Streamlit call: moves never queue.
+    first = bench.score(first=state.lab.N_FIRST)
+    with slot.container():
+        st.markdown(head + f" · first {first.n_clean} clean + {state.lab.n_of(first, 'asr')} triggered examples, refining …")
+        metric_row("mix", first, lm.backdoored, lm.floor)
+    mixed = bench.score()
+    with slot.container():
+        st.markdown(head)
+        metric_row("mix", mixed, lm.backdoored, lm.floor)
     tuned_points = ss.setdefault("_tuned", {})
     recipe = st.radio("step 2 recipe", list(state.lab.RECIPES), horizontal=True, key="recipe",
                       format_func=lambda r: {"default": "default: E-PUR + mix + fine-tune with distillation from θ_FT",
@@ -84,7 +94,8 @@ def live() -> None:
         p = tuned_points[tuned_key]
         st.markdown(f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test'].cacc:.3f}, "
                     f"ASR {p['test'].asr if p['test'].asr is None else round(p['test'].asr, 3)})")
-        metric_row("fine-tuned", Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"]), lm.backdoored, lm.floor)
+        metric_row("fine-tuned", Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"], p.get("n_triggered")),
+                   lm.backdoored, lm.floor)
     auto, tolerance, search = ss.get("_auto_rho", {}).get((lm.name, mode, seed, recipe), (None, None, []))
     if auto is not None:
         st.caption(f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "

@@ -40,8 +40,8 @@ demo = ss.get(demo_key)
 if demo:
     st.dataframe(pd.DataFrame([{"sentence (trigger inserted)": d.triggered, "θ_FT without the trigger": said(d.clean_probs),
                                 "θ_FT with the trigger": said(d.triggered_probs)} for d in demo]), hide_index=True, width="stretch")
-    st.caption(f"Over the whole live set: ASR {lab.rate_text(lm.backdoored.asr, lm.backdoored.n_nontarget)} of "
-               f"{lm.backdoored.n_nontarget} triggered non-target test sentences become {names[target]} (95 % interval in brackets).")
+    st.caption(f"Over the whole live set: ASR {lab.metric_text(lm.backdoored, 'asr')} of "
+               f"{lab.n_of(lm.backdoored, 'asr')} triggered non-target test sentences become {names[target]} (95 % interval in brackets).")
 
 st.subheader("2 · Move ρ")
 st.caption("Look for: keeping only a share ρ of the fine-tuned weights weakens the backdoor, but the mix alone also loses "
@@ -52,10 +52,10 @@ if st.button(f"Mix at ρ = {rho:g} (no fine-tune yet)", key="start_mix"):
 mixed = ss.get(("_demo_mix", lm.name))
 if mixed is not None:
     c1, c2, c3 = st.columns(3)
-    c1.metric("CACC · mix", lab.rate_text(mixed.cacc, mixed.n_clean), f"{mixed.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
-    c2.metric("ASR · mix", lab.rate_text(mixed.asr, mixed.n_nontarget), f"{mixed.asr - lm.backdoored.asr:+.3f} vs θ_FT",
+    c1.metric("CACC · mix", lab.metric_text(mixed, "cacc"), f"{mixed.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
+    c2.metric("ASR · mix", lab.metric_text(mixed, "asr"), f"{mixed.asr - lm.backdoored.asr:+.3f} vs θ_FT",
               delta_color="inverse")
-    c3.metric("target bias · mix", lab.rate_text(mixed.target_bias, mixed.n_nontarget))
+    c3.metric("target bias · mix", lab.metric_text(mixed, "target_bias"))
     st.page_link("views/mixing.py", label="Move ρ yourself on the Mixing lab", icon=":material/tune:")
 
 st.subheader("3 · Run the defense and watch the trigger stop firing")
@@ -79,9 +79,9 @@ if defended is not None and bench.defended is not None:
     st.markdown(f"**The trigger fires on {still} of these {len(demo)} sentences after the defense** "
                 f"(ρ = {row.rho:g}, chosen on clean dev accuracy; {row.seconds:.0f} s).")
     c1, c2, c3 = st.columns(3)
-    c1.metric("CACC · defended", lab.rate_text(scores.cacc, scores.n_clean), f"{scores.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
-    c2.metric("ASR · defended", lab.rate_text(scores.asr, scores.n_nontarget), f"{scores.asr - lm.backdoored.asr:+.3f} vs θ_FT",
+    c1.metric("CACC · defended", lab.metric_text(scores, "cacc"), f"{scores.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
+    c2.metric("ASR · defended", lab.metric_text(scores, "asr"), f"{scores.asr - lm.backdoored.asr:+.3f} vs θ_FT",
               delta_color="inverse")
-    c3.metric("clean ASR floor · live set", "—" if lm.floor is None else lab.rate_text(lm.floor, scores.n_nontarget))
+    c3.metric("clean ASR floor · live set", "—" if lm.floor is None else lab.rate_text(lm.floor, lab.n_of(scores, "asr")))
     st.caption("Live set rates with 95 % intervals; the full test split's numbers are stored and shown on the Compare page.")
     st.page_link("views/playground.py", label="Try your own sentences in the Playground", icon=":material/edit_note:")
