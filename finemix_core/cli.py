@@ -45,10 +45,15 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def zoo_table(cards: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("name", "attack", "trigger", "data", "train n", "CACC", "ASR", "target bias", "ASR floor", "built in", "verdict"):
-        table.add_column(col)
+def zoo_table(cards: list[dict], title: str, width: int | None = None) -> Table:
+    """The zoo's cards as a table; a terminal narrower than 120 columns gets the seven that fit in 80 (--json has all)."""
+    narrow = (width or console.width) < 120
+    cols = ("name", "attack", "CACC", "ASR", "floor", "bias", "verdict") if narrow else \
+        ("name", "attack", "trigger", "data", "train n", "CACC", "ASR", "target bias", "ASR floor", "built in", "verdict")
+    table = Table(title=title + (" — narrow terminal: trigger, data, size and build time with --json" if narrow else ""),
+                  title_justify="left", pad_edge=False)
+    for col in cols:
+        table.add_column(col, no_wrap=True)
     clean = next((c for c in cards if c["attack"] == "clean"), None)
     for c in cards:
         verdict = ""
@@ -56,11 +61,13 @@ def zoo_table(cards: list[dict], title: str) -> Table:
             ok_asr = c["asr"] >= 0.9
             ok_cacc = clean is None or c["cacc"] >= clean["cacc"] - 0.03
             verdict = "works" if ok_asr and ok_cacc else ("weak ASR" if not ok_asr else "CACC drop")
-        table.add_row(
-            c["name"], c["attack"], c.get("trigger_text") or "—", c["dataset"], str(c["train_size"]),
-            _fmt(c["cacc"]), _fmt(c.get("asr")), _fmt(c.get("target_bias")), _fmt(c.get("asr_floor")),
-            f"{c['build_seconds']:.0f}s", verdict,
-        )
+        values = {
+            "name": c["name"], "attack": c["attack"], "trigger": c.get("trigger_text") or "—", "data": Path(str(c["dataset"])).name,
+            "train n": str(c["train_size"]), "CACC": _fmt(c["cacc"]), "ASR": _fmt(c.get("asr")),
+            "target bias": _fmt(c.get("target_bias")), "bias": _fmt(c.get("target_bias")), "ASR floor": _fmt(c.get("asr_floor")),
+            "floor": _fmt(c.get("asr_floor")), "built in": f"{c['build_seconds']:.0f}s", "verdict": verdict,
+        }
+        table.add_row(*(values[col] for col in cols))
     return table
 
 

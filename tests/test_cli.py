@@ -14,6 +14,19 @@ def test_zoo_list_json_shows_cards(quick_word_backdoor):
     assert {"clean", "word-cf"} <= names
 
 
+def test_zoo_list_fits_an_80_column_terminal(tiny_zoo, monkeypatch):
+    home, _ = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    for width, cut in ((80, True), (160, False)):
+        monkeypatch.setenv("COLUMNS", str(width))
+        res = runner.invoke(app, ["zoo", "list"])
+        assert res.exit_code == 0, res.output
+        lines = res.output.splitlines()
+        assert max(len(line) for line in lines) <= width and "…" not in res.output, res.output  # nothing shrunk to "…"
+        assert "word-cf" in res.output and ("narrow terminal" in res.output) == cut
+        assert ("train n" in res.output and "tiny.csv" in res.output) != cut  # the wide table has every column
+
+
 def test_evaluate_json_uses_the_card_trigger_and_clean_floor(quick_word_backdoor):
     res = runner.invoke(app, ["evaluate", "--model", "word-cf", "--limit", "400", "--json"])
     assert res.exit_code == 0, res.output

@@ -224,6 +224,20 @@ def test_start_here_is_the_landing_page_and_walks_the_three_steps(app):
     assert any(r["kind"] == "lab" for r in lab.store.runs(model="word-cf"))  # the one-click defense is stored, as a lab run
 
 
+def test_export_offers_no_download_before_any_run(tiny_zoo, tmp_path, monkeypatch):
+    home, pt = tiny_zoo
+    fresh = tmp_path / "home"
+    fresh.mkdir()
+    (fresh / "zoo").symlink_to(home / "zoo")
+    monkeypatch.setenv("FINEMIX_HOME", str(fresh))  # an empty results database
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"model": "word-cf", "pt": str(pt)})
+    open_page(at, "export")
+    buttons = at.get("download_button")
+    assert len(buttons) == 2 and all(b.proto.disabled for b in buttons)  # enabled before any run, they downloaded nothing
+    assert any("no run stored for this model yet" in c.value.lower() for c in at.caption)
+
+
 def test_playground_in_a_fresh_session_prints_no_stray_code_or_values(app):
     open_page(app, "playground")  # before any fine-tune: the mix-only model is made on the spot
     shown = [str(getattr(el, "value", "")) for el in (*app.markdown, *app.get("code"), *app.get("json"), *app.get("table"))]

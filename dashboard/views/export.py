@@ -25,6 +25,12 @@ else:
 
 st.subheader("Report")
 hist = lab.history(lm)
-st.download_button("Download runs (CSV)", hist.to_csv(index=False), file_name=f"{lm.short_name}-runs.csv", mime="text/csv")
-st.download_button("Download report (JSON)", lab.report_json(lm), file_name=f"{lm.short_name}-report.json", mime="application/json")
-st.dataframe(hist, hide_index=True, width="stretch")
+nothing = "no run stored for this model yet: run a defense first" if hist.empty else None
+st.download_button("Download runs (CSV)", hist.to_csv(index=False), file_name=f"{lm.short_name}-runs.csv", mime="text/csv",
+                   disabled=hist.empty, help=nothing)
+st.download_button("Download report (JSON)", lab.report_json(lm), file_name=f"{lm.short_name}-report.json", mime="application/json",
+                   disabled=hist.empty, help=nothing)
+if hist.empty:
+    st.caption(nothing.capitalize() + ".")
+else:
+    st.dataframe(hist, hide_index=True, width="stretch")
