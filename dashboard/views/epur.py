@@ -46,9 +46,10 @@ with right:
     if st.toggle("Purify, then evaluate", help="reset the flagged rows of θ_FT to θ_PT and score the live set"):
         s = lab.purified_scores(lm, bench, tab)
         b = lm.backdoored
-        st.metric("CACC after E-PUR", f"{s.cacc:.3f}", f"{s.cacc - b.cacc:+.3f} vs backdoored")
+        st.metric("CACC after E-PUR", lab.metric_text(s, "cacc"), f"{s.cacc - b.cacc:+.3f} vs backdoored")
         if s.asr is not None:
-            st.metric("ASR after E-PUR", f"{s.asr:.3f}", f"{s.asr - b.asr:+.3f} vs backdoored", delta_color="inverse")
-            st.metric("clean ASR floor", "—" if lm.floor is None else f"{lm.floor:.3f}")
+            st.metric("ASR after E-PUR", lab.metric_text(s, "asr"), f"{s.asr - b.asr:+.3f} vs backdoored", delta_color="inverse")
+            st.metric("clean ASR floor · live set", "—" if lm.floor is None else lab.rate_text(lm.floor, lab.n_of(s, "asr")))
+        st.caption("On the live set, with Wilson 95 % intervals in brackets.")
         st.caption("E-PUR alone only resets embeddings; a full fine-tune also writes the backdoor into the encoder, "
                    "so combine it with Fine-mixing (Compare page).")

@@ -18,6 +18,9 @@ if cards:
     frame = pd.DataFrame(cards)
     cols = [c for c in ("name", "attack", "trigger_text", "poison_rate", "dataset", "train_size", "cacc", "asr", "target_bias", "asr_floor", "build_seconds") if c in frame]
     st.dataframe(frame[cols].rename(columns={"trigger_text": "trigger", "build_seconds": "build s"}), hide_index=True, width="stretch")
+    st.caption("Card numbers (cacc, asr, target bias, asr floor) were measured when each entry was built, on its test split "
+               "(quick builds: its first 400 examples). The Mixing lab scores a 256-example live set and Compare the full test "
+               "split, so their floors differ slightly from these; each page says which set it used.")
     names = [c["name"] for c in cards]
     current = st.session_state.get("model")
     choice = st.selectbox("Model to defend", names, index=names.index(current) if current in names else 0, key="models_pick")
