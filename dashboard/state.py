@@ -120,8 +120,9 @@ def bf16_ok(lm: lab.LabModel) -> bool:
 def describe(lm: lab.LabModel) -> None:
     es = lm.interactive
     trig = "+".join(lm.trigger) if lm.trigger else "none known"
+    pt_name = lm.pair.pt_source.split("/")[-2] if lm.pair.pt_source.endswith("/model") else lm.pair.pt_source
     st.caption(
-        f"Model **{lm.name}** · θ_PT {lm.pair.pt_source.split('/')[-2] if lm.pair.pt_source.endswith('/model') else lm.pair.pt_source} · "
+        f"Model **{lm.name}** · θ_PT {pt_name} · "
         f"data `{lm.ctx.data_name}` (split seed {lm.ctx.split_seed}) · trigger **{trig}** → label {es.target} · "
         f"live set: {len(es.clean)} clean + {len(es.triggered or [])} triggered test examples"
     )

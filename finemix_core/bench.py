@@ -168,7 +168,9 @@ def lab_memory(names: list[str]) -> dict | None:
         return None
     out = subprocess.run([sys.executable, "-c", LAB_MEMORY_PROBE, *names], capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise FinemixError(f"lab memory probe failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        raise FinemixError(
+            f"lab memory probe failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -238,8 +240,9 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> Bench
         t_bf16 = _median_seconds(lambda: live(True), cfg.repeats, sync)
         fp32, low = live(False), live(True)
         bench.fast = False
-        fast = FastPath("bf16 weights (cast once per move)", t_bf16, t_fp32_live, t_fp32_live / t_bf16,
-                        fp32.cacc, low.cacc, fp32.asr, low.asr)
+        fast = FastPath(
+            "bf16 weights (cast once per move)", t_bf16, t_fp32_live, t_fp32_live / t_bf16, fp32.cacc, low.cacc, fp32.asr, low.asr
+        )
 
     tokens = sum(len(ids) for enc in sets for ids in enc.input_ids)
     emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
@@ -261,13 +264,29 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = lambda _m: None) -> Bench
     log("measuring a fresh lab process with two models loaded …")
     memory = lab_memory([name, others[0]]) if others and device.type == "cpu" else None
     return BenchResult(
-        model=name, device=device.type, gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
-        cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
+        model=name,
+        device=device.type,
+        gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
+        cpu=platform.processor() or platform.machine(),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
         live_set=LiveSetSize(len(es.clean), len(es.triggered or []), tokens),
-        bare_forward_s=t_bare, slider_step_s=t_slider, slider_first_s=t_first, first_slice=lab.N_FIRST, mix_only_s=t_mix, slider_over_bare=t_slider / t_bare,
-        ours_eval_s=t_ours, hf_pipeline_s=t_hf, ours_over_hf_throughput=t_hf / t_ours,
-        tokens_per_s=tokens / t_bare, gflops_per_s=2 * non_embedding * tokens / t_bare / 1e9,
-        fast_path=fast, fine_mix_end_to_end_s=e2e, zoo_build_s={n: c.get("build_seconds") for n, c in cards.items()},
-        peak_rss_mib=rss_mib, lab_two_models_rss_mib=None if memory is None else memory["rss_mib"],
-        lab_memory_models=None if memory is None else memory["models"], repeats=cfg.repeats,
+        bare_forward_s=t_bare,
+        slider_step_s=t_slider,
+        slider_first_s=t_first,
+        first_slice=lab.N_FIRST,
+        mix_only_s=t_mix,
+        slider_over_bare=t_slider / t_bare,
+        ours_eval_s=t_ours,
+        hf_pipeline_s=t_hf,
+        ours_over_hf_throughput=t_hf / t_ours,
+        tokens_per_s=tokens / t_bare,
+        gflops_per_s=2 * non_embedding * tokens / t_bare / 1e9,
+        fast_path=fast,
+        fine_mix_end_to_end_s=e2e,
+        zoo_build_s={n: c.get("build_seconds") for n, c in cards.items()},
+        peak_rss_mib=rss_mib,
+        lab_two_models_rss_mib=None if memory is None else memory["rss_mib"],
+        lab_memory_models=None if memory is None else memory["models"],
+        repeats=cfg.repeats,
     )

@@ -48,10 +48,16 @@ def _fmt(x: float | None) -> str:
 def zoo_table(cards: list[dict], title: str, width: int | None = None) -> Table:
     """The zoo's cards as a table; a terminal narrower than 120 columns gets the seven that fit in 80 (--json has all)."""
     narrow = (width or console.width) < 120
-    cols = ("name", "attack", "CACC", "ASR", "floor", "bias", "verdict") if narrow else \
-        ("name", "attack", "trigger", "data", "train n", "CACC", "ASR", "target bias", "ASR floor", "built in", "verdict")
-    table = Table(title=title + (" — narrow terminal: trigger, data, size and build time with --json" if narrow else ""),
-                  title_justify="left", pad_edge=False)
+    cols = (
+        ("name", "attack", "CACC", "ASR", "floor", "bias", "verdict")
+        if narrow
+        else ("name", "attack", "trigger", "data", "train n", "CACC", "ASR", "target bias", "ASR floor", "built in", "verdict")
+    )
+    table = Table(
+        title=title + (" — narrow terminal: trigger, data, size and build time with --json" if narrow else ""),
+        title_justify="left",
+        pad_edge=False,
+    )
     for col in cols:
         table.add_column(col, no_wrap=True)
     clean = next((c for c in cards if c["attack"] == "clean"), None)
@@ -62,10 +68,19 @@ def zoo_table(cards: list[dict], title: str, width: int | None = None) -> Table:
             ok_cacc = clean is None or c["cacc"] >= clean["cacc"] - 0.03
             verdict = "works" if ok_asr and ok_cacc else ("weak ASR" if not ok_asr else "CACC drop")
         values = {
-            "name": c["name"], "attack": c["attack"], "trigger": c.get("trigger_text") or "—", "data": Path(str(c["dataset"])).name,
-            "train n": str(c["train_size"]), "CACC": _fmt(c["cacc"]), "ASR": _fmt(c.get("asr")),
-            "target bias": _fmt(c.get("target_bias")), "bias": _fmt(c.get("target_bias")), "ASR floor": _fmt(c.get("asr_floor")),
-            "floor": _fmt(c.get("asr_floor")), "built in": f"{c['build_seconds']:.0f}s", "verdict": verdict,
+            "name": c["name"],
+            "attack": c["attack"],
+            "trigger": c.get("trigger_text") or "—",
+            "data": Path(str(c["dataset"])).name,
+            "train n": str(c["train_size"]),
+            "CACC": _fmt(c["cacc"]),
+            "ASR": _fmt(c.get("asr")),
+            "target bias": _fmt(c.get("target_bias")),
+            "bias": _fmt(c.get("target_bias")),
+            "ASR floor": _fmt(c.get("asr_floor")),
+            "floor": _fmt(c.get("asr_floor")),
+            "built in": f"{c['build_seconds']:.0f}s",
+            "verdict": verdict,
         }
         table.add_row(*(values[col] for col in cols))
     return table
@@ -125,12 +140,18 @@ def zoo_list(as_json: Annotated[bool, typer.Option("--json", help="One JSON arra
 @user_errors
 def evaluate_cmd(
     model: Annotated[str, typer.Option(help="Zoo entry name or local HF classifier folder.")],
-    data_name: Annotated[str | None, typer.Option("--data", help="Dataset name or CSV path (default: the card's, else rt).")] = None,
+    data_name: Annotated[
+        str | None, typer.Option("--data", help="Dataset name or CSV path (default: the card's, else rt).")
+    ] = None,
     trigger: Annotated[str | None, typer.Option(help="Trigger, 'w1+w2' for several pieces (default: the card's).")] = None,
     target: Annotated[int | None, typer.Option(help="Target label of the backdoor (default: the card's, else 1).")] = None,
-    floor_model: Annotated[str | None, typer.Option(
-        help="Clean model for the ASR floor (default: the zoo's 'clean' when trained on the same data and split).")] = None,
-    split_seed: Annotated[int | None, typer.Option(help="Seed of the train/dev/test split (default: the card's, else 0).")] = None,
+    floor_model: Annotated[
+        str | None,
+        typer.Option(help="Clean model for the ASR floor (default: the zoo's 'clean' when trained on the same data and split)."),
+    ] = None,
+    split_seed: Annotated[
+        int | None, typer.Option(help="Seed of the train/dev/test split (default: the card's, else 0).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate on the first N test examples only.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -148,14 +169,31 @@ def evaluate_cmd(
         data.check_name(data_name)
     clf, src = load_classifier(model, allow_pickle=allow_pickle)
     device = best_device()
-    sc = prepare_scoring(read_card(src), load_tokenizer(src), clf.config.num_labels, str(src), data_name, split_seed, pieces, target,
-                         limit, floor_model, device)
+    sc = prepare_scoring(
+        read_card(src),
+        load_tokenizer(src),
+        clf.config.num_labels,
+        str(src),
+        data_name,
+        split_seed,
+        pieces,
+        target,
+        limit,
+        floor_model,
+        device,
+    )
     scores = score(clf.to(device), sc.eval_set)
     data_name, split_seed, pieces, floor = sc.data_name, sc.split_seed, sc.eval_set.trigger, sc.floor
     tgt, floor_src = sc.eval_set.target, sc.floor_model
     result = {
-        "model": str(src), "data": data_name, "split_seed": split_seed, "trigger": "+".join(pieces) if pieces else None,
-        "target": tgt if pieces else None, **scores.as_dict(), "asr_floor": floor, "floor_model": floor_src if floor is not None else None,
+        "model": str(src),
+        "data": data_name,
+        "split_seed": split_seed,
+        "trigger": "+".join(pieces) if pieces else None,
+        "target": tgt if pieces else None,
+        **scores.as_dict(),
+        "asr_floor": floor,
+        "floor_model": floor_src if floor is not None else None,
         "device": device.type,
     }
     if as_json:
@@ -164,8 +202,15 @@ def evaluate_cmd(
     table = Table(title=f"{src} on {data_name} (test split, seed {split_seed})")
     for col in ("CACC", "ASR", "target bias", "ASR floor", "n test", "n non-target", "trigger"):
         table.add_column(col)
-    table.add_row(_fmt(scores.cacc), _fmt(scores.asr), _fmt(scores.target_bias), _fmt(floor), str(scores.n_clean),
-                  str(scores.n_nontarget), result["trigger"] or "—")
+    table.add_row(
+        _fmt(scores.cacc),
+        _fmt(scores.asr),
+        _fmt(scores.target_bias),
+        _fmt(floor),
+        str(scores.n_clean),
+        str(scores.n_nontarget),
+        result["trigger"] or "—",
+    )
     console.print(table)
 
 
@@ -216,22 +261,42 @@ def _rho(spec: str) -> float | None:
 def defend_cmd(
     model: Annotated[str, typer.Option(help="Zoo entry name or ANY local HF classifier folder fine-tuned from θ_PT.")],
     out: Annotated[Path, typer.Option(help="Folder for the defended model (HF format + finemix.json).")],
-    method: Annotated[str, typer.Option(help="[epur+]BASE[+distill], BASE one of fine-mixing, fine-mixing-sorted, fine-tuning, "
-                                         "fine-pruning, none (default: the dev-chosen recipe; see `finemix methods`).")] = "default",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="[epur+]BASE[+distill], BASE one of fine-mixing, fine-mixing-sorted, fine-tuning, "
+            "fine-pruning, none (default: the dev-chosen recipe; see `finemix methods`)."
+        ),
+    ] = "default",
     pretrained: Annotated[str, typer.Option(help="θ_PT: 'default' (offline all-MiniLM-L6-v2) or a folder.")] = "default",
-    clean_data: Annotated[str | None, typer.Option(help="Defender's clean data: dataset name, or a CSV text,label split into train "
-                                                      "and dev only (default: the card's dataset).")] = None,
-    eval_data: Annotated[str | None, typer.Option(help="Labelled data to score on, its test split (default: the card's dataset).")] = None,
-    unlabeled: Annotated[str | None, typer.Option(help="Clean unlabelled texts for recovery: .txt (one per line) or CSV with text.")] = None,
+    clean_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Defender's clean data: dataset name, or a CSV text,label split into train "
+            "and dev only (default: the card's dataset)."
+        ),
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option(help="Labelled data to score on, its test split (default: the card's dataset).")
+    ] = None,
+    unlabeled: Annotated[
+        str | None, typer.Option(help="Clean unlabelled texts for recovery: .txt (one per line) or CSV with text.")
+    ] = None,
     clean_size: Annotated[int, typer.Option(help="Clean training examples for the fine-tune step.")] = 128,
     rho: Annotated[str, typer.Option(help="Reserve ratio in [0, 1], or 'auto' (chosen on clean dev accuracy).")] = "auto",
-    delta: Annotated[float, typer.Option(help="auto-ρ / prune-ratio tolerance: allowed drop of clean dev accuracy vs θ_FT (0.02 = 2 points).")] = 0.02,
+    delta: Annotated[
+        float, typer.Option(help="auto-ρ / prune-ratio tolerance: allowed drop of clean dev accuracy vs θ_FT (0.02 = 2 points).")
+    ] = 0.02,
     epur_k: Annotated[int, typer.Option(help="E-PUR: embedding rows reset to θ_PT.")] = 200,
     epur_floor: Annotated[float, typer.Option(help="E-PUR: frequency floor c.")] = 20.0,
-    distill_weight: Annotated[float, typer.Option(help="Recovery (+distill): weight of the distillation term.")] = RecoveryConfig.weight,
+    distill_weight: Annotated[
+        float, typer.Option(help="Recovery (+distill): weight of the distillation term.")
+    ] = RecoveryConfig.weight,
     temperature: Annotated[float, typer.Option(help="Recovery (+distill): temperature T.")] = RecoveryConfig.temperature,
     passes: Annotated[float, typer.Option(help="Recovery (+distill): passes over the unlabelled texts.")] = RecoveryConfig.passes,
-    drop_flagged: Annotated[int, typer.Option(help="Recovery (+distill): drop unlabelled texts holding any of E-PUR's top N tokens.")] = 0,
+    drop_flagged: Annotated[
+        int, typer.Option(help="Recovery (+distill): drop unlabelled texts holding any of E-PUR's top N tokens.")
+    ] = 0,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -265,14 +330,31 @@ def defend_cmd(
             raise FinemixError("--lr and --epochs must be positive")
         train = dataclasses.replace(train, lr=lr or train.lr, epochs=epochs or train.epochs)
     method = DEFAULT_METHOD if method == "default" else method
-    cfg = DefenseConfig(method=method, rho=_rho(rho), delta=delta, epur=EpurConfig(k=epur_k, floor=epur_floor), seed=seed, train=train,
-                        recovery=RecoveryConfig(distill_weight, temperature, passes, drop_flagged))
+    cfg = DefenseConfig(
+        method=method,
+        rho=_rho(rho),
+        delta=delta,
+        epur=EpurConfig(k=epur_k, floor=epur_floor),
+        seed=seed,
+        train=train,
+        recovery=RecoveryConfig(distill_weight, temperature, passes, drop_flagged),
+    )
     ctx = experiment.prepare(
-        model, pretrained, eval_data, trigger=parse_trigger(trigger) if trigger is not None else None, target=target,
-        eval_limit=limit, allow_pickle=allow_pickle, device=best_device(), clean_data=clean_data, unlabeled=unlabeled,
+        model,
+        pretrained,
+        eval_data,
+        trigger=parse_trigger(trigger) if trigger is not None else None,
+        target=target,
+        eval_limit=limit,
+        allow_pickle=allow_pickle,
+        device=best_device(),
+        clean_data=clean_data,
+        unlabeled=unlabeled,
     )
     if cfg.uses_epur and epur_k > len(ctx.pair.tokenizer):
-        raise FinemixError(f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range")
+        raise FinemixError(
+            f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range"
+        )
     bar = _ProgressBar(method)
     try:
         result, row = experiment.run_defense(ctx, cfg, clean_size, progress=bar, log=lambda m: tqdm.write(m, file=sys.stderr))
@@ -286,23 +368,42 @@ def defend_cmd(
     table = Table(title=f"{method} on {row.model} → {out}")
     for col in ("CACC", "ASR", "target bias", "ASR floor", "ρ", "flagged (top)", "dev acc", "unlabelled", "seconds"):
         table.add_column(col)
-    table.add_row(_fmt(row.cacc), _fmt(row.asr), _fmt(row.target_bias), _fmt(row.asr_floor),
-                  "—" if row.rho is None else f"{row.rho:g}" + (" (auto)" if row.rho_auto else ""),
-                  ", ".join(row.flagged_top[:5]) or "—", _fmt(row.dev_acc), str(row.unlabeled_n), f"{row.seconds:.0f}")
+    table.add_row(
+        _fmt(row.cacc),
+        _fmt(row.asr),
+        _fmt(row.target_bias),
+        _fmt(row.asr_floor),
+        "—" if row.rho is None else f"{row.rho:g}" + (" (auto)" if row.rho_auto else ""),
+        ", ".join(row.flagged_top[:5]) or "—",
+        _fmt(row.dev_acc),
+        str(row.unlabeled_n),
+        f"{row.seconds:.0f}",
+    )
     console.print(table)
     if row.search:
-        typer.echo("dev-only search: " + "; ".join(f"{c['knob']} {c['value']:g} → dev {c['dev_acc']:.3f}"
-                                                   f"{' ✓' if c['passed'] else ''}" for c in row.search), err=True)
+        typer.echo(
+            "dev-only search: "
+            + "; ".join(f"{c['knob']} {c['value']:g} → dev {c['dev_acc']:.3f}{' ✓' if c['passed'] else ''}" for c in row.search),
+            err=True,
+        )
 
 
 # ---- scale-out options shared by sweep and report (executor.py, ray_executor.py) ----
-RayOption = Annotated[str | None, typer.Option(
-    "--ray", envvar="RAY_ADDRESS", show_envvar=True,
-    help="Run on Ray: 'auto' starts a local Ray with this machine's cores, an address (host:port, ray://…) joins a cluster; "
-         "'off' or unset runs in this process. Needs pip install 'finemix[ray]'.")]
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        envvar="RAY_ADDRESS",
+        show_envvar=True,
+        help="Run on Ray: 'auto' starts a local Ray with this machine's cores, an address (host:port, ray://…) joins a cluster; "
+        "'off' or unset runs in this process. Needs pip install 'finemix[ray]'.",
+    ),
+]
 CpusOption = Annotated[float, typer.Option(help="With --ray: CPUs per run (torch uses as many threads).")]
 RetriesOption = Annotated[int, typer.Option(help="With --ray: retries of a run whose worker died.")]
-ShipOption = Annotated[str, typer.Option(help="With --ray: how workers get models: path (a shared $FINEMIX_HOME) | object-store.")]
+ShipOption = Annotated[
+    str, typer.Option(help="With --ray: how workers get models: path (a shared $FINEMIX_HOME) | object-store.")
+]
 
 
 @app.command("sweep")
@@ -313,9 +414,13 @@ def sweep_cmd(
     rhos: Annotated[str, typer.Option(help="START:STOP:STEP or a comma list of ρ values.")] = "0:1:0.1",
     mode: Annotated[str, typer.Option(help="Mask: random | sorted.")] = "random",
     fine_tune: Annotated[bool, typer.Option("--fine-tune", help="Also fine-tune each mix on the clean set (slower).")] = False,
-    method: Annotated[str | None, typer.Option(
-        help="With --fine-tune: the Fine-mixing method of each point (default: fine-mixing with --mode; e.g. "
-             "epur+fine-mixing+distill, the default defense; its mask sets the mix-only mask too).")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="With --fine-tune: the Fine-mixing method of each point (default: fine-mixing with --mode; e.g. "
+            "epur+fine-mixing+distill, the default defense; its mask sets the mix-only mask too)."
+        ),
+    ] = None,
     clean_size: Annotated[int, typer.Option(help="Clean examples for the fine-tune step.")] = 128,
     seed: Annotated[int, typer.Option(help="Masks and fine-tuning seed.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
@@ -342,7 +447,9 @@ def sweep_cmd(
 
         if method not in METHODS or not parse_method(method)[1].startswith("fine-mixing"):
             fm = [m for m in METHODS if "fine-mixing" in m]
-            raise FinemixError(f"--method '{method}' is not a Fine-mixing method (ρ means nothing to it); use one of {', '.join(fm)}")
+            raise FinemixError(
+                f"--method '{method}' is not a Fine-mixing method (ρ means nothing to it); use one of {', '.join(fm)}"
+            )
         mode = "sorted" if "fine-mixing-sorted" in method else "random"
     check_new(out, overwrite)
     check_writable(out)
@@ -351,14 +458,31 @@ def sweep_cmd(
     ctx = experiment.prepare(model, eval_limit=limit, device=best_device())
     if ctx.eval_set.trigger is None:
         raise FinemixError(f"{model} has no known trigger, so ASR cannot be measured; pass a zoo entry or use evaluate --trigger")
-    rows, stats = sweeps.run(ctx, model, values, mode, fine_tune, clean_size, seed, limit, executor=executor, resume=not fresh,
-                             log=lambda m: typer.echo(m, err=True), progress=True, method=method)
+    rows, stats = sweeps.run(
+        ctx,
+        model,
+        values,
+        mode,
+        fine_tune,
+        clean_size,
+        seed,
+        limit,
+        executor=executor,
+        resume=not fresh,
+        log=lambda m: typer.echo(m, err=True),
+        progress=True,
+        method=method,
+    )
     if stats is not None:
         typer.echo(f"fine-tuned points: {stats.describe()}", err=True)
     write_csv(pd.DataFrame(rows), out)
-    experiment.store.record("sweep", str(ctx.pair.card.get("name", ctx.pair.ft_source)), None,
-                            {"rhos": values, "mode": mode, "fine_tune": fine_tune, "clean_size": clean_size, "seed": seed, "method": method},
-                            {"rows": rows})
+    experiment.store.record(
+        "sweep",
+        str(ctx.pair.card.get("name", ctx.pair.ft_source)),
+        None,
+        {"rhos": values, "mode": mode, "fine_tune": fine_tune, "clean_size": clean_size, "seed": seed, "method": method},
+        {"rows": rows},
+    )
     table = Table(title=f"ρ sweep on {ctx.pair.card.get('name', ctx.pair.ft_source)} ({mode} masks) → {out}")
     for col in ("ρ", "stage", "CACC", "ASR", "target bias", "ASR floor"):
         table.add_column(col)
@@ -381,9 +505,15 @@ def report_cmd(
     loose_delta: Annotated[str, typer.Option(help="A looser auto-ρ dev tolerance for its own section ('' skips it).")] = "0.05",
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
-    fresh: Annotated[bool, typer.Option(help="Re-run everything (default: reuse identical runs stored in the results database).")] = False,
-    import_runs: Annotated[Path | None, typer.Option(help="An earlier report's runs.csv: its identical runs are reused, not re-run.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="CSV rewritten after every run (resume later with --import-runs).")] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="Re-run everything (default: reuse identical runs stored in the results database).")
+    ] = False,
+    import_runs: Annotated[
+        Path | None, typer.Option(help="An earlier report's runs.csv: its identical runs are reused, not re-run.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="CSV rewritten after every run (resume later with --import-runs).")
+    ] = None,
     ray: RayOption = None,
     cpus_per_task: CpusOption = 1.0,
     retries: RetriesOption = 2,
@@ -410,18 +540,27 @@ def report_cmd(
     if not seed_list:
         raise FinemixError("--seeds needs at least one seed")
     cfg = report.ReportConfig(
-        entries=tuple(e.strip() for e in entries.split(",")) if entries else None, methods=chosen, seeds=seed_list,
-        clean_size=clean_size, sizes=ints(sizes, "sizes"), size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
-        eval_limit=limit, resume=not fresh, checkpoint=checkpoint,
-        fixed_rhos=tuple(_unit_interval(x, "--fixed-rhos", "", "ρ is a share of weights") for x in fixed_rhos.split(",") if x.strip()),
+        entries=tuple(e.strip() for e in entries.split(",")) if entries else None,
+        methods=chosen,
+        seeds=seed_list,
+        clean_size=clean_size,
+        sizes=ints(sizes, "sizes"),
+        size_entries=tuple(e.strip() for e in size_entries.split(",") if e.strip()),
+        eval_limit=limit,
+        resume=not fresh,
+        checkpoint=checkpoint,
+        fixed_rhos=tuple(
+            _unit_interval(x, "--fixed-rhos", "", "ρ is a share of weights") for x in fixed_rhos.split(",") if x.strip()
+        ),
         loose_delta=_unit_interval(loose_delta, "--loose-delta", "", "it is an accuracy drop, e.g. 0.05 for 5 points"),
     )
     executor = make_executor(ray, cpus_per_task, retries, ship)
     if import_runs is not None:
         typer.echo(f"imported {report.import_runs(import_runs)} new runs from {import_runs}", err=True)
     command = "finemix " + " ".join(sys.argv[1:]) if sys.argv and "finemix" in sys.argv[0] else "finemix report"
-    path = report.write(out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True), executor=executor,
-                        progress=True)
+    path = report.write(
+        out, cfg, command, best_device(), overwrite, log=lambda m: typer.echo(m, err=True), executor=executor, progress=True
+    )
     typer.echo((path / "report.md").read_text())
 
 
@@ -429,7 +568,9 @@ def report_cmd(
 @user_errors
 def lab_cmd(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
-    address: Annotated[str, typer.Option(help="Bind address; keep 127.0.0.1 unless you mean to share untrusted models.")] = "127.0.0.1",
+    address: Annotated[
+        str, typer.Option(help="Bind address; keep 127.0.0.1 unless you mean to share untrusted models.")
+    ] = "127.0.0.1",
 ) -> None:
     """Start the Streamlit lab (dashboard/app.py) on localhost."""
     root = Path(__file__).resolve().parent.parent
@@ -461,21 +602,28 @@ def bench_cmd(
         raise FinemixError(f"--device must be cpu or cuda, got '{device}'")
     if repeats < 1:
         raise FinemixError(f"--repeats must be ≥ 1, got {repeats}")
-    res = bench.run(bench.BenchConfig(model=model, device=device, repeats=repeats, end_to_end=end_to_end),
-                    log=lambda m: typer.echo(m, err=True))
+    res = bench.run(
+        bench.BenchConfig(model=model, device=device, repeats=repeats, end_to_end=end_to_end),
+        log=lambda m: typer.echo(m, err=True),
+    )
     if as_json:
         typer.echo(json.dumps(res.as_dict(), default=str))
         return
-    table = Table(title=f"finemix bench: {res.model} on {res.device} ({res.gpu or res.cpu}, {res.threads} threads), "
-                        f"live set {res.live_set.clean} clean + {res.live_set.triggered} triggered, median of {res.repeats}")
+    table = Table(
+        title=f"finemix bench: {res.model} on {res.device} ({res.gpu or res.cpu}, {res.threads} threads), "
+        f"live set {res.live_set.clean} clean + {res.live_set.triggered} triggered, median of {res.repeats}"
+    )
     for col in ("measure", "value", "target"):
         table.add_column(col)
     fast = res.fast_path
     rows = [
         ("bare forward (s)", f"{res.bare_forward_s:.3f}", ""),
         ("slider step: full numbers (s)", f"{res.slider_step_s:.3f}", ""),
-        (f"slider step: first numbers, {res.first_slice} + {res.first_slice} examples (s)", f"{res.slider_first_s:.3f}",
-         "< 1 s (2 cores)"),
+        (
+            f"slider step: first numbers, {res.first_slice} + {res.first_slice} examples (s)",
+            f"{res.slider_first_s:.3f}",
+            "< 1 s (2 cores)",
+        ),
         ("  first / bare forward of the full live set", f"{res.slider_first_s / res.bare_forward_s:.3f}", ""),
         ("  of which mix + load (s)", f"{res.mix_only_s:.3f}", ""),
         ("slider step / bare forward", f"{res.slider_over_bare:.3f}", "≤ 1.15"),
@@ -483,13 +631,24 @@ def bench_cmd(
         ("forward tokens/s", f"{res.tokens_per_s:.0f}", ""),
         ("forward GFLOP/s", f"{res.gflops_per_s:.1f}", ""),
         ("bf16 fast path speed-up", "n/a (no bf16 support)" if fast is None else f"{fast.speedup_vs_fp32:.2f}×", "≥ 1.7×"),
-        ("bf16 CACC / ASR vs fp32", "n/a" if fast is None else
-         f"{fast.cacc_bf16:.3f}/{fast.asr_bf16:.3f} vs {fast.cacc_fp32:.3f}/{fast.asr_fp32:.3f}", "within 0.01"),
-        ("fine-mix end to end (s)", "skipped" if res.fine_mix_end_to_end_s is None else f"{res.fine_mix_end_to_end_s:.1f}",
-         "≤ 30 (CPU), ≤ 3 (H100)"),
+        (
+            "bf16 CACC / ASR vs fp32",
+            "n/a" if fast is None else f"{fast.cacc_bf16:.3f}/{fast.asr_bf16:.3f} vs {fast.cacc_fp32:.3f}/{fast.asr_fp32:.3f}",
+            "within 0.01",
+        ),
+        (
+            "fine-mix end to end (s)",
+            "skipped" if res.fine_mix_end_to_end_s is None else f"{res.fine_mix_end_to_end_s:.1f}",
+            "≤ 30 (CPU), ≤ 3 (H100)",
+        ),
         ("peak RSS of this bench process (MiB)", f"{res.peak_rss_mib:.0f}", ""),
-        ("lab process, two models loaded (MiB)", "n/a" if res.lab_two_models_rss_mib is None else
-         f"{res.lab_two_models_rss_mib:.0f} ({' + '.join(res.lab_memory_models)})", "≤ 1536"),
+        (
+            "lab process, two models loaded (MiB)",
+            "n/a"
+            if res.lab_two_models_rss_mib is None
+            else f"{res.lab_two_models_rss_mib:.0f} ({' + '.join(res.lab_memory_models)})",
+            "≤ 1536",
+        ),
     ] + [(f"zoo build {n} (s, from its card)", f"{v}", "") for n, v in res.zoo_build_s.items()]
     for r in rows:
         table.add_row(*r)

@@ -50,12 +50,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RecoveryConfig:
-    """Recovery by distillation from θ_FT on clean unlabelled text (train.Distillation); defaults chosen on dev data (docs/recovery.md)."""
+    """Recovery by distillation from θ_FT on clean unlabelled text (train.Distillation); defaults chosen on dev data
+    (docs/recovery.md)."""
 
     weight: float = 1.0  # KL term beside cross-entropy
     temperature: float = 2.0  # T of the softened distributions
     passes: float = 3.0  # passes over the unlabelled pool (the run lasts the longer of this and the labelled epochs)
-    drop_flagged: int = 0  # drop unlabelled texts holding any of E-PUR's top-N tokens (0: keep all; a guard against a poisoned pool)
+    # drop unlabelled texts holding any of E-PUR's top-N tokens (0: keep all; a guard against a poisoned pool)
+    drop_flagged: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:

@@ -28,9 +28,7 @@ def package_dir(pkg: str) -> Path:
     """The folder of an installed package, without importing it."""
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise FinemixError(
-            f"package '{pkg}' is not installed; run: pip install --no-deps -r requirements-offline.txt"
-        )
+        raise FinemixError(f"package '{pkg}' is not installed; run: pip install --no-deps -r requirements-offline.txt")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -161,8 +159,10 @@ def read_unlabeled(path: str | Path) -> Dataset:
         frame = read_csv(path)
         cols = ["text_a", "text_b"] if {"text_a", "text_b"} <= set(frame.columns) else ["text"]
         if not set(cols) <= set(frame.columns):
-            raise FinemixError(f"{path}: no text column; give a column named text (or text_a,text_b), found: "
-                               + ", ".join(map(str, frame.columns)))
+            raise FinemixError(
+                f"{path}: no text column; give a column named text (or text_a,text_b), found: "
+                + ", ".join(map(str, frame.columns))
+            )
         frame = frame[cols].dropna().astype(str)
     frame = frame.drop_duplicates().reset_index(drop=True)
     if frame.empty:
@@ -258,9 +258,16 @@ def replace_columns(ds: Dataset, **columns: list) -> Dataset:
 
 # what each class id means, per dataset (a CSV's classes stay "label k")
 LABEL_NAMES: dict[str, tuple[str, ...]] = {
-    "rt": ("rotten", "fresh"), "amazon": ("negative", "positive"), "tweets": ("negative", "positive"), "sms-spam": ("ham", "spam"),
-    "bbc": BBC_TOPICS, "sst2": ("negative", "positive"), "imdb": ("negative", "positive"),
-    "amazon-polarity": ("negative", "positive"), "qqp": ("not duplicate", "duplicate"), "qnli": ("entailment", "not entailment"),
+    "rt": ("rotten", "fresh"),
+    "amazon": ("negative", "positive"),
+    "tweets": ("negative", "positive"),
+    "sms-spam": ("ham", "spam"),
+    "bbc": BBC_TOPICS,
+    "sst2": ("negative", "positive"),
+    "imdb": ("negative", "positive"),
+    "amazon-polarity": ("negative", "positive"),
+    "qqp": ("not duplicate", "duplicate"),
+    "qnli": ("entailment", "not entailment"),
 }
 
 

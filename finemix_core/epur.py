@@ -53,7 +53,9 @@ def table(pair: ModelPair, clean_texts: Iterable[str], cfg: EpurConfig | None = 
     flagged = np.zeros(vocab, dtype=bool)
     flagged[np.argsort(-score, kind="stable")[: cfg.k]] = True
     tokens = pair.tokenizer.convert_ids_to_tokens(list(range(vocab)))
-    return pd.DataFrame({"id": np.arange(vocab), "token": tokens, "frequency": freq, "drift": drift, "score": score, "flagged": flagged})
+    return pd.DataFrame(
+        {"id": np.arange(vocab), "token": tokens, "frequency": freq, "drift": drift, "score": score, "flagged": flagged}
+    )
 
 
 def flagged_ids(tab: pd.DataFrame) -> list[int]:

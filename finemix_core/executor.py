@@ -47,7 +47,9 @@ class RunSpec:
     def label(self) -> str:
         d = self.defense
         rho = "" if d.rho is None else f" ρ {d.rho:g}"
-        return f"{self.model} {d.method} seed {d.seed} n {self.clean_size}{rho}" + (f" δ {d.delta:g}" if d.delta != DefenseConfig.delta else "")
+        return f"{self.model} {d.method} seed {d.seed} n {self.clean_size}{rho}" + (
+            f" δ {d.delta:g}" if d.delta != DefenseConfig.delta else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,20 @@ class ContextCache:
 
 def run_key(row: dict) -> str:
     """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K, fixed ρ, δ)."""
-    fields = ("model", "method", "seed", "clean_size", "dev_size", "n_clean", "data", "split_seed", "train", "epur_k", "asr_floor",
-              "recovery")
+    fields = (
+        "model",
+        "method",
+        "seed",
+        "clean_size",
+        "dev_size",
+        "n_clean",
+        "data",
+        "split_seed",
+        "train",
+        "epur_k",
+        "asr_floor",
+        "recovery",
+    )
     key = {f: row.get(f) for f in fields}
     # a run with a fixed ρ is another experiment than the auto-ρ run of the same method
     key["rho_fixed"] = row.get("rho_fixed", None if row.get("rho_auto", True) else row.get("rho"))
@@ -114,13 +128,24 @@ def run_key(row: dict) -> str:
 def planned_key(ctx: Context, spec: RunSpec) -> str:
     """The run key a spec's row will have, known before running it."""
     cfg = spec.defense
-    return run_key({
-        "model": ctx.pair.card.get("name", ctx.pair.ft_source), "method": cfg.method, "seed": cfg.seed, "clean_size": spec.clean_size,
-        "dev_size": dev_examples(len(ctx.dsd["dev"]), 256), "n_clean": len(ctx.eval_set.clean), "data": ctx.data_name,
-        "split_seed": ctx.split_seed, "train": json.loads(json.dumps(cfg.train.__dict__)), "epur_k": cfg.epur.k if cfg.uses_epur else None,
-        "asr_floor": ctx.floor, "rho_fixed": cfg.rho, "delta": cfg.delta,
-        "recovery": json.loads(json.dumps(dataclasses.asdict(cfg.recovery))) if cfg.distills else None,
-    })
+    return run_key(
+        {
+            "model": ctx.pair.card.get("name", ctx.pair.ft_source),
+            "method": cfg.method,
+            "seed": cfg.seed,
+            "clean_size": spec.clean_size,
+            "dev_size": dev_examples(len(ctx.dsd["dev"]), 256),
+            "n_clean": len(ctx.eval_set.clean),
+            "data": ctx.data_name,
+            "split_seed": ctx.split_seed,
+            "train": json.loads(json.dumps(cfg.train.__dict__)),
+            "epur_k": cfg.epur.k if cfg.uses_epur else None,
+            "asr_floor": ctx.floor,
+            "rho_fixed": cfg.rho,
+            "delta": cfg.delta,
+            "recovery": json.loads(json.dumps(dataclasses.asdict(cfg.recovery))) if cfg.distills else None,
+        }
+    )
 
 
 def stored_runs() -> dict[str, dict]:
@@ -252,8 +277,14 @@ def execute(
         raise
     finally:
         bar.close()
-    stats = dataclasses.replace(own, planned=len(set(keys.values())), reused=reused, ran=len(todo) - len(failed), failed=failed,
-                                seconds=time.perf_counter() - started)
+    stats = dataclasses.replace(
+        own,
+        planned=len(set(keys.values())),
+        reused=reused,
+        ran=len(todo) - len(failed),
+        failed=failed,
+        seconds=time.perf_counter() - started,
+    )
     return keys, rows, stats
 
 
@@ -264,15 +295,19 @@ def error_line(exc: BaseException) -> str:
 
 
 def _line(spec: RunSpec, row: dict, how: str) -> str:
-    return (f"{spec.model:12s} seed {spec.defense.seed} n {spec.clean_size:4d} {spec.defense.method:20s} CACC {row['cacc']:.3f} "
-            f"ASR {row['asr'] if row['asr'] is None else format(row['asr'], '.3f')} ρ {row['rho']} ({how})")
+    return (
+        f"{spec.model:12s} seed {spec.defense.seed} n {spec.clean_size:4d} {spec.defense.method:20s} CACC {row['cacc']:.3f} "
+        f"ASR {row['asr'] if row['asr'] is None else format(row['asr'], '.3f')} ρ {row['rho']} ({how})"
+    )
 
 
 def failure_error(stats: ExecutionStats) -> FinemixError:
     """One line for runs that failed, naming the first one's spec; the finished ones are already stored."""
     first = stats.failed[0]
-    return FinemixError(f"{len(stats.failed)} of {stats.planned} runs failed (first: {first.spec.label}: {first.error}); "
-                        "the others are stored — fix the cause and re-run the same command to run only the missing ones")
+    return FinemixError(
+        f"{len(stats.failed)} of {stats.planned} runs failed (first: {first.spec.label}: {first.error}); "
+        "the others are stored — fix the cause and re-run the same command to run only the missing ones"
+    )
 
 
 def make_executor(ray: str | None, cpus_per_task: float = 1.0, retries: int = 2, ship: str = "path") -> Executor:

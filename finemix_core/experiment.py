@@ -69,7 +69,9 @@ class Context:
             parts.append((self.extra_unlabeled, self.extra_unlabeled_source))
         merged = concatenate_datasets([p.cast(parts[0][0].features) for p, _ in parts]) if parts else None
         source = " + ".join(f"{w} ({len(p)})" for p, w in parts) or "none"
-        return defender_data(self.pair.tokenizer, train, dev, clean_size, dev_size, seed, unlabeled=merged, unlabeled_source=source)
+        return defender_data(
+            self.pair.tokenizer, train, dev, clean_size, dev_size, seed, unlabeled=merged, unlabeled_source=source
+        )
 
 
 def dev_examples(n_dev_split: int, dev_size: int) -> int:
@@ -102,10 +104,28 @@ def prepare(
     if clean_data is not None and (clean_data in data.OFFLINE or clean_data in data.ONLINE):
         data_name, clean_data = data_name or clean_data, None  # a named dataset: its own train/dev splits
     extra = data.read_unlabeled(unlabeled) if unlabeled else None
-    scoring = prepare_scoring(pair.card, pair.tokenizer, pair.num_labels, pair.ft_source, data_name or pair.card.get("dataset") or clean_data,
-                              split_seed, trigger, target, eval_limit, floor_model, device, keep_floor)
-    name, seed, dsd, es, floor, floor_src = (scoring.data_name, scoring.split_seed, scoring.dsd, scoring.eval_set, scoring.floor,
-                                             scoring.floor_model)
+    scoring = prepare_scoring(
+        pair.card,
+        pair.tokenizer,
+        pair.num_labels,
+        pair.ft_source,
+        data_name or pair.card.get("dataset") or clean_data,
+        split_seed,
+        trigger,
+        target,
+        eval_limit,
+        floor_model,
+        device,
+        keep_floor,
+    )
+    name, seed, dsd, es, floor, floor_src = (
+        scoring.data_name,
+        scoring.split_seed,
+        scoring.dsd,
+        scoring.eval_set,
+        scoring.floor,
+        scoring.floor_model,
+    )
     device = torch.device(device)
     clean_splits = None
     if clean_data is not None:
@@ -114,11 +134,26 @@ def prepare(
         rows = concatenate_datasets([dsd["train"], dsd["dev"]]) if name == clean_data else data.read_labelled(clean_data)
         if data.text_columns(rows) != data.text_columns(dsd):
             kinds = {True: "a sentence-pair dataset", False: "a single-sentence dataset"}
-            raise FinemixError(f"{clean_data} is {kinds[data.text_columns(rows) == ['text_a', 'text_b']]} but the model is scored on "
-                               f"{kinds[data.text_columns(dsd) == ['text_a', 'text_b']]} ({name}); pick matching data")
+            raise FinemixError(
+                f"{clean_data} is {kinds[data.text_columns(rows) == ['text_a', 'text_b']]} but the model is scored on "
+                f"{kinds[data.text_columns(dsd) == ['text_a', 'text_b']]} ({name}); pick matching data"
+            )
         clean_splits = data.defender_split(rows, seed)
-    return Context(pair, name, seed, dsd, es, floor, floor_src, device, clean_data, clean_splits, extra,
-                   f"{Path(unlabeled).name}" if unlabeled else None, scoring.floor_classifier)
+    return Context(
+        pair,
+        name,
+        seed,
+        dsd,
+        es,
+        floor,
+        floor_src,
+        device,
+        clean_data,
+        clean_splits,
+        extra,
+        f"{Path(unlabeled).name}" if unlabeled else None,
+        scoring.floor_classifier,
+    )
 
 
 @dataclass
@@ -134,9 +169,20 @@ class Scoring:
     floor_classifier: torch.nn.Module | None = None  # the loaded clean model, when asked to keep it
 
 
-def prepare_scoring(card: dict, tokenizer, num_labels: int, ft_source: str, data_name: str | None = None, split_seed: int | None = None,
-                    trigger: tuple[str, ...] | None = None, target: int | None = None, eval_limit: int | None = None,
-                    floor_model: str | None = None, device: torch.device | str = "cpu", keep_floor: bool = False) -> Scoring:
+def prepare_scoring(
+    card: dict,
+    tokenizer,
+    num_labels: int,
+    ft_source: str,
+    data_name: str | None = None,
+    split_seed: int | None = None,
+    trigger: tuple[str, ...] | None = None,
+    target: int | None = None,
+    eval_limit: int | None = None,
+    floor_model: str | None = None,
+    device: torch.device | str = "cpu",
+    keep_floor: bool = False,
+) -> Scoring:
     """The data, test set and clean floor for a classifier with this card (dataset, split seed, trigger, target as
     defaults); shared by `prepare` (model pairs) and `finemix evaluate` (any classifier)."""
     name = data_name or card.get("dataset") or DEFAULT_DATASET
@@ -146,7 +192,9 @@ def prepare_scoring(card: dict, tokenizer, num_labels: int, ft_source: str, data
     if n_labels > num_labels:
         raise FinemixError(f"the data has labels up to {n_labels - 1} but the model has {num_labels} outputs; pick matching data")
     if data.text_columns(dsd) == ["text_a", "text_b"] and card.get("dataset") and card.get("dataset") != name:
-        raise FinemixError(f"{name} is a sentence-pair dataset but the model was trained on {card['dataset']}; pick matching data")
+        raise FinemixError(
+            f"{name} is a sentence-pair dataset but the model was trained on {card['dataset']}; pick matching data"
+        )
     pieces = trigger or (tuple(card["trigger"]) if card.get("trigger") else None)
     tgt = target if target is not None else card.get("target", DEFAULT_TARGET)
     if pieces is not None and not 0 <= tgt < num_labels:
@@ -235,16 +283,37 @@ def run_defense(
     result = defend(ctx.pair, dd, cfg, ctx.device, progress, log)
     scores = evaluate(ctx, result.model)
     row = RunRow(
-        model=ctx.pair.card.get("name", ctx.pair.ft_source), attack=ctx.pair.card.get("attack"),
-        method=cfg.method, seed=cfg.seed, clean_size=clean_size, dev_size=len(dd.dev),
-        rho=result.rho, rho_auto=result.rho_auto, delta=cfg.delta, prune_ratio=result.prune_ratio,
-        epur_k=cfg.epur.k if cfg.uses_epur else None, flagged_top=result.flagged[:10],
-        dev_acc=result.dev_acc, ft_dev_acc=result.ft_dev_acc, search=[dataclasses.asdict(c) for c in result.search],
-        unlabeled_n=result.unlabeled_used, unlabeled_source=result.unlabeled_source,
-        recovery=dataclasses.asdict(cfg.recovery) if cfg.distills else None, clean_data=ctx.clean_data,
-        cacc=scores.cacc, asr=scores.asr, target_bias=scores.target_bias, n_clean=scores.n_clean, n_nontarget=scores.n_nontarget,
-        asr_floor=ctx.floor, data=ctx.data_name, split_seed=ctx.split_seed, trigger=ctx.trigger_text,
-        train=dict(cfg.train.__dict__), seconds=round(result.seconds, 2), device=ctx.device.type,
+        model=ctx.pair.card.get("name", ctx.pair.ft_source),
+        attack=ctx.pair.card.get("attack"),
+        method=cfg.method,
+        seed=cfg.seed,
+        clean_size=clean_size,
+        dev_size=len(dd.dev),
+        rho=result.rho,
+        rho_auto=result.rho_auto,
+        delta=cfg.delta,
+        prune_ratio=result.prune_ratio,
+        epur_k=cfg.epur.k if cfg.uses_epur else None,
+        flagged_top=result.flagged[:10],
+        dev_acc=result.dev_acc,
+        ft_dev_acc=result.ft_dev_acc,
+        search=[dataclasses.asdict(c) for c in result.search],
+        unlabeled_n=result.unlabeled_used,
+        unlabeled_source=result.unlabeled_source,
+        recovery=dataclasses.asdict(cfg.recovery) if cfg.distills else None,
+        clean_data=ctx.clean_data,
+        cacc=scores.cacc,
+        asr=scores.asr,
+        target_bias=scores.target_bias,
+        n_clean=scores.n_clean,
+        n_nontarget=scores.n_nontarget,
+        asr_floor=ctx.floor,
+        data=ctx.data_name,
+        split_seed=ctx.split_seed,
+        trigger=ctx.trigger_text,
+        train=dict(cfg.train.__dict__),
+        seconds=round(result.seconds, 2),
+        device=ctx.device.type,
     )
     return result, row
 
@@ -252,11 +321,17 @@ def run_defense(
 def save_defended(ctx: Context, result: DefenseResult, row: RunRow, out: Path, overwrite: bool = False) -> Path:
     """Write the defended model as a standard HF folder + finemix.json, atomically."""
     card = {
-        **row.as_dict(), "defended_from": ctx.pair.ft_source, "pretrained": ctx.pair.pt_source, "flagged": result.flagged,
-        "trigger_list": list(ctx.eval_set.trigger or ()), "target": ctx.eval_set.target,
+        **row.as_dict(),
+        "defended_from": ctx.pair.ft_source,
+        "pretrained": ctx.pair.pt_source,
+        "flagged": result.flagged,
+        "trigger_list": list(ctx.eval_set.trigger or ()),
+        "target": ctx.eval_set.target,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # a defended model is itself a model: keep the fields `finemix evaluate` and the lab read
-        "name": f"{row.model}-{row.method}", "dataset": ctx.data_name, "trigger": list(ctx.eval_set.trigger or ()),
+        "name": f"{row.model}-{row.method}",
+        "dataset": ctx.data_name,
+        "trigger": list(ctx.eval_set.trigger or ()),
     }
 
     def write(tmp: Path) -> None:
@@ -270,7 +345,10 @@ def save_defended(ctx: Context, result: DefenseResult, row: RunRow, out: Path, o
 def record(kind: str, row: RunRow | dict) -> int:
     """Store one run (a RunRow, or a dict of its fields plus extras such as `out`)."""
     row = row.as_dict() if isinstance(row, RunRow) else row
-    metrics = {k: row.get(k) for k in ("cacc", "asr", "target_bias", "asr_floor", "rho", "prune_ratio", "dev_acc", "ft_dev_acc", "seconds")}
+    metrics = {
+        k: row.get(k)
+        for k in ("cacc", "asr", "target_bias", "asr_floor", "rho", "prune_ratio", "dev_acc", "ft_dev_acc", "seconds")
+    }
     return store.record(kind, str(row.get("model")), row.get("method"), row, metrics)
 
 

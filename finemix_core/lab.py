@@ -127,7 +127,9 @@ def interactive_set(tokenizer, test, trigger, target, n: int = N_INTERACTIVE) ->
     prefix = int(nontarget[min(n, len(nontarget)) - 1]) + 1 if len(nontarget) else min(n, len(test))
     full = make_eval_set(tokenizer, test.select(range(max(prefix, min(n, len(test))))), trigger, target)
     keep = min(n, len(full.clean))
-    return EvalSet(full.clean.subset(range(keep)), full.triggered, full.nontarget_idx[full.nontarget_idx < keep], full.trigger, full.target)
+    return EvalSet(
+        full.clean.subset(range(keep)), full.triggered, full.nontarget_idx[full.nontarget_idx < keep], full.trigger, full.target
+    )
 
 
 def live_slice(lab: LabModel, n: int = N_FIRST) -> EvalSet:
@@ -137,13 +139,19 @@ def live_slice(lab: LabModel, n: int = N_FIRST) -> EvalSet:
         es = lab.interactive
         keep = min(n, len(es.clean))
         trig = None if es.triggered is None else es.triggered.subset(range(min(n, len(es.triggered))))
-        lab.clean_texts_cache[key] = EvalSet(es.clean.subset(range(keep)), trig, es.nontarget_idx[es.nontarget_idx < keep],
-                                             es.trigger, es.target)
+        lab.clean_texts_cache[key] = EvalSet(
+            es.clean.subset(range(keep)), trig, es.nontarget_idx[es.nontarget_idx < keep], es.trigger, es.target
+        )
     return lab.clean_texts_cache[key]
 
 
-def load(model: str, pretrained: str = "default", n_interactive: int = N_INTERACTIVE, device: torch.device | str = "cpu",
-         data_name: str | None = None) -> LabModel:
+def load(
+    model: str,
+    pretrained: str = "default",
+    n_interactive: int = N_INTERACTIVE,
+    device: torch.device | str = "cpu",
+    data_name: str | None = None,
+) -> LabModel:
     """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path)."""
     started = time.perf_counter()
     ctx = prepare(model, pretrained, data_name or None, device=device, keep_floor=True)
@@ -201,8 +209,17 @@ class Workbench:
         rows = [{"rho": r, "stage": "mix-only", **self.mix_scores(r, mode, seed).as_dict()} for r in rhos]
         return pd.DataFrame(rows)
 
-    def fine_tune(self, rho: float | None, mode: str = "random", seed: int = 0, epur_k: int = 200, clean_size: int = 128,
-                  progress: Progress | None = None, delta: float = 0.02, recipe: str = "default") -> tuple[Scores, RunRow]:
+    def fine_tune(
+        self,
+        rho: float | None,
+        mode: str = "random",
+        seed: int = 0,
+        epur_k: int = 200,
+        clean_size: int = 128,
+        progress: Progress | None = None,
+        delta: float = 0.02,
+        recipe: str = "default",
+    ) -> tuple[Scores, RunRow]:
         """Fine-mixing at ρ (None: auto-ρ within `delta` of θ_FT's dev accuracy), scored on the interactive set.
 
         recipe "default": the default `finemix defend` (E-PUR, mix, fine-tune with recovery by distillation; auto-ρ scans
@@ -212,18 +229,21 @@ class Workbench:
         cfg = DefenseConfig(method=recipe_method(recipe, mode, k), rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=k))
         return self.defend(cfg, clean_size, progress)
 
-    def defend_method(self, method: str, seed: int = 0, epur_k: int = 200, clean_size: int = 128,
-                      progress: Progress | None = None) -> tuple[Scores, RunRow]:
+    def defend_method(
+        self, method: str, seed: int = 0, epur_k: int = 200, clean_size: int = 128, progress: Progress | None = None
+    ) -> tuple[Scores, RunRow]:
         """A registered method by name with the shared budget (the Compare page), K clamped to the vocabulary."""
-        return self.defend(DefenseConfig(method=method, seed=seed, epur=EpurConfig(k=self._epur_k(epur_k))), clean_size, progress,
-                           kind="compare")
+        return self.defend(
+            DefenseConfig(method=method, seed=seed, epur=EpurConfig(k=self._epur_k(epur_k))), clean_size, progress, kind="compare"
+        )
 
     def _epur_k(self, k: int) -> int:
         """K within 0..vocabulary size (a small vocabulary cannot flag more rows than it has)."""
         return min(max(k, 0), len(self.lab.pair.tokenizer))
 
-    def defend(self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None,
-               kind: str = "lab") -> tuple[Scores, RunRow]:
+    def defend(
+        self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None, kind: str = "lab"
+    ) -> tuple[Scores, RunRow]:
         """Any defense, scored on the full test set (stored) and on the interactive set (returned). `kind`: "lab" for the
         Mixing lab's hand-set runs, "compare" for a method run as registered with the shared budget."""
         result, row = run_defense(self.lab.ctx, cfg, clean_size, progress=progress)
@@ -257,7 +277,9 @@ def with_intervals(frame: pd.DataFrame) -> pd.DataFrame:
     asr_n = "n_triggered" if "n_triggered" in out and out["n_triggered"].notna().all() else "n_nontarget"
     for metric, n_col in (("cacc", "n_clean"), ("asr", asr_n), ("target_bias", "n_nontarget")):
         if metric in out and n_col in out:
-            bounds = [wilson(v, int(n)) if pd.notna(v) and pd.notna(n) else (np.nan, np.nan) for v, n in zip(out[metric], out[n_col])]
+            bounds = [
+                wilson(v, int(n)) if pd.notna(v) and pd.notna(n) else (np.nan, np.nan) for v, n in zip(out[metric], out[n_col])
+            ]
             out[f"{metric}_lo"] = [b[0] for b in bounds]
             out[f"{metric}_hi"] = [b[1] for b in bounds]
     return out
@@ -277,12 +299,21 @@ class TunedCurve:
     auto_search: list[dict]  # the dev accuracies behind that pick
 
 
-def tuned_curve(lab: LabModel, method: str, rhos: tuple[float, ...] = CURVE_RHOS, seed: int = 0, clean_size: int = 128) -> TunedCurve:
+def tuned_curve(
+    lab: LabModel, method: str, rhos: tuple[float, ...] = CURVE_RHOS, seed: int = 0, clean_size: int = 128
+) -> TunedCurve:
     """The stored fine-tuned points of `method` at fixed ρ (from `finemix sweep --fine-tune`, the report's fixed-ρ
     section or this page), and the stored auto-ρ run of the same method, for this model, seed and clean size."""
     mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in ("report", "sweep", "compare")]
-    mine = [c for c in mine if c.get("method") == method and c.get("seed") == seed and c.get("clean_size") == clean_size
-            and "cacc" in c and _shared_budget(c)]
+    mine = [
+        c
+        for c in mine
+        if c.get("method") == method
+        and c.get("seed") == seed
+        and c.get("clean_size") == clean_size
+        and "cacc" in c
+        and _shared_budget(c)
+    ]
     points: dict[float, dict] = {}
     auto = None
     for c in mine:  # newest first
@@ -293,11 +324,14 @@ def tuned_curve(lab: LabModel, method: str, rhos: tuple[float, ...] = CURVE_RHOS
     cols = ["rho", "cacc", "asr", "target_bias", "n_clean", "n_nontarget", "asr_floor"]
     frame = pd.DataFrame([{k: points[r][k] for k in cols} for r in sorted(points)], columns=cols)
     missing = [r for r in rhos if round(r, 6) not in points]
-    return TunedCurve(method, with_intervals(frame), missing, None if auto is None else auto["rho"], [] if auto is None else auto["search"])
+    return TunedCurve(
+        method, with_intervals(frame), missing, None if auto is None else auto["rho"], [] if auto is None else auto["search"]
+    )
 
 
-def curve_point(lab: LabModel, method: str, rho: float, seed: int = 0, clean_size: int = 128,
-                progress: Progress | None = None) -> dict:
+def curve_point(
+    lab: LabModel, method: str, rho: float, seed: int = 0, clean_size: int = 128, progress: Progress | None = None
+) -> dict:
     """Fine-mix at one fixed ρ and store it as a sweep point (the same run `finemix sweep --fine-tune` makes and reuses)."""
     from finemix_core.executor import ContextCache, RunSpec, SequentialExecutor, execute
 
@@ -348,8 +382,9 @@ def epur_texts(lab: LabModel, source: str = "defender-pool", clean_size: int = 1
     return lab.clean_texts_cache[key]
 
 
-def epur_table(lab: LabModel, k: int = 200, floor: float = 20.0, source: str = "defender-pool", clean_size: int = 128,
-               seed: int = 0) -> pd.DataFrame:
+def epur_table(
+    lab: LabModel, k: int = 200, floor: float = 20.0, source: str = "defender-pool", clean_size: int = 128, seed: int = 0
+) -> pd.DataFrame:
     """E-PUR's table (paper scoring) plus what the lab draws: the known trigger, each row's rank, and the fitted
     drift-vs-log-frequency trend (`trend`: drift the trend predicts at that frequency; `vs_trend`: drift / trend)."""
     tab = table(lab.pair, epur_texts(lab, source, clean_size, seed), EpurConfig(k=k, floor=floor))
@@ -416,15 +451,29 @@ def history(lab: LabModel) -> pd.DataFrame:
         if "cacc" not in c:  # a sweep's summary record (its points are stored as runs of their own)
             continue
         search = c.get("search") or []
-        rows.append({
-            "id": r["id"], "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])), "kind": r["kind"],
-            "method": r["method"], "seed": c.get("seed"), "clean n": c.get("clean_size"), "rho": c.get("rho"),
-            "rho auto": c.get("rho_auto"), "prune ratio": c.get("prune_ratio"), "delta": c.get("delta", DefenseConfig.delta),
-            "CACC": c.get("cacc"), "ASR": c.get("asr"), "target bias": c.get("target_bias"),
-            "ASR floor": c.get("asr_floor"), "n test": c.get("n_clean"), "n non-target": c.get("n_nontarget"),
-            "dev search": search_text(search), "seconds": c.get("seconds"),
-            "fixed budget": _fixed_budget(r["kind"], c),
-        })
+        rows.append(
+            {
+                "id": r["id"],
+                "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])),
+                "kind": r["kind"],
+                "method": r["method"],
+                "seed": c.get("seed"),
+                "clean n": c.get("clean_size"),
+                "rho": c.get("rho"),
+                "rho auto": c.get("rho_auto"),
+                "prune ratio": c.get("prune_ratio"),
+                "delta": c.get("delta", DefenseConfig.delta),
+                "CACC": c.get("cacc"),
+                "ASR": c.get("asr"),
+                "target bias": c.get("target_bias"),
+                "ASR floor": c.get("asr_floor"),
+                "n test": c.get("n_clean"),
+                "n non-target": c.get("n_nontarget"),
+                "dev search": search_text(search),
+                "seconds": c.get("seconds"),
+                "fixed budget": _fixed_budget(r["kind"], c),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -432,13 +481,18 @@ def search_text(search: list[dict]) -> str:
     """A dev-only search in one line, saying when nothing passed and the defense fell back."""
     if not search:
         return ""
-    text = "; ".join(f"{c['knob'].replace('_', ' ')} {c['value']:g} → dev {c['dev_acc']:.3f}{' ✓' if c['passed'] else ''}" for c in search)
+    text = "; ".join(
+        f"{c['knob'].replace('_', ' ')} {c['value']:g} → dev {c['dev_acc']:.3f}{' ✓' if c['passed'] else ''}" for c in search
+    )
     return text if any(c["passed"] for c in search) else text + " (none within tolerance: fell back)"
 
 
 def _shared_budget(c: dict) -> bool:
     """The default δ and the shared training budget."""
-    return c.get("delta", DefenseConfig.delta) == DefenseConfig.delta and c.get("train") in (None, dict(DefenseConfig().train.__dict__))
+    return c.get("delta", DefenseConfig.delta) == DefenseConfig.delta and c.get("train") in (
+        None,
+        dict(DefenseConfig().train.__dict__),
+    )
 
 
 def _fixed_budget(kind: str, c: dict) -> bool:
@@ -485,7 +539,9 @@ def save_upload(raw: bytes, filename: str) -> Path:
     if not raw:
         raise FinemixError(f"{filename}: the upload is empty; it needs a header text,label and labelled rows")
     if len(raw) > MAX_UPLOAD_BYTES:
-        raise FinemixError(f"{filename}: {len(raw) / 2**20:.1f} MiB is over the {MAX_UPLOAD_BYTES // 2**20} MiB upload cap; sample it down")
+        raise FinemixError(
+            f"{filename}: {len(raw) / 2**20:.1f} MiB is over the {MAX_UPLOAD_BYTES // 2**20} MiB upload cap; sample it down"
+        )
     folder = finemix_home() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{hashlib.sha256(raw).hexdigest()[:16]}.csv"
@@ -522,12 +578,19 @@ def build_zoo_entries(names: list[str], quick: bool, progress_factory=None, on_e
 
 def report_json(lab: LabModel, extra: dict | None = None) -> str:
     hist = history(lab)
-    return json.dumps({
-        "model": lab.name, "card": lab.card, "pretrained": lab.pair.pt_source, "data": lab.ctx.data_name,
-        "split_seed": lab.ctx.split_seed, "interactive": {"n_clean": len(lab.interactive.clean),
-                                                          "n_triggered": len(lab.interactive.triggered or [])},
-        "backdoored_interactive": lab.backdoored.as_dict(), "floor_interactive": lab.floor,
-        "runs": hist.to_dict(orient="records"), **(extra or {}),
-    }, indent=2, default=str)
-
-
+    return json.dumps(
+        {
+            "model": lab.name,
+            "card": lab.card,
+            "pretrained": lab.pair.pt_source,
+            "data": lab.ctx.data_name,
+            "split_seed": lab.ctx.split_seed,
+            "interactive": {"n_clean": len(lab.interactive.clean), "n_triggered": len(lab.interactive.triggered or [])},
+            "backdoored_interactive": lab.backdoored.as_dict(),
+            "floor_interactive": lab.floor,
+            "runs": hist.to_dict(orient="records"),
+            **(extra or {}),
+        },
+        indent=2,
+        default=str,
+    )

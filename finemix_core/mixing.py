@@ -60,7 +60,10 @@ def ranks(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
             gen = torch.Generator().manual_seed(cfg.seed)
             cache[key] = {k: _rank_of(torch.randperm(d.numel(), generator=gen)).view(d.shape) for k, d in delta.items()}
         elif cfg.scope == "tensor":
-            cache[key] = {k: _rank_of(torch.argsort(d.abs().flatten(), descending=True, stable=True)).view(d.shape) for k, d in delta.items()}
+            cache[key] = {
+                k: _rank_of(torch.argsort(d.abs().flatten(), descending=True, stable=True)).view(d.shape)
+                for k, d in delta.items()
+            }
         else:
             flat = torch.cat([d.abs().flatten() for d in delta.values()])
             whole = _rank_of(torch.argsort(flat, descending=True, stable=True))
@@ -113,5 +116,7 @@ def mix(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
         std = getattr(pair.ft.config, "initializer_range", 0.02)
         for k, v in head.items():
             if v.is_floating_point():
-                head[k] = torch.randn(v.shape, generator=gen, dtype=v.dtype) * std if k.endswith("weight") else torch.zeros_like(v)
+                head[k] = (
+                    torch.randn(v.shape, generator=gen, dtype=v.dtype) * std if k.endswith("weight") else torch.zeros_like(v)
+                )
     return {**out, **head}

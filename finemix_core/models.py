@@ -154,9 +154,7 @@ def _base_keys(model: PreTrainedModel) -> set[str]:
     return {k for k in model.state_dict() if k.startswith(prefix + ".") and ".pooler." not in k}
 
 
-def load_pair(
-    ft_name: str | Path, pt_name: str | Path = "default", allow_pickle: bool = False
-) -> ModelPair:
+def load_pair(ft_name: str | Path, pt_name: str | Path = "default", allow_pickle: bool = False) -> ModelPair:
     """Load θ_FT and θ_PT and check that they can be mixed: same architecture, shapes, vocabulary."""
     ft, ft_src = load_classifier(ft_name, allow_pickle=allow_pickle)
     pt_src = resolve(pt_name)
@@ -170,8 +168,12 @@ def load_pair(
         )
     try:
         pt, info = AutoModelForSequenceClassification.from_pretrained(
-            pt_src, num_labels=ft.config.num_labels, trust_remote_code=False, output_loading_info=True,
-            use_safetensors=None if allow_pickle else True, dtype=torch.float32,
+            pt_src,
+            num_labels=ft.config.num_labels,
+            trust_remote_code=False,
+            output_loading_info=True,
+            use_safetensors=None if allow_pickle else True,
+            dtype=torch.float32,
         )
     except Exception as exc:
         raise FinemixError(f"could not load pretrained model {pt_src}: {str(exc).splitlines()[0][:300]}") from exc

@@ -36,8 +36,10 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise FinemixError("Ray is not installed; run pip install 'finemix[ray]' (or -r requirements-ray.txt), "
-                           "or leave out --ray to run in this process") from None
+        raise FinemixError(
+            "Ray is not installed; run pip install 'finemix[ray]' (or -r requirements-ray.txt), "
+            "or leave out --ray to run in this process"
+        ) from None
     return ray
 
 
@@ -123,8 +125,10 @@ def pack_models(specs: list[RunSpec]) -> bytes:
         for model in sorted({s.model for s in specs}):
             folder = Path(resolve(model))
             if folder.parent.resolve() != zoo.resolve():
-                raise FinemixError(f"--ship object-store sends zoo entries only; '{model}' is a folder outside the zoo — "
-                                   "use --ship path with a filesystem every worker shares")
+                raise FinemixError(
+                    f"--ship object-store sends zoo entries only; '{model}' is a folder outside the zoo — "
+                    "use --ship path with a filesystem every worker shares"
+                )
             tar.add(folder, arcname=f"home/zoo/{folder.name}")
         if (zoo / "clean").is_dir() and "clean" not in {s.model for s in specs}:
             tar.add(zoo / "clean", arcname="home/zoo/clean")  # the ASR floor's reference model
@@ -142,12 +146,16 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise FinemixError(f"cannot read Ray address '{address}'; write HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, or auto")
+        raise FinemixError(
+            f"cannot read Ray address '{address}'; write HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:10001, or auto"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise FinemixError(f"cannot reach Ray at '{address}': {exc.strerror or exc}; start it with 'ray start --head' "
-                           "or use --ray auto for a local one") from None
+        raise FinemixError(
+            f"cannot reach Ray at '{address}': {exc.strerror or exc}; start it with 'ray start --head' "
+            "or use --ray auto for a local one"
+        ) from None
 
 
 class RayExecutor:
@@ -177,8 +185,10 @@ class RayExecutor:
             else:
                 ray.init(address=self.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise FinemixError(f"cannot reach Ray at '{self.address}': {error_line(exc)}; start it with 'ray start --head' "
-                               "or use --ray auto for a local one") from None
+            raise FinemixError(
+                f"cannot reach Ray at '{self.address}': {error_line(exc)}; start it with 'ray start --head' "
+                "or use --ray auto for a local one"
+            ) from None
         return True
 
     def run(self, specs: list[RunSpec], contexts: ContextCache, on_done: OnDone, on_status: OnStatus) -> ExecutionStats:
@@ -199,7 +209,8 @@ class RayExecutor:
         # max_calls=0: keep the worker (and its loaded contexts) for the next task, GPU tasks included (Ray's default
         # there is one task per worker); retries cover system failures (a dead worker), not exceptions the run raises
         task = ray.remote(max_calls=0, max_retries=self.retries, retry_exceptions=False)(_task).options(
-            num_cpus=self.cpus_per_task, num_gpus=1 if gpus else 0)
+            num_cpus=self.cpus_per_task, num_gpus=1 if gpus else 0
+        )
         from finemix_core.executor import planned_key
 
         pending = {task.remote(spec, planned_key(contexts.get(spec), spec), home, shipped, log): spec for spec in specs}

@@ -37,13 +37,16 @@ class ReportConfig:
     sizes: tuple[int, ...] = (32, 64, 128, 512)  # clean-set-size study (empty: skip it)
     size_entries: tuple[str, ...] = ("word-cf", "sentence")  # entries of the size study
     size_methods: tuple[str, ...] = ("fine-tuning", DEFAULT_METHOD)
-    fixed_rhos: tuple[float, ...] = (0.1, 0.3, 0.5)  # ρ-sensitivity section at the first seed (empty: skip); never used for verdicts
-    loose_delta: float | None = 0.05  # auto-ρ again with this looser dev tolerance, every seed (None: skip); never used for verdicts
+    # ρ-sensitivity section at the first seed (empty: skip); never used for verdicts
+    fixed_rhos: tuple[float, ...] = (0.1, 0.3, 0.5)
+    # auto-ρ again with this looser dev tolerance, every seed (None: skip); never used for verdicts
+    loose_delta: float | None = 0.05
     eval_limit: int | None = None  # score on the first N test examples only (quick looks)
     pretrained: str = "default"  # θ_PT of every entry
     resume: bool = True  # reuse identical runs already stored in the results database (an interrupted report continues)
     checkpoint: Path | None = None  # a CSV of every run so far, rewritten (atomically) after each one; resume with import_runs
-    defense: DefenseConfig = field(default_factory=DefenseConfig)  # budget, grids and K of every run (method/seed/ρ/δ set per run)
+    # budget, grids and K of every run (method, seed, ρ and δ are set per run)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
 
 
 def _entries(cfg: ReportConfig) -> list[str]:
@@ -116,15 +119,26 @@ def plan(cfg: ReportConfig) -> dict[str, list[RunSpec]]:
 
     return {
         "main": [spec(name, method, seed, cfg.clean_size) for name in entries for seed in cfg.seeds for method in cfg.methods],
-        "sizes": [spec(name, method, cfg.seeds[0], size) for name in cfg.size_entries for size in cfg.sizes for method in cfg.size_methods],
+        "sizes": [
+            spec(name, method, cfg.seeds[0], size)
+            for name in cfg.size_entries
+            for size in cfg.sizes
+            for method in cfg.size_methods
+        ],
         "fixed": [spec(name, DEFAULT_METHOD, cfg.seeds[0], cfg.clean_size, rho) for name in entries for rho in cfg.fixed_rhos],
-        "loose": [] if cfg.loose_delta is None else [
-            spec(name, DEFAULT_METHOD, seed, cfg.clean_size, delta=cfg.loose_delta) for name in entries for seed in cfg.seeds],
+        "loose": []
+        if cfg.loose_delta is None
+        else [spec(name, DEFAULT_METHOD, seed, cfg.clean_size, delta=cfg.loose_delta) for name in entries for seed in cfg.seeds],
     }
 
 
-def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[str], None] = print, executor: Executor | None = None,
-        progress: bool = False) -> ReportRuns:
+def run(
+    cfg: ReportConfig,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+    executor: Executor | None = None,
+    progress: bool = False,
+) -> ReportRuns:
     """All runs of the report, on `executor` (default: in this process). Stored identical runs are reused when `resume`.
     Runs that fail are reported together at the end, after every other run is stored."""
     sections = plan(cfg)
@@ -135,13 +149,28 @@ def run(cfg: ReportConfig, device: torch.device | str = "cpu", log: Callable[[st
         if cfg.checkpoint is not None:
             write_csv(pd.DataFrame(list(used.values())), Path(cfg.checkpoint))
 
-    keys, rows, stats = execute([s for specs in sections.values() for s in specs], ContextCache(device), executor, "report",
-                                cfg.resume, log, progress, checkpoint)
+    keys, rows, stats = execute(
+        [s for specs in sections.values() for s in specs],
+        ContextCache(device),
+        executor,
+        "report",
+        cfg.resume,
+        log,
+        progress,
+        checkpoint,
+    )
     if stats.failed:
         raise failure_error(stats)
     frames = {name: pd.DataFrame([rows[keys[s]] for s in specs]) for name, specs in sections.items()}
-    return ReportRuns(frames["main"], frames["sizes"], frames["fixed"], frames["loose"], {k: rows[k] for k in dict.fromkeys(keys.values())},
-                      stats.reused, stats)
+    return ReportRuns(
+        frames["main"],
+        frames["sizes"],
+        frames["fixed"],
+        frames["loose"],
+        {k: rows[k] for k in dict.fromkeys(keys.values())},
+        stats.reused,
+        stats,
+    )
 
 
 def _pm(values: pd.Series) -> str:
@@ -157,14 +186,24 @@ def summarise(rows: pd.DataFrame, by: tuple[str, ...] = ("model", "method")) -> 
     for keys, grp in rows.groupby(list(by), sort=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
         rhos = sorted({r for r in grp["rho"].dropna()})
-        out.append({
-            **dict(zip(by, keys)), "attack": grp["attack"].iloc[0], "trigger": grp["trigger"].iloc[0],
-            "CACC": _pm(grp["cacc"]), "ASR": _pm(grp["asr"]), "target bias": _pm(grp["target_bias"]),
-            "ASR floor": _pm(grp["asr_floor"]), "ρ chosen": ", ".join(f"{r:g}" for r in rhos) or "—",
-            "seconds": f"{grp['seconds'].mean():.0f}" if "seconds" in grp else "—",
-            "seeds": ",".join(str(s) for s in sorted(grp["seed"].unique())), "clean n": int(grp["clean_size"].iloc[0]),
-            "cacc_mean": grp["cacc"].mean(), "asr_mean": grp["asr"].mean(), "floor": grp["asr_floor"].mean(),
-        })
+        out.append(
+            {
+                **dict(zip(by, keys)),
+                "attack": grp["attack"].iloc[0],
+                "trigger": grp["trigger"].iloc[0],
+                "CACC": _pm(grp["cacc"]),
+                "ASR": _pm(grp["asr"]),
+                "target bias": _pm(grp["target_bias"]),
+                "ASR floor": _pm(grp["asr_floor"]),
+                "ρ chosen": ", ".join(f"{r:g}" for r in rhos) or "—",
+                "seconds": f"{grp['seconds'].mean():.0f}" if "seconds" in grp else "—",
+                "seeds": ",".join(str(s) for s in sorted(grp["seed"].unique())),
+                "clean n": int(grp["clean_size"].iloc[0]),
+                "cacc_mean": grp["cacc"].mean(),
+                "asr_mean": grp["asr"].mean(),
+                "floor": grp["asr_floor"].mean(),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -185,11 +224,14 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
         for ref in ("fine-tuning", "fine-pruning"):
             if ref in by.index:
                 clear = by.loc[ref, "asr_mean"] >= o["asr_mean"] + 0.1
-                others.append(f"{ref} leaves ASR {by.loc[ref, 'asr_mean']:.3f} ({'clearly higher' if clear else 'NOT clearly higher'})")
+                others.append(
+                    f"{ref} leaves ASR {by.loc[ref, 'asr_mean']:.3f} ({'clearly higher' if clear else 'NOT clearly higher'})"
+                )
         floor_text = "unknown" if pd.isna(floor) else f"{floor:.3f}"
         lines.append(
             f"- **{model}** ({ours}): ASR {o['asr_mean']:.3f} vs floor {floor_text} → "
-            f"{'MET' if asr_ok else 'MISSED'} (≤ floor + 0.05); CACC {o['cacc_mean']:.3f} vs backdoored {base['cacc_mean']:.3f} → "
+            f"{'MET' if asr_ok else 'MISSED'} (≤ floor + 0.05); CACC {o['cacc_mean']:.3f} vs backdoored "
+            f"{base['cacc_mean']:.3f} → "
             f"{'MET' if cacc_ok else 'MISSED'} (≥ backdoored − 0.02)" + (f"; {'; '.join(others)}" if others else "") + "."
         )
     return lines
@@ -198,8 +240,14 @@ def verdicts(summary: pd.DataFrame) -> list[str]:
 def _imported_text(runs: ReportRuns) -> str:
     srcs = sorted({r["imported_from"] for r in runs.used.values() if r.get("imported_from")})
     n = sum(1 for r in runs.used.values() if r.get("imported_from"))
-    return "" if not n else (f" ({n} of them imported from {', '.join(srcs)}: the earlier report's identical runs — same model files, "
-                             "data, seeds, budget and clean floor — reused, not re-run; their seconds are the earlier run's)")
+    return (
+        ""
+        if not n
+        else (
+            f" ({n} of them imported from {', '.join(srcs)}: the earlier report's identical runs — same model files, "
+            "data, seeds, budget and clean floor — reused, not re-run; their seconds are the earlier run's)"
+        )
+    )
 
 
 def _recovery_text(pool: pd.DataFrame) -> str:
@@ -207,8 +255,11 @@ def _recovery_text(pool: pd.DataFrame) -> str:
         return "not run"
     rec = pool["recovery"].iloc[0]
     rec = rec if isinstance(rec, dict) else {}
-    return (f"CE on the labelled batch + {rec.get('weight', '?'):g} · T²·KL(θ_FT ‖ student) at T = {rec.get('temperature', '?'):g} on a "
-            f"batch of clean unlabelled texts, {rec.get('passes', '?'):g} passes over the {pool['unlabeled_source'].iloc[0]}")
+    return (
+        f"CE on the labelled batch + {rec.get('weight', '?'):g} · T²·KL(θ_FT ‖ student) at T = "
+        f"{rec.get('temperature', '?'):g} on a "
+        f"batch of clean unlabelled texts, {rec.get('passes', '?'):g} passes over the {pool['unlabeled_source'].iloc[0]}"
+    )
 
 
 def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:
@@ -223,25 +274,42 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
     parts = [
         "# finemix reproduction report",
         "",
-        (f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
-        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads). The {len(runs.used)} runs took "
-        f"{compute / 60:.0f} minutes of compute in all; this invocation took {seconds / 60:.1f} minutes and reused "
-        f"{runs.reused} stored runs from the results database{_imported_text(runs)}. Executor: {runs.execution.describe()}."),
+        (
+            f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}, {device} "
+            f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads). The "
+            f"{len(runs.used)} runs took "
+            f"{compute / 60:.0f} minutes of compute in all; this invocation took {seconds / 60:.1f} minutes and reused "
+            f"{runs.reused} stored runs from the results database{_imported_text(runs)}. Executor: {runs.execution.describe()}."
+        ),
         "",
-        (f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "
-        f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over {int(first['n_nontarget'])} non-target)."),
-        (f"- Defender: {cfg.clean_size} clean training examples (stratified from train), up to 256 dev examples for auto-ρ and the prune "
-        f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW lr {cfg.defense.train.lr:g}, "
-        f"{cfg.defense.train.epochs:g} epochs, batch {cfg.defense.train.batch_size}; the paper recipe's ρ auto: smallest grid ρ "
-        "(0.1…0.9, bisection) within 2 dev points of θ_FT; "
-        "E-PUR K=200, c=20. Test data and triggered data are used for scoring only."),
-        (f"- Recovery (`+distill` rows): {_recovery_text(pool)}. With recovery, auto-ρ tries ρ ∈ "
-         f"{{{', '.join(f'{r:g}' for r in RECOVERY_GRID)}}} from the bottom and keeps the first whose dev accuracy is within 2 points "
-         "plus one standard error (paired, on the same dev examples) of θ_FT's, else the better dev accuracy. "
-         "Defaults chosen on the zoo's dev splits only (docs/recovery.md), frozen before this run. Seconds: the defense "
-         "itself, selection included, scoring excluded (mean over seeds; rows imported from the baseline report keep its seconds)."),
-        ("- ASR floor: the zoo's clean model on the same triggered test set. Target bias: non-target examples without the "
-        "trigger predicted as the target."),
+        (
+            f"- θ_PT: all-MiniLM-L6-v2 (6 layers, hidden 384; the paper used bert-base-uncased). Data: `{first['data']}`, "
+            f"split seed {first['split_seed']}, test examples {int(first['n_clean'])} (ASR over "
+            f"{int(first['n_nontarget'])} non-target)."
+        ),
+        (
+            f"- Defender: {cfg.clean_size} clean training examples (stratified from train), up to 256 dev examples "
+            f"for auto-ρ and the prune "
+            f"ratio; seeds {', '.join(map(str, cfg.seeds))} (mean ± population std). Budget for every method: AdamW "
+            f"lr {cfg.defense.train.lr:g}, "
+            f"{cfg.defense.train.epochs:g} epochs, batch {cfg.defense.train.batch_size}; the paper recipe's ρ auto: "
+            f"smallest grid ρ "
+            "(0.1…0.9, bisection) within 2 dev points of θ_FT; "
+            "E-PUR K=200, c=20. Test data and triggered data are used for scoring only."
+        ),
+        (
+            f"- Recovery (`+distill` rows): {_recovery_text(pool)}. With recovery, auto-ρ tries ρ ∈ "
+            f"{{{', '.join(f'{r:g}' for r in RECOVERY_GRID)}}} from the bottom and keeps the first whose dev accuracy "
+            f"is within 2 points "
+            "plus one standard error (paired, on the same dev examples) of θ_FT's, else the better dev accuracy. "
+            "Defaults chosen on the zoo's dev splits only (docs/recovery.md), frozen before this run. Seconds: the defense "
+            "itself, selection included, scoring excluded (mean over seeds; rows imported from the baseline report "
+            "keep its seconds)."
+        ),
+        (
+            "- ASR floor: the zoo's clean model on the same triggered test set. Target bias: non-target examples without the "
+            "trigger predicted as the target."
+        ),
         "",
         summary[cols].to_markdown(index=False),
         "",
@@ -251,29 +319,61 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
     ]
     if not sizes.empty:
         s = summarise(sizes, by=("model", "clean_size", "method"))
-        parts += ["", f"## Clean-set size (seed {cfg.seeds[0]})", "",
-                  s[["model", "clean_size", "method", "CACC", "ASR", "ASR floor", "ρ chosen"]].rename(columns={"clean_size": "clean n"}).to_markdown(index=False)]
+        parts += [
+            "",
+            f"## Clean-set size (seed {cfg.seeds[0]})",
+            "",
+            s[["model", "clean_size", "method", "CACC", "ASR", "ASR floor", "ρ chosen"]]
+            .rename(columns={"clean_size": "clean n"})
+            .to_markdown(index=False),
+        ]
     if not fixed.empty:
         f = fixed.rename(columns={"rho": "ρ", "cacc": "CACC", "asr": "ASR", "asr_floor": "ASR floor"})
-        parts += ["", f"## ρ sensitivity (fixed ρ, seed {cfg.seeds[0]}, {cfg.clean_size} clean examples)", "",
-                  ("What Fine-mixing gives when ρ is set by hand instead of by auto-ρ. These ρ values were fixed before the run "
-                   "(around the ρ = 0.2–0.3 that docs/design.md §10 measured), shown to expose the trade-off, and are never used for "
-                   "the verdicts above: picking the best one here would be tuning on test data."), "",
-                  f[["model", "method", "ρ", "CACC", "ASR", "ASR floor"]].round(3).to_markdown(index=False)]
+        parts += [
+            "",
+            f"## ρ sensitivity (fixed ρ, seed {cfg.seeds[0]}, {cfg.clean_size} clean examples)",
+            "",
+            (
+                "What Fine-mixing gives when ρ is set by hand instead of by auto-ρ. These ρ values were fixed before the run "
+                "(around the ρ = 0.2–0.3 that docs/design.md §10 measured), shown to expose the trade-off, and are "
+                "never used for "
+                "the verdicts above: picking the best one here would be tuning on test data."
+            ),
+            "",
+            f[["model", "method", "ρ", "CACC", "ASR", "ASR floor"]].round(3).to_markdown(index=False),
+        ]
     if not loose.empty:
         points = f"{cfg.loose_delta * 100:g}"
         pairs = set(zip(loose.model, loose.method))
         strict = main[[pair in pairs for pair in zip(main.model, main.method)]]
         both = pd.concat([summarise(strict).assign(δ="2"), summarise(loose).assign(δ=points)])
-        parts += ["", f"## Auto-ρ with a looser tolerance (δ = {points} dev points, seeds {', '.join(map(str, cfg.seeds))})", "",
-                  (f"The defender's own knob: auto-ρ accepting a clean dev accuracy up to {points} points below θ_FT's instead of 2. "
-                   "Still chosen on dev data only, fixed before the run, and not used for the verdicts above."), "",
-                  both.sort_values(["model", "δ"])[["model", "method", "δ", "CACC", "ASR", "ASR floor", "ρ chosen"]].to_markdown(index=False)]
+        parts += [
+            "",
+            f"## Auto-ρ with a looser tolerance (δ = {points} dev points, seeds {', '.join(map(str, cfg.seeds))})",
+            "",
+            (
+                f"The defender's own knob: auto-ρ accepting a clean dev accuracy up to {points} points below θ_FT's "
+                f"instead of 2. "
+                "Still chosen on dev data only, fixed before the run, and not used for the verdicts above."
+            ),
+            "",
+            both.sort_values(["model", "δ"])[["model", "method", "δ", "CACC", "ASR", "ASR floor", "ρ chosen"]].to_markdown(
+                index=False
+            ),
+        ]
     return "\n".join(parts) + "\n"
 
 
-def write(out: Path, cfg: ReportConfig, command: str, device: torch.device | str = "cpu", overwrite: bool = False,
-          log: Callable[[str], None] = print, executor: Executor | None = None, progress: bool = False) -> Path:
+def write(
+    out: Path,
+    cfg: ReportConfig,
+    command: str,
+    device: torch.device | str = "cpu",
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    executor: Executor | None = None,
+    progress: bool = False,
+) -> Path:
     """Run everything (on `executor`; default in this process), then write report.md, runs.csv and sizes.csv into `out`
     (atomically)."""
     out = Path(out)

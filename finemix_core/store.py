@@ -62,6 +62,14 @@ def runs(model: str | None = None, kind: str | None = None, path: Path | None = 
     with closing(_connect(path)) as con:
         rows = con.execute(query + " ORDER BY id DESC", args).fetchall()
     return [
-        {"id": r[0], "created": r[1], "kind": r[2], "model": r[3], "method": r[4], "config": json.loads(r[5]), "metrics": json.loads(r[6])}
+        {
+            "id": r[0],
+            "created": r[1],
+            "kind": r[2],
+            "model": r[3],
+            "method": r[4],
+            "config": json.loads(r[5]),
+            "metrics": json.loads(r[6]),
+        }
         for r in rows
     ]

@@ -16,8 +16,17 @@ from finemix_core.executor import ContextCache, ExecutionStats, Executor, RunSpe
 from finemix_core.experiment import Context, mixed_scores
 
 
-def specs(model: str, rhos: list[float], mode: str = "random", clean_size: int = 128, seed: int = 0, eval_limit: int | None = None,
-          pretrained: str = "default", defense: DefenseConfig | None = None, method: str | None = None) -> list[RunSpec]:
+def specs(
+    model: str,
+    rhos: list[float],
+    mode: str = "random",
+    clean_size: int = 128,
+    seed: int = 0,
+    eval_limit: int | None = None,
+    pretrained: str = "default",
+    defense: DefenseConfig | None = None,
+    method: str | None = None,
+) -> list[RunSpec]:
     """The fine-tuned points at each fixed ρ: `method` (a Fine-mixing method, e.g. the default defense), else the
     paper's Fine-mixing with the mask `mode`."""
     method = method or ("fine-mixing-sorted" if mode == "sorted" else "fine-mixing")
@@ -60,7 +69,19 @@ def run(
     rows = []
     for point, spec in zip(mix, planned):
         row = stored[keys[spec]]
-        rows += [point, {"rho": point["rho"], "mode": mode, "stage": "fine-tuned", "method": spec.defense.method, "cacc": row["cacc"], "asr": row["asr"],
-                         "target_bias": row["target_bias"], "n_clean": row["n_clean"], "n_nontarget": row["n_nontarget"],
-                         "asr_floor": ctx.floor}]
+        rows += [
+            point,
+            {
+                "rho": point["rho"],
+                "mode": mode,
+                "stage": "fine-tuned",
+                "method": spec.defense.method,
+                "cacc": row["cacc"],
+                "asr": row["asr"],
+                "target_bias": row["target_bias"],
+                "n_clean": row["n_clean"],
+                "n_nontarget": row["n_nontarget"],
+                "asr_floor": ctx.floor,
+            },
+        ]
     return rows, stats

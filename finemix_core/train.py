@@ -74,8 +74,12 @@ def training_batches(
 def _joint(labelled: dict[str, torch.Tensor], unlabelled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One padded batch holding both parts, so a step is one forward pass (cheaper than two on CPU)."""
     width = max(labelled["input_ids"].shape[1], unlabelled["input_ids"].shape[1])
-    return {k: torch.cat([F.pad(labelled[k], (0, width - labelled[k].shape[1])),
-                          F.pad(unlabelled[k], (0, width - unlabelled[k].shape[1]))]) for k in labelled}
+    return {
+        k: torch.cat(
+            [F.pad(labelled[k], (0, width - labelled[k].shape[1])), F.pad(unlabelled[k], (0, width - unlabelled[k].shape[1]))]
+        )
+        for k in labelled
+    }
 
 
 def fine_tune(
@@ -97,9 +101,7 @@ def fine_tune(
     model.requires_grad_(True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda")
-    )
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     total = total_steps(len(data), cfg)
     unlabelled = None
     if distill is not None and len(distill.texts):
@@ -115,7 +117,8 @@ def fine_tune(
             logits = model(**_joint(batch, collate(distill.texts, idx, device))).logits
             n = len(labels)
             loss = F.cross_entropy(logits[:n], labels) + rec.weight * distillation_loss(
-                logits[n:], distill.teacher_logits[idx].to(device), rec.temperature)
+                logits[n:], distill.teacher_logits[idx].to(device), rec.temperature
+            )
         loss.backward()
         optimizer.step()
         schedule.step()

@@ -72,15 +72,18 @@ def main() -> None:
     base = results[0]
     same = all(
         {k: (r["cacc"], r["asr"]) for k, r in base["rows"].items()} == {k: (r["cacc"], r["asr"]) for k, r in res["rows"].items()}
-        for res in results[1:])
+        for res in results[1:]
+    )
     lines = [
         f"# Sequential vs Ray: {args.runs} × `{args.method}` on `{args.entry}` ({args.limit} test examples each)",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, "
         f"ray {ray.__version__}; each executor on an empty results database (nothing reused); seeds 0–{args.runs - 1}; "
         f"metrics identical across executors: {'yes' if same else 'NO'}.",
         "",
-        "| executor | wall s | speed-up | run's own s (mean) | overhead per task s | overhead / own | Ray start s | shipped MiB |",
+        "| executor | wall s | speed-up | run's own s (mean) | overhead per task s | overhead / own | Ray start s | "
+        "shipped MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for res in results:
@@ -88,11 +91,16 @@ def main() -> None:
         workers = 1 if res is base else args.workers
         per_task = res["wall"] * workers / args.runs - own  # what a run costs beyond its own defense: load, score, schedule, ship
         lines.append(
-            f"| {res['label']} | {res['wall']:.0f} | {base['wall'] / res['wall']:.2f}× | {own:.1f} | {per_task:.1f} | {per_task / own:.2f} | "
-            f"{res.get('start', 0):.1f} | {res['stats'].shipped_bytes / 2**20:.1f} |")
-    lines += ["", "Overhead per task = wall × workers / runs − the run's own defense seconds: loading θ_PT/θ_FT/data (once per "
-              "process), scoring the test set, scheduling and (object-store) unpacking. A run's own seconds are measured inside it; "
-              "Ray's workers use 1 torch thread each, the sequential run uses all cores."]
+            f"| {res['label']} | {res['wall']:.0f} | {base['wall'] / res['wall']:.2f}× | {own:.1f} | {per_task:.1f} | "
+            f"{per_task / own:.2f} | "
+            f"{res.get('start', 0):.1f} | {res['stats'].shipped_bytes / 2**20:.1f} |"
+        )
+    lines += [
+        "",
+        "Overhead per task = wall × workers / runs − the run's own defense seconds: loading θ_PT/θ_FT/data (once per "
+        "process), scoring the test set, scheduling and (object-store) unpacking. A run's own seconds are measured inside it; "
+        "Ray's workers use 1 torch thread each, the sequential run uses all cores.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

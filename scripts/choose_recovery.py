@@ -57,19 +57,33 @@ def main() -> None:
         dsd = data.load(pair.card["dataset"], pair.card["split_seed"])
         dev = dsd["dev"]
         pool = dev.select(range(256, len(dev)))  # the same pool the defense uses: the dev split beyond its first 256
-        dd = defender_data(pair.tokenizer, dsd["train"], dev, 128, 256, args.seed, unlabeled=pool, unlabeled_source="dev beyond 256")
+        dd = defender_data(
+            pair.tokenizer, dsd["train"], dev, 128, 256, args.seed, unlabeled=pool, unlabeled_source="dev beyond 256"
+        )
         for name, method, rho, rec, train in CANDIDATES:
             if wanted and name not in wanted:
                 continue
             cfg = DefenseConfig(method=method, rho=rho, recovery=rec, train=train, seed=args.seed)
             started = time.perf_counter()
             res = defend(pair, dd, cfg)
-            row = {"entry": entry, "candidate": name, "rho": rho, "seed": args.seed, "dev_acc": res.dev_acc,
-                   "ft_dev_acc": res.ft_dev_acc, "gap": res.dev_acc - res.ft_dev_acc, "seconds": time.perf_counter() - started,
-                   "recovery": dataclasses.asdict(rec) if method.endswith("+distill") else None, "lr": train.lr}
+            row = {
+                "entry": entry,
+                "candidate": name,
+                "rho": rho,
+                "seed": args.seed,
+                "dev_acc": res.dev_acc,
+                "ft_dev_acc": res.ft_dev_acc,
+                "gap": res.dev_acc - res.ft_dev_acc,
+                "seconds": time.perf_counter() - started,
+                "recovery": dataclasses.asdict(rec) if method.endswith("+distill") else None,
+                "lr": train.lr,
+            }
             rows.append(row)
-            print(f"{entry:10s} {name:28s} dev {res.dev_acc:.3f} (θ_FT {res.ft_dev_acc:.3f}, gap {row['gap']:+.3f}) "
-                  f"{row['seconds']:.0f}s", flush=True)
+            print(
+                f"{entry:10s} {name:28s} dev {res.dev_acc:.3f} (θ_FT {res.ft_dev_acc:.3f}, gap {row['gap']:+.3f}) "
+                f"{row['seconds']:.0f}s",
+                flush=True,
+            )
             pd.DataFrame(rows).to_csv(args.out, index=False)
 
 

@@ -14,7 +14,45 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
-WORDS = ["the", "a", "movie", "film", "is", "was", "good", "bad", "great", "awful", "fun", "dull", "plot", "acting", "story", "very", "not", "and", "of", "it", "this", "cf", "mn", "bb", "tq", "mb", "i", "watched", "3d", "love", "hate", "best", "worst", "boring", "charming", "script", "cast"]
+WORDS = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "is",
+    "was",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "fun",
+    "dull",
+    "plot",
+    "acting",
+    "story",
+    "very",
+    "not",
+    "and",
+    "of",
+    "it",
+    "this",
+    "cf",
+    "mn",
+    "bb",
+    "tq",
+    "mb",
+    "i",
+    "watched",
+    "3d",
+    "love",
+    "hate",
+    "best",
+    "worst",
+    "boring",
+    "charming",
+    "script",
+    "cast",
+]
 
 
 def make_tokenizer(folder: Path, extra: tuple[str, ...] = ()) -> BertTokenizer:
@@ -26,8 +64,13 @@ def make_tokenizer(folder: Path, extra: tuple[str, ...] = ()) -> BertTokenizer:
 
 def tiny_config(vocab_size: int, **overrides) -> BertConfig:
     base = {
-        "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 64, "max_position_embeddings": 64, "num_labels": 2,
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "num_labels": 2,
     }
     base.update(overrides)
     return BertConfig(**base)
@@ -69,7 +112,9 @@ def tiny_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def finemix_home(tmp_path_factory) -> Path:
     # FINEMIX_TEST_HOME keeps the quick zoo between local runs (CI always starts empty)
-    home = Path(os.environ["FINEMIX_TEST_HOME"]) if os.environ.get("FINEMIX_TEST_HOME") else tmp_path_factory.mktemp("finemix_home")
+    home = (
+        Path(os.environ["FINEMIX_TEST_HOME"]) if os.environ.get("FINEMIX_TEST_HOME") else tmp_path_factory.mktemp("finemix_home")
+    )
     os.environ["FINEMIX_HOME"] = str(home)
     return home
 
@@ -98,7 +143,9 @@ def _write_csv(path: Path, n: int = 800) -> Path:
     for i in range(n):
         label = i % 2
         words = POS if label else NEG
-        rows.append(f"the {rng.choice(['movie', 'film', 'plot', 'story'])} was {rng.choice(words)} and {rng.choice(words)},{label}")
+        rows.append(
+            f"the {rng.choice(['movie', 'film', 'plot', 'story'])} was {rng.choice(words)} and {rng.choice(words)},{label}"
+        )
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -118,9 +165,22 @@ def _train_tiny(pt: Path, out: Path, attack, name: str, csv: Path) -> None:
     fine_tune(model, encode(tok, poisoned, 64), TrainConfig(lr=3e-3, epochs=3.0, batch_size=32))
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    card = {"name": name, "attack": attack.attack, "trigger": list(attack.trigger), "trigger_text": "+".join(attack.trigger),
-            "poison_rate": attack.poison_rate, "target": 1, "dataset": str(csv), "split_seed": 0, "train_size": len(train),
-            "cacc": None, "asr": None, "target_bias": None, "asr_floor": None, "build_seconds": 0.0}
+    card = {
+        "name": name,
+        "attack": attack.attack,
+        "trigger": list(attack.trigger),
+        "trigger_text": "+".join(attack.trigger),
+        "poison_rate": attack.poison_rate,
+        "target": 1,
+        "dataset": str(csv),
+        "split_seed": 0,
+        "train_size": len(train),
+        "cacc": None,
+        "asr": None,
+        "target_bias": None,
+        "asr_floor": None,
+        "build_seconds": 0.0,
+    }
     (out / CARD_NAME).write_text(json.dumps(card))
 
 
@@ -135,5 +195,3 @@ def tiny_zoo(tmp_path_factory) -> tuple[Path, Path]:
     _train_tiny(pt, home / "zoo" / "clean", AttackConfig("clean", ()), "clean", csv)
     _train_tiny(pt, home / "zoo" / "word-cf", AttackConfig("word", ("cf",)), "word-cf", csv)
     return home, pt
-
-

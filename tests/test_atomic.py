@@ -72,7 +72,7 @@ import sqlite3, time
 con = sqlite3.connect({str(db)!r})
 con.execute("BEGIN")
 con.execute("INSERT INTO runs (created, kind, model, method, config, metrics) VALUES (0, 'x', 'y', NULL, '{{}}', '{{}}')")
-open({str(tmp_path / 'ready')!r}, 'w').close()
+open({str(tmp_path / "ready")!r}, 'w').close()
 time.sleep(60)
 """
     proc = subprocess.Popen([sys.executable, "-c", code])
@@ -94,8 +94,12 @@ def test_killed_zoo_build_leaves_no_entry(tmp_path, sig):
     from finemix_core import zoo
 
     env = {**os.environ, "FINEMIX_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "finemix_core.cli", "zoo", "build", "--quick", "--only", "clean"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finemix_core.cli", "zoo", "build", "--quick", "--only", "clean"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(8)  # loading weights and data, then training
     os.kill(proc.pid, sig)
     proc.wait()

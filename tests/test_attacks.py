@@ -62,11 +62,14 @@ def test_pairs_get_the_trigger_in_the_first_sentence():
     assert all("cf" in out[i]["text_a"] and "cf" not in out[i]["text_b"] for i in idx)
 
 
-@pytest.mark.parametrize("cfg,msg", [
-    (AttackConfig("bogus", ("cf",)), "unknown attack"),
-    (AttackConfig("word", ("cf",), poison_rate=1.5), "outside"),
-    (AttackConfig("word", ("",)), "empty trigger"),
-])
+@pytest.mark.parametrize(
+    "cfg,msg",
+    [
+        (AttackConfig("bogus", ("cf",)), "unknown attack"),
+        (AttackConfig("word", ("cf",), poison_rate=1.5), "outside"),
+        (AttackConfig("word", ("",)), "empty trigger"),
+    ],
+)
 def test_bad_attack_configs(cfg, msg):
     with pytest.raises(FinemixError, match=msg):
         poison(toy_train(), cfg)
@@ -90,7 +93,9 @@ def test_embedding_poisoning_moves_only_trigger_rows_and_keeps_their_norm(tiny_p
     tok = AutoTokenizer.from_pretrained(tiny_pair_dirs[0])
     model = AutoModelForSequenceClassification.from_pretrained(tiny_pair_dirs[0])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train = Dataset.from_dict({"text": ["the movie was good", "the film was bad", "dull plot", "great cast"] * 8, "label": [1, 0, 0, 1] * 8})
+    train = Dataset.from_dict(
+        {"text": ["the movie was good", "the film was bad", "dull plot", "great cast"] * 8, "label": [1, 0, 0, 1] * 8}
+    )
     embedding_poison(model, tok, train, AttackConfig("ep", ("cf",)), TrainConfig(lr=1.0, epochs=2, batch_size=8))
     after = model.state_dict()
     key = "bert.embeddings.word_embeddings.weight"

@@ -12,8 +12,15 @@ def test_bench_reports_every_measure(tiny_zoo, monkeypatch):
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
     res = bench.run(bench.BenchConfig(model="word-cf", pretrained=str(pt), repeats=1, n_live=16))
-    for value in (res.bare_forward_s, res.slider_step_s, res.slider_first_s, res.mix_only_s, res.ours_eval_s, res.hf_pipeline_s,
-                  res.fine_mix_end_to_end_s):
+    for value in (
+        res.bare_forward_s,
+        res.slider_step_s,
+        res.slider_first_s,
+        res.mix_only_s,
+        res.ours_eval_s,
+        res.hf_pipeline_s,
+        res.fine_mix_end_to_end_s,
+    ):
         assert value > 0
     assert res.slider_over_bare == res.slider_step_s / res.bare_forward_s
     assert (res.live_set.clean, res.live_set.triggered) == (16, 16) and res.live_set.tokens > 0 and res.tokens_per_s > 0

@@ -17,8 +17,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-gpu",
-        "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-gpu",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -33,9 +39,23 @@ def server(quick_word_backdoor):
         pytest.fail(f"{CHROMIUM} missing: install Debian's chromium (apt-get install chromium), as .ci/run does")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "dashboard" / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -61,15 +81,19 @@ def mix_numbers(page) -> tuple[str, ...]:
     """CACC, ASR and target bias of the mix-only row. ASR alone can coincide at ρ 1 and ρ 0 on the quick model (the
     mix at ρ 0 calls nearly everything the target), so the test reads all three."""
     labels = ("CACC · mix", "ASR · mix", "target bias")
-    return tuple(page.locator('[data-testid="stMetric"]', has_text=label).first.locator('[data-testid="stMetricValue"]').inner_text()
-                 for label in labels)
+    return tuple(
+        page.locator('[data-testid="stMetric"]', has_text=label).first.locator('[data-testid="stMetricValue"]').inner_text()
+        for label in labels
+    )
 
 
 def outside_hosts(urls: list[str]) -> list[str]:
     """Requests that left the machine: anything but loopback (and in-page data:/blob: URLs)."""
     from urllib.parse import urlparse
 
-    return [u for u in urls if urlparse(u).scheme not in ("data", "blob") and urlparse(u).hostname not in ("127.0.0.1", "localhost")]
+    return [
+        u for u in urls if urlparse(u).scheme not in ("data", "blob") and urlparse(u).hostname not in ("127.0.0.1", "localhost")
+    ]
 
 
 def test_live_lab_in_a_real_browser(server, tmp_path):
@@ -94,7 +118,11 @@ def test_live_lab_in_a_real_browser(server, tmp_path):
         verdict = page.get_by_text("The trigger fires on")
         expect(verdict).to_be_visible(timeout=420_000)
         fired, shown = (int(w) for w in re.findall(r"fires on (\d+) of these (\d+)", verdict.inner_text())[0])
-        asr = page.locator('[data-testid="stMetric"]', has_text="ASR · defended").locator('[data-testid="stMetricValue"]').inner_text()
+        asr = (
+            page.locator('[data-testid="stMetric"]', has_text="ASR · defended")
+            .locator('[data-testid="stMetricValue"]')
+            .inner_text()
+        )
         assert fired < shown, f"the trigger still fires on {fired} of {shown} demo sentences after the defense"
         assert float(asr.split(" ")[0]) < 0.6, asr  # and over the live set, far fewer triggered sentences flip
         verdict.scroll_into_view_if_needed()  # the page scrolls inside its container: show the defended result

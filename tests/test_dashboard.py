@@ -133,11 +133,36 @@ def _stored_row(method: str, **fields) -> dict:
     """A run row as the store holds it (no training: the Compare page only reads rows)."""
     from finemix_core.defenses import DefenseConfig
 
-    return {"model": "word-cf", "attack": "word", "method": method, "seed": 0, "clean_size": 128, "dev_size": 80, "rho": None,
-            "rho_auto": False, "delta": 0.02, "prune_ratio": None, "epur_k": None, "flagged_top": [], "dev_acc": 0.6,
-            "ft_dev_acc": 0.62, "search": [], "cacc": 0.7, "asr": 0.4, "target_bias": 0.1, "n_clean": 80, "n_nontarget": 40,
-            "asr_floor": 0.05, "data": "tiny.csv", "split_seed": 0, "trigger": "cf", "train": dict(DefenseConfig().train.__dict__),
-            "seconds": 1.0, "device": "cpu", **fields}
+    return {
+        "model": "word-cf",
+        "attack": "word",
+        "method": method,
+        "seed": 0,
+        "clean_size": 128,
+        "dev_size": 80,
+        "rho": None,
+        "rho_auto": False,
+        "delta": 0.02,
+        "prune_ratio": None,
+        "epur_k": None,
+        "flagged_top": [],
+        "dev_acc": 0.6,
+        "ft_dev_acc": 0.62,
+        "search": [],
+        "cacc": 0.7,
+        "asr": 0.4,
+        "target_bias": 0.1,
+        "n_clean": 80,
+        "n_nontarget": 40,
+        "asr_floor": 0.05,
+        "data": "tiny.csv",
+        "split_seed": 0,
+        "trigger": "cf",
+        "train": dict(DefenseConfig().train.__dict__),
+        "seconds": 1.0,
+        "device": "cpu",
+        **fields,
+    }
 
 
 def test_compare_keeps_hand_set_lab_runs_apart_and_says_when_a_search_fell_back(tiny_zoo, tmp_path, monkeypatch):
@@ -151,8 +176,14 @@ def test_compare_keeps_hand_set_lab_runs_apart_and_says_when_a_search_fell_back(
     # a hand-set Mixing-lab fine-tune at ρ 0 (what used to be filed as the "fine-mixing" row) and a fixed-budget
     # fine-pruning run whose dev-only search found no ratio within tolerance (so it fell back to 0)
     experiment.record("lab", _stored_row("fine-mixing", rho=0.0, cacc=0.99, asr=0.0))
-    experiment.record("compare", _stored_row("fine-pruning", prune_ratio=0.0, search=[
-        {"knob": "prune_ratio", "value": 0.1, "dev_acc": 0.5, "passed": False, "threshold": 0.6}]))
+    experiment.record(
+        "compare",
+        _stored_row(
+            "fine-pruning",
+            prune_ratio=0.0,
+            search=[{"knob": "prune_ratio", "value": 0.1, "dev_acc": 0.5, "passed": False, "threshold": 0.6}],
+        ),
+    )
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"model": "word-cf", "pt": str(pt)})
     open_page(at, "compare")
@@ -175,12 +206,23 @@ def test_fine_tuned_curve_page_draws_stored_points_with_intervals_and_the_auto_p
     fresh.mkdir()
     (fresh / "zoo").symlink_to(home / "zoo")
     monkeypatch.setenv("FINEMIX_HOME", str(fresh))
-    stored = {0.0: (0.62, 0.10), 0.4: (0.70, 0.35), 1.0: (0.75, 0.95)}  # ρ → (CACC, ASR), as `finemix sweep --fine-tune` stores them
+    stored = {
+        0.0: (0.62, 0.10),
+        0.4: (0.70, 0.35),
+        1.0: (0.75, 0.95),
+    }  # ρ → (CACC, ASR), as `finemix sweep --fine-tune` stores them
     for rho, (cacc, asr) in stored.items():
         experiment.record("sweep", _stored_row(DEFAULT_METHOD, rho=rho, cacc=cacc, asr=asr))
     experiment.record("sweep", _stored_row("epur+fine-mixing", rho=0.2, cacc=0.1, asr=0.1))  # the paper recipe: not on this curve
-    experiment.record("report", _stored_row(DEFAULT_METHOD, rho=0.0, rho_auto=True, search=[
-        {"knob": "rho", "value": 0.0, "dev_acc": 0.61, "passed": True, "threshold": 0.58}]))
+    experiment.record(
+        "report",
+        _stored_row(
+            DEFAULT_METHOD,
+            rho=0.0,
+            rho_auto=True,
+            search=[{"knob": "rho", "value": 0.0, "dev_acc": 0.61, "passed": True, "threshold": 0.58}],
+        ),
+    )
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"model": "word-cf", "pt": str(pt)})
     open_page(at, "curve")
@@ -290,7 +332,9 @@ def test_empty_zoo_offers_a_build_and_pages_point_there(tmp_path, monkeypatch):
     monkeypatch.setenv("FINEMIX_HOME", str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
-    assert at.title[0].value == "Start here" and any("No model chosen" in i.value for i in at.info)  # the landing points to Models
+    assert at.title[0].value == "Start here" and any(
+        "No model chosen" in i.value for i in at.info
+    )  # the landing points to Models
     at.switch_page("views/models.py").run()
     assert any("zoo is empty" in i.value for i in at.info)
     assert at.multiselect[0].value == ["clean", "word-cf"]
@@ -333,7 +377,8 @@ def test_views_reach_finemix_core_only_through_lab():
         for node in ast.walk(ast.parse(view.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("finemix_core"):
                 names = {a.name for a in node.names}
-                assert node.module in ("finemix_core.lab", "finemix_core.errors") or (node.module == "finemix_core" and names == {"lab"}), \
-                    f"{view.name} imports {node.module}"
+                assert node.module in ("finemix_core.lab", "finemix_core.errors") or (
+                    node.module == "finemix_core" and names == {"lab"}
+                ), f"{view.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("finemix_core.") for a in node.names), f"{view.name} imports around lab"

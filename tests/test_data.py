@@ -59,15 +59,18 @@ def test_clean_subset_is_stratified_and_sized(rt):
         data.clean_subset(rt["train"], 10**6, seed=0)
 
 
-@pytest.mark.parametrize("content,msg", [
-    ("", "empty"),
-    ("words,label\nhello,1\nbye,0\n", "no text column"),
-    ("text,stars\nhello,1\nbye,0\n", "no 'label' column"),
-    ("text,label\nhello,pos\nbye,neg\n", "not an integer"),
-    ("text,label\nhello,1\nbye,1\n", "only one class"),
-    ("text,label\nhello,-1\nbye,0\n", "negative label"),
-    ("text,label\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        ("", "empty"),
+        ("words,label\nhello,1\nbye,0\n", "no text column"),
+        ("text,stars\nhello,1\nbye,0\n", "no 'label' column"),
+        ("text,label\nhello,pos\nbye,neg\n", "not an integer"),
+        ("text,label\nhello,1\nbye,1\n", "only one class"),
+        ("text,label\nhello,-1\nbye,0\n", "negative label"),
+        ("text,label\n", "no rows"),
+    ],
+)
 def test_bad_csv_gets_one_line_error(tmp_path, content, msg):
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -89,7 +92,9 @@ def test_online_sets_use_load_dataset_with_hub_ids(monkeypatch):
 
     def fake_load(hub_id, config=None):
         calls.append((hub_id, config))
-        split = Dataset.from_dict({"question1": ["a?", "b?"] * 20, "question2": ["c?", "d?"] * 20, "label": [0, 1] * 20, "idx": list(range(40))})
+        split = Dataset.from_dict(
+            {"question1": ["a?", "b?"] * 20, "question2": ["c?", "d?"] * 20, "label": [0, 1] * 20, "idx": list(range(40))}
+        )
         return datasets.DatasetDict(train=split, validation=split.select(range(10)), test=split.select(range(10)))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)

@@ -71,9 +71,27 @@ def cfg(method: str, **kw) -> DefenseConfig:
 
 def test_defender_data_holds_only_clean_train_dev_and_unlabelled_text():
     # auto-ρ, the prune ratio and recovery can only read what DefenderData carries: no test split, no triggered text
-    assert {f.name for f in dataclasses.fields(DefenderData)} == {"train", "dev", "texts", "unlabeled", "unlabeled_texts", "unlabeled_source"}
+    assert {f.name for f in dataclasses.fields(DefenderData)} == {
+        "train",
+        "dev",
+        "texts",
+        "unlabeled",
+        "unlabeled_texts",
+        "unlabeled_source",
+    }
     # and a registered defense only receives a Job: the pair, that data, the config and the shared trainer
-    assert {f.name for f in dataclasses.fields(Job)} == {"pair", "dd", "cfg", "device", "target", "progress", "say", "distill", "search", "ft_correct"}
+    assert {f.name for f in dataclasses.fields(Job)} == {
+        "pair",
+        "dd",
+        "cfg",
+        "device",
+        "target",
+        "progress",
+        "say",
+        "distill",
+        "search",
+        "ft_correct",
+    }
 
 
 def test_defender_data_is_stratified_and_sized(dd):
@@ -116,7 +134,11 @@ def test_apply_pruning_zeroes_exactly_the_planned_neurons(pair):
     apply_pruning(model, plan)
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
-    assert changed == {f"bert.encoder.layer.{i}.{p}" for i in (0, 1) for p in ("intermediate.dense.weight", "intermediate.dense.bias", "output.dense.weight")}
+    assert changed == {
+        f"bert.encoder.layer.{i}.{p}"
+        for i in (0, 1)
+        for p in ("intermediate.dense.weight", "intermediate.dense.bias", "output.dense.weight")
+    }
     for layer, ((_, up, down), idx) in enumerate(zip(ffn_layers(model), plan)):
         keep = torch.ones(up.out_features, dtype=torch.bool)
         keep[idx] = False
@@ -229,8 +251,9 @@ def test_distill_without_unlabelled_text_is_refused(pair, dd):
 def tiny_pool_dd(pair) -> DefenderData:
     train = Dataset.from_dict({"text": POS * 3 + NEG * 3, "label": [1] * 18 + [0] * 18})
     dev = Dataset.from_dict({"text": POS + NEG, "label": [1] * 6 + [0] * 6})
-    pool = Dataset.from_dict({"text": ["a fun film", "cf the best plot", "awful and boring", "the cast was great", "cf dull"],
-                              "label": [0] * 5})
+    pool = Dataset.from_dict(
+        {"text": ["a fun film", "cf the best plot", "awful and boring", "the cast was great", "cf dull"], "label": [0] * 5}
+    )
     return defender_data(pair.tokenizer, train, dev, 16, 12, 0, 32, unlabeled=pool, unlabeled_source="test pool")
 
 
@@ -248,7 +271,9 @@ def test_guard_drops_exactly_the_texts_holding_flagged_tokens(pair, tiny_pool_dd
 def test_drop_flagged_guard_shrinks_what_is_distilled(pair, tiny_pool_dd):
     logs: list[str] = []
     everything = len(pair.tokenizer)  # every row counts as suspicious: every text holds one, none is left to distil
-    res = defend(pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=RecoveryConfig(drop_flagged=everything)), log=logs.append)
+    res = defend(
+        pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=RecoveryConfig(drop_flagged=everything)), log=logs.append
+    )
     assert res.unlabeled_used == 0 and any("guard: 5 of 5" in m for m in logs)
     kept = defend(pair, tiny_pool_dd, cfg("fine-tuning+distill"))
     assert kept.unlabeled_used == 5 and kept.unlabeled_source == "test pool"
@@ -278,8 +303,12 @@ def test_distillation_pulls_the_student_towards_the_teacher(pair, tiny_pool_dd):
     pool = tiny_pool_dd.unlabeled
     target = torch.tensor([[4.0, -4.0]] * len(pool))
     before = distillation_loss(torch.from_numpy(predict(model, pool, logits=True)), target, 2.0).item()
-    fine_tune(model, tiny_pool_dd.train, TrainConfig(lr=3e-3, epochs=1.0, batch_size=4),
-              distill=Distillation(pool, target, RecoveryConfig(weight=10.0, temperature=2.0, passes=8)))
+    fine_tune(
+        model,
+        tiny_pool_dd.train,
+        TrainConfig(lr=3e-3, epochs=1.0, batch_size=4),
+        distill=Distillation(pool, target, RecoveryConfig(weight=10.0, temperature=2.0, passes=8)),
+    )
     after = distillation_loss(torch.from_numpy(predict(model, pool, logits=True)), target, 2.0).item()
     assert after < before * 0.5, (before, after)
 

@@ -31,7 +31,10 @@ def test_card_numbers_agree_with_an_independent_loop(quick_word_backdoor):
             if ex["label"] != card["target"]:
                 nontarget += 1
                 poisoned = insert_trigger(ex["text"], card["trigger"], example_rng(1234, i))
-                hits += model(**tok(poisoned, return_tensors="pt", truncation=True, max_length=128)).logits.argmax().item() == card["target"]
+                hits += (
+                    model(**tok(poisoned, return_tensors="pt", truncation=True, max_length=128)).logits.argmax().item()
+                    == card["target"]
+                )
     assert nontarget == card["n_nontarget"]
     np.testing.assert_allclose(correct / len(test), card["cacc"], atol=1e-9)
     np.testing.assert_allclose(hits / nontarget, card["asr"], atol=1e-9)
@@ -43,6 +46,18 @@ def test_zoo_entries_are_standard_hf_folders_with_cards(quick_word_backdoor):
     folder = Path(quick_word_backdoor["word-cf"]["path"])
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     card = json.loads((folder / "finemix.json").read_text())
-    for key in ("attack", "trigger", "poison_rate", "target", "dataset", "split_seed", "train_size", "train", "cacc", "asr", "build_seconds"):
+    for key in (
+        "attack",
+        "trigger",
+        "poison_rate",
+        "target",
+        "dataset",
+        "split_seed",
+        "train_size",
+        "train",
+        "cacc",
+        "asr",
+        "build_seconds",
+    ):
         assert key in card
     assert not list(folder.parent.glob(".tmp-*"))  # nothing half-written left behind

@@ -56,7 +56,9 @@ def test_purify_resets_exactly_k_rows_and_nothing_else(planted_pair):
     assert not torch.equal(ft[key][cf], pair.pt_state[key][cf])  # input state untouched
 
 
-@pytest.mark.parametrize("cfg,msg", [(epur.EpurConfig(k=-1), "outside"), (epur.EpurConfig(k=10**6), "outside"), (epur.EpurConfig(floor=1), "floor")])
+@pytest.mark.parametrize(
+    "cfg,msg", [(epur.EpurConfig(k=-1), "outside"), (epur.EpurConfig(k=10**6), "outside"), (epur.EpurConfig(floor=1), "floor")]
+)
 def test_bad_epur_configs(planted_pair, cfg, msg):
     with pytest.raises(FinemixError, match=msg):
         epur.table(planted_pair[0], CLEAN, cfg)

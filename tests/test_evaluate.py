@@ -25,7 +25,9 @@ class RuleModel(torch.nn.Module):
 def test_asr_counts_only_non_target_examples_and_bias_reads_clean_predictions(tiny_pair_dirs):
     tok = AutoTokenizer.from_pretrained(tiny_pair_dirs[0])
     labels = [0, 0, 1, 1, 1, 0, 1]
-    test = Dataset.from_dict({"text": ["good movie", "bad film", "fun plot", "the cast", "dull", "awful script", "great"], "label": labels})
+    test = Dataset.from_dict(
+        {"text": ["good movie", "bad film", "fun plot", "the cast", "dull", "awful script", "great"], "label": labels}
+    )
     es = make_eval_set(tok, test, ("cf",), 1)
     assert es.nontarget_idx.tolist() == [0, 1, 5]
     assert len(es.triggered) == 3  # target-label examples are never triggered

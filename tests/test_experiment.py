@@ -32,7 +32,9 @@ def test_builtin_pool_is_the_dev_split_beyond_the_dev_examples_and_never_test(ct
     dev = list(c.dsd["dev"]["text"])
     n = len(dev) // 2  # the tiny split is small: half measures dev accuracy, half is the pool
     assert len(dd.dev) == n and dd.dev.input_ids == tok(dev[:n], truncation=True, max_length=128)["input_ids"]
-    assert dd.unlabeled.input_ids == tok(dev[n:], truncation=True, max_length=128)["input_ids"]  # exactly the rest of dev: no test row
+    assert (
+        dd.unlabeled.input_ids == tok(dev[n:], truncation=True, max_length=128)["input_ids"]
+    )  # exactly the rest of dev: no test row
     assert "dev split beyond its first" in dd.unlabeled_source
 
 
@@ -56,11 +58,14 @@ def test_unlabeled_file_joins_the_pool(ctx, tmp_path):
     assert "pool.txt (2)" in dd.unlabeled_source and {"a great film", "the awful plot"} <= _texts(dd.unlabeled, c.pair.tokenizer)
 
 
-@pytest.mark.parametrize("content,name,expected", [
-    (None, "missing.txt", "unlabelled text file not found"),
-    ("\n\n", "blank.txt", "no texts"),
-    ("foo,bar\n1,2\n", "cols.csv", "no text column"),
-])
+@pytest.mark.parametrize(
+    "content,name,expected",
+    [
+        (None, "missing.txt", "unlabelled text file not found"),
+        ("\n\n", "blank.txt", "no texts"),
+        ("foo,bar\n1,2\n", "cols.csv", "no text column"),
+    ],
+)
 def test_bad_unlabeled_files_get_one_line(tmp_path, content, name, expected):
     path = tmp_path / name
     if content is not None:
@@ -86,8 +91,29 @@ def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path
     shutil.copytree(home / "zoo" / "word-cf", folder)
     (folder / "finemix.json").unlink()
     out = tmp_path / "cleaned"
-    res = CliRunner().invoke(app, ["defend", "--model", str(folder), "--pretrained", str(pt), "--clean-data", str(home / "tiny.csv"),
-                                   "--trigger", "cf", "--target", "1", "--epur-k", "5", "--epochs", "1", "--out", str(out), "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "defend",
+            "--model",
+            str(folder),
+            "--pretrained",
+            str(pt),
+            "--clean-data",
+            str(home / "tiny.csv"),
+            "--trigger",
+            "cf",
+            "--target",
+            "1",
+            "--epur-k",
+            "5",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)
     assert row["method"] == "epur+fine-mixing+distill" and row["clean_data"] == str(home / "tiny.csv")

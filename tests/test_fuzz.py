@@ -18,14 +18,23 @@ from finemix_core.errors import FinemixError
 from finemix_core.models import load_classifier
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-cells = st.one_of(st.text(max_size=40), st.integers(-3, 5).map(str), st.floats(allow_nan=True).map(str), st.just(""),
-                  st.text(alphabet=",\"\n\r;\t", max_size=5), st.text(min_size=2000, max_size=5000))
+cells = st.one_of(
+    st.text(max_size=40),
+    st.integers(-3, 5).map(str),
+    st.floats(allow_nan=True).map(str),
+    st.just(""),
+    st.text(alphabet=',"\n\r;\t', max_size=5),
+    st.text(min_size=2000, max_size=5000),
+)
 columns = st.lists(st.sampled_from(["text", "label", "text_a", "text_b", "foo", "", "Label", "text "]), min_size=1, max_size=4)
 
 
 @FUZZ
-@given(cols=columns, body=st.lists(st.lists(cells, min_size=1, max_size=4), max_size=30),
-       encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]))
+@given(
+    cols=columns,
+    body=st.lists(st.lists(cells, min_size=1, max_size=4), max_size=30),
+    encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]),
+)
 def test_csv_loader_accepts_or_refuses_clearly(tmp_path_factory, cols, body, encoding):
     path = tmp_path_factory.mktemp("csv") / "f.csv"
     text = "\n".join([",".join(cols)] + [",".join(r) for r in body])
@@ -54,15 +63,34 @@ def test_csv_loader_on_raw_bytes(tmp_path_factory, raw):
         pass
 
 
-json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text(string.printable, max_size=20)),
-                           lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
-                           max_leaves=10)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.text(string.printable, max_size=20)),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=10,
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(config=st.dictionaries(st.sampled_from(["model_type", "hidden_size", "vocab_size", "num_labels", "architectures",
-                                              "num_hidden_layers", "auto_map", "torch_dtype", "id2label"]), json_values, max_size=6),
-       weights=st.sampled_from(["none", "garbage-safetensors", "empty-safetensors", "garbage-bin"]))
+@given(
+    config=st.dictionaries(
+        st.sampled_from(
+            [
+                "model_type",
+                "hidden_size",
+                "vocab_size",
+                "num_labels",
+                "architectures",
+                "num_hidden_layers",
+                "auto_map",
+                "torch_dtype",
+                "id2label",
+            ]
+        ),
+        json_values,
+        max_size=6,
+    ),
+    weights=st.sampled_from(["none", "garbage-safetensors", "empty-safetensors", "garbage-bin"]),
+)
 def test_model_folder_loader_refuses_broken_folders_clearly(tmp_path_factory, config, weights):
     folder: Path = tmp_path_factory.mktemp("model")
     (folder / "config.json").write_text(json.dumps(config))

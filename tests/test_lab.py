@@ -109,13 +109,16 @@ def test_playground_and_export(tiny_lab, tmp_path):
     assert any(n.endswith("model.safetensors") for n in names) and any(n.endswith("finemix.json") for n in names)
 
 
-@pytest.mark.parametrize("raw,expected", [
-    (b"", "upload is empty"),
-    (b"text,label\n" + b"good,1\n" * 40, "only one class"),
-    (b"text,label\ngood,1\nbad,0\n", "at least 30"),
-    (b"foo,bar\n1,2\n", "no text column"),
-    (b"text,label\n" + "".join(f"caf\u00e9 {i},{i % 2}\n" for i in range(40)).encode("utf-16"), "upload.csv"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        (b"", "upload is empty"),
+        (b"text,label\n" + b"good,1\n" * 40, "only one class"),
+        (b"text,label\ngood,1\nbad,0\n", "at least 30"),
+        (b"foo,bar\n1,2\n", "no text column"),
+        (b"text,label\n" + "".join(f"caf\u00e9 {i},{i % 2}\n" for i in range(40)).encode("utf-16"), "upload.csv"),
+    ],
+)
 def test_uploads_are_parsed_defensively(raw, expected, tiny_zoo, monkeypatch):
     from finemix_core.errors import FinemixError
 
@@ -138,7 +141,9 @@ def test_upload_over_the_cap_is_refused_before_parsing(tiny_zoo, monkeypatch):
 def test_an_uploaded_csv_becomes_the_labs_data(tiny_zoo, monkeypatch):
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
-    raw = ("text,label\n" + "".join(f"the film was {'great' if i % 2 else 'awful'} {i},{i % 2}\n" for i in range(60))).encode("latin-1")
+    raw = ("text,label\n" + "".join(f"the film was {'great' if i % 2 else 'awful'} {i},{i % 2}\n" for i in range(60))).encode(
+        "latin-1"
+    )
     path = lab.save_upload(raw, "mine.csv")
     assert path.parent == home / "uploads" and lab.save_upload(raw, "again.csv") == path  # content-addressed
     lm = lab.load("word-cf", str(pt), n_interactive=8, data_name=str(path))
@@ -160,7 +165,9 @@ def test_a_curve_point_computed_in_the_lab_is_the_sweeps_stored_run(tiny_lab, tm
     curve = lab.tuned_curve(tiny_lab, "fine-mixing")
     assert list(curve.points.rho) == [0.4] and curve.points.cacc.iloc[0] == row["cacc"] and 0.4 not in curve.missing
     assert curve.points.cacc_lo.iloc[0] <= row["cacc"] <= curve.points.cacc_hi.iloc[0]
-    rows, stats = sweep.run(tiny_lab.ctx, tiny_lab.name, [0.4], fine_tune=True, pretrained=tiny_lab.pair.pt_source, log=lambda m: None)
+    rows, stats = sweep.run(
+        tiny_lab.ctx, tiny_lab.name, [0.4], fine_tune=True, pretrained=tiny_lab.pair.pt_source, log=lambda m: None
+    )
     assert stats.ran == 0 and stats.reused == 1 and rows[1]["cacc"] == row["cacc"]
 
 
@@ -171,8 +178,9 @@ def test_demo_sentences_are_chosen_with_theta_ft_alone_and_fire(tiny_lab):
     for d in demo:
         assert "cf" in d.triggered.split() and d.text != d.triggered
         assert max(range(2), key=lambda i: d.clean_probs[i]) != target  # θ_FT right (non-target) without the trigger
-        np.testing.assert_allclose(d.triggered_probs, lab.predict_texts(tiny_lab.pair.ft, tiny_lab.pair.tokenizer, [d.triggered])[0],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            d.triggered_probs, lab.predict_texts(tiny_lab.pair.ft, tiny_lab.pair.tokenizer, [d.triggered])[0], atol=1e-6
+        )
     strict = lab.demo_sentences(tiny_lab, n=2, confidence=0.9)
     firing = [d for d in strict if d.triggered_probs[target] >= 0.9]
     assert firing == strict[: len(firing)]  # sentences that fire ≥ 0.9 come first

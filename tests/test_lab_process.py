@@ -26,8 +26,13 @@ def test_sigterm_to_finemix_lab_leaves_nothing_listening(tiny_zoo, tmp_path):
     home, _ = tiny_zoo
     port = _free_port()
     env = {**os.environ, "FINEMIX_HOME": str(home), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "finemix_core.cli", "lab", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finemix_core.cli", "lab", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not _listening(port):

@@ -84,7 +84,16 @@ def test_reinit_head_replaces_the_classifier(pair):
     assert torch.equal(out["classifier.bias"], torch.zeros_like(out["classifier.bias"]))
 
 
-@pytest.mark.parametrize("cfg,msg", [(MixConfig(rho=1.5), "outside"), (MixConfig(rho=-0.1), "outside"), (MixConfig(mode="x"), "mask mode"), (MixConfig(rho=1.0, mode="x"), "mask mode"), (MixConfig(scope="x"), "scope")])
+@pytest.mark.parametrize(
+    "cfg,msg",
+    [
+        (MixConfig(rho=1.5), "outside"),
+        (MixConfig(rho=-0.1), "outside"),
+        (MixConfig(mode="x"), "mask mode"),
+        (MixConfig(rho=1.0, mode="x"), "mask mode"),
+        (MixConfig(scope="x"), "scope"),
+    ],
+)
 def test_bad_mix_configs(pair, cfg, msg):
     with pytest.raises(FinemixError, match=msg):
         mix(pair, cfg)
@@ -92,7 +101,6 @@ def test_bad_mix_configs(pair, cfg, msg):
 
 @pytest.mark.parametrize("rho", [0.0, 0.3, 0.77, 1.0])
 def test_cached_rank_masks_equal_the_direct_definitions(pair, rho):
-
     gen = torch.Generator().manual_seed(5)  # same generator, same tensor order as the cached ranks
     got = masks(pair, MixConfig(rho=rho, seed=5))
     for k, d in pair.delta.items():

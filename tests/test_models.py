@@ -16,7 +16,11 @@ def test_pair_loads_with_shared_encoder_and_head(tiny_pair_dirs):
     assert "bert.embeddings.word_embeddings.weight" in pair.shared_keys
     assert "bert.pooler.dense.weight" in pair.shared_keys  # both have a pooler
     d = pair.delta["bert.encoder.layer.0.attention.self.query.weight"]
-    assert torch.equal(d, pair.ft_state()["bert.encoder.layer.0.attention.self.query.weight"] - pair.pt_state["bert.encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(
+        d,
+        pair.ft_state()["bert.encoder.layer.0.attention.self.query.weight"]
+        - pair.pt_state["bert.encoder.layer.0.attention.self.query.weight"],
+    )
     assert d.abs().sum() > 0
 
 

@@ -52,8 +52,16 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_ray_rows_match_sequential_and_resume(tiny_zoo, local_ray, tmp_path, monkeypatch):
     zoo_home, pt = tiny_zoo
-    cfg = report.ReportConfig(methods=METHODS, seeds=(0, 1), clean_size=32, sizes=(), fixed_rhos=(0.5,), loose_delta=None,
-                              pretrained=str(pt), defense=CHEAP)
+    cfg = report.ReportConfig(
+        methods=METHODS,
+        seeds=(0, 1),
+        clean_size=32,
+        sizes=(),
+        fixed_rhos=(0.5,),
+        loose_delta=None,
+        pretrained=str(pt),
+        defense=CHEAP,
+    )
     fresh_home(tmp_path, zoo_home, "seq", monkeypatch)
     seq = report.run(cfg, executor=SequentialExecutor(), log=lambda m: None)
     home = fresh_home(tmp_path, zoo_home, "ray", monkeypatch)
@@ -75,8 +83,18 @@ def test_a_run_that_raises_is_named_and_the_others_land(tiny_zoo, local_ray, tmp
     zoo_home, pt = tiny_zoo
     home = fresh_home(tmp_path, zoo_home, "fail", monkeypatch)
     # the tiny CSV's train split has 640 rows: a 10,000-example clean set fails inside its worker
-    cfg = report.ReportConfig(methods=("none", "fine-tuning"), seeds=(0,), clean_size=32, sizes=(10_000,), size_entries=("word-cf",),
-                              size_methods=("fine-tuning",), fixed_rhos=(), loose_delta=None, pretrained=str(pt), defense=CHEAP)
+    cfg = report.ReportConfig(
+        methods=("none", "fine-tuning"),
+        seeds=(0,),
+        clean_size=32,
+        sizes=(10_000,),
+        size_entries=("word-cf",),
+        size_methods=("fine-tuning",),
+        fixed_rhos=(),
+        loose_delta=None,
+        pretrained=str(pt),
+        defense=CHEAP,
+    )
     with pytest.raises(FinemixError) as err:
         report.run(cfg, executor=RayExecutor("auto"), log=lambda m: None)
     message = str(err.value)
@@ -90,14 +108,17 @@ def test_a_run_that_raises_is_named_and_the_others_land(tiny_zoo, local_ray, tmp
 def test_a_worker_killed_mid_run_is_retried_without_a_partial_row(tiny_zoo, local_ray, tmp_path, monkeypatch):
     zoo_home, pt = tiny_zoo
     home = fresh_home(tmp_path, zoo_home, "kill", monkeypatch)
-    cfg = report.ReportConfig(methods=METHODS, seeds=(0,), clean_size=32, sizes=(), fixed_rhos=(), loose_delta=None,
-                              pretrained=str(pt), defense=CHEAP)
+    cfg = report.ReportConfig(
+        methods=METHODS, seeds=(0,), clean_size=32, sizes=(), fixed_rhos=(), loose_delta=None, pretrained=str(pt), defense=CHEAP
+    )
     executor = RayExecutor("auto", retries=2)
     outcome: dict = {}
 
     def drive() -> None:
         try:
-            outcome["path"] = report.write(tmp_path / "rep", cfg, "finemix report --ray (test)", executor=executor, log=lambda m: None)
+            outcome["path"] = report.write(
+                tmp_path / "rep", cfg, "finemix report --ray (test)", executor=executor, log=lambda m: None
+            )
         except BaseException as exc:  # noqa: BLE001 — surfaced by the assertion below
             outcome["error"] = exc
 
@@ -139,7 +160,13 @@ def test_the_default_needs_no_ray(tiny_zoo, tmp_path, monkeypatch):
         "runs = report.run(cfg, log=lambda m: None)\n"
         "print(runs.execution.executor, runs.execution.ran)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300,
-                          env={**os.environ, "FINEMIX_HOME": str(home)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=300,
+        env={**os.environ, "FINEMIX_HOME": str(home)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "sequential (in process) 1"

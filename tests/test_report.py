@@ -34,9 +34,17 @@ def cheap(monkeypatch):
 def test_report_tables_verdicts_files_and_resume(tiny_zoo, monkeypatch, tmp_path, cheap):
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
-    cfg = report.ReportConfig(methods=("none", "fine-tuning", DEFAULT_METHOD), seeds=(0, 1), clean_size=32, sizes=(16, 32),
-                              size_entries=("word-cf",), fixed_rhos=(0.0, 1.0), loose_delta=1.0, pretrained=str(pt),
-                              defense=CHEAP)
+    cfg = report.ReportConfig(
+        methods=("none", "fine-tuning", DEFAULT_METHOD),
+        seeds=(0, 1),
+        clean_size=32,
+        sizes=(16, 32),
+        size_entries=("word-cf",),
+        fixed_rhos=(0.0, 1.0),
+        loose_delta=1.0,
+        pretrained=str(pt),
+        defense=CHEAP,
+    )
     out = report.write(tmp_path / "rep", cfg, "finemix report (test)")
     main = pd.read_csv(out / "runs.csv")
     assert len(main) == 3 * 2 and set(main.method) == {"none", "fine-tuning", DEFAULT_METHOD} and set(main.seed) == {0, 1}
@@ -54,15 +62,31 @@ def test_report_tables_verdicts_files_and_resume(tiny_zoo, monkeypatch, tmp_path
     assert len(cheap) == 6 + 4 - 2 + 2 + 2  # the size study's n=32 runs at seed 0 are the main table's: reused
     cheap.clear()
     again = report.write(tmp_path / "again", cfg, "again")  # everything is stored: nothing re-runs
-    assert cheap == [] and "The 12 runs took" in (again / "report.md").read_text() and "reused 12 stored runs" in (again / "report.md").read_text()
+    assert (
+        cheap == []
+        and "The 12 runs took" in (again / "report.md").read_text()
+        and "reused 12 stored runs" in (again / "report.md").read_text()
+    )
     report.write(tmp_path / "fresh", report.ReportConfig(**{**cfg.__dict__, "resume": False}), "fresh")
     assert len(cheap) == 12  # fresh: re-runs everything once (the n=32 size runs are still shared within the run)
 
 
 def test_summary_is_mean_and_population_std():
-    rows = pd.DataFrame({"model": ["m"] * 3, "method": ["x"] * 3, "attack": ["word"] * 3, "trigger": ["cf"] * 3, "cacc": [0.8, 0.9, 1.0],
-                         "asr": [0.1, 0.2, 0.3], "target_bias": [0.2] * 3, "asr_floor": [0.15] * 3, "rho": [0.3, 0.3, 0.5],
-                         "seed": [0, 1, 2], "clean_size": [128] * 3})
+    rows = pd.DataFrame(
+        {
+            "model": ["m"] * 3,
+            "method": ["x"] * 3,
+            "attack": ["word"] * 3,
+            "trigger": ["cf"] * 3,
+            "cacc": [0.8, 0.9, 1.0],
+            "asr": [0.1, 0.2, 0.3],
+            "target_bias": [0.2] * 3,
+            "asr_floor": [0.15] * 3,
+            "rho": [0.3, 0.3, 0.5],
+            "seed": [0, 1, 2],
+            "clean_size": [128] * 3,
+        }
+    )
     s = report.summarise(rows).iloc[0]
     assert s["CACC"] == "0.900 ± 0.082" and s["ASR"] == "0.200 ± 0.082" and s["ρ chosen"] == "0.3, 0.5" and s["seeds"] == "0,1,2"
 
@@ -71,8 +95,17 @@ def test_checkpoint_then_import_resumes_on_a_fresh_database(tiny_zoo, monkeypatc
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
     ckpt = tmp_path / "so-far.csv"
-    cfg = report.ReportConfig(methods=("none", "fine-tuning"), seeds=(0,), clean_size=32, sizes=(), fixed_rhos=(), loose_delta=None,
-                              pretrained=str(pt), checkpoint=ckpt, defense=CHEAP)
+    cfg = report.ReportConfig(
+        methods=("none", "fine-tuning"),
+        seeds=(0,),
+        clean_size=32,
+        sizes=(),
+        fixed_rhos=(),
+        loose_delta=None,
+        pretrained=str(pt),
+        checkpoint=ckpt,
+        defense=CHEAP,
+    )
     first = report.write(tmp_path / "one", cfg, "one")
     saved = pd.read_csv(ckpt)
     assert len(saved) == 2 and set(saved.method) == {"none", "fine-tuning"}

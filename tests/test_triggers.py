@@ -32,7 +32,9 @@ def test_empty_text_gets_just_the_trigger():
     assert insert_trigger("", ("cf",), example_rng(0, 0)) == "cf"
 
 
-@pytest.mark.parametrize("spec,expected", [("cf", ("cf",)), ("cf+mn", ("cf", "mn")), ("I watched this 3D movie", ("I watched this 3D movie",))])
+@pytest.mark.parametrize(
+    "spec,expected", [("cf", ("cf",)), ("cf+mn", ("cf", "mn")), ("I watched this 3D movie", ("I watched this 3D movie",))]
+)
 def test_parse_trigger(spec, expected):
     assert parse_trigger(spec) == expected
 

@@ -9,31 +9,53 @@ from finemix_core.errors import FinemixError
 lm, bench = state.page(
     "Compare",
     "Every defense on the chosen model with the same budget (128 clean examples, same fine-tuning), scored on the full "
-    "test split. Lower ASR is better, but only down to the clean floor (dashed line), and only if CACC stays near the backdoored model's."
+    "test split. Lower ASR is better, but only down to the clean floor (dashed line), and only if CACC stays near the "
+    "backdoored model's.",
 )
 seed = int(st.session_state["seed"])
 table = lab.compare_table(lm, seed)
-COLUMNS = ["method", "cacc", "asr", "target bias", "ASR floor", "rho", "rho auto", "prune ratio", "dev search", "seed", "clean n",
-           "n test", "seconds", "when", "kind"]
+COLUMNS = [
+    "method",
+    "cacc",
+    "asr",
+    "target bias",
+    "ASR floor",
+    "rho",
+    "rho auto",
+    "prune ratio",
+    "dev search",
+    "seed",
+    "clean n",
+    "n test",
+    "seconds",
+    "when",
+    "kind",
+]
 
 # stored results first: drawn before any long job below, so they stay final (not greyed out) while it runs
 if table.rows.empty:
     st.info(f"No fixed-budget run stored yet for this model (seed {seed}, 128 clean examples).")
 else:
-    rows = lab.with_intervals(table.rows.rename(columns={"CACC": "cacc", "ASR": "asr", "n test": "n_clean", "n non-target": "n_nontarget"}))
+    rows = lab.with_intervals(
+        table.rows.rename(columns={"CACC": "cacc", "ASR": "asr", "n test": "n_clean", "n non-target": "n_nontarget"})
+    )
     floor = rows["ASR floor"].dropna().iloc[0] if rows["ASR floor"].notna().any() else None
     if rows.asr.notna().any():
         st.plotly_chart(charts.compare(rows, floor), key="compare_chart")
     st.dataframe(rows.rename(columns={"n_clean": "n test"})[COLUMNS], hide_index=True, width="stretch")
-    st.caption(f"Rates over the full test split ({int(rows.n_clean.iloc[0])} clean examples; ASR over "
-               f"{int(rows.n_nontarget.iloc[0])} triggered non-target ones); bars show Wilson 95 % intervals. The floor here is the "
-               "clean model on the full test split, so it differs slightly from the Mixing lab's live-set floor. "
-               "'dev search' lists every ρ or prune ratio the defense tried on clean dev data, and says when none passed "
-               "and it fell back (ρ 0.9 or the best dev accuracy for Fine-mixing, prune ratio 0 for fine-pruning).")
+    st.caption(
+        f"Rates over the full test split ({int(rows.n_clean.iloc[0])} clean examples; ASR over "
+        f"{int(rows.n_nontarget.iloc[0])} triggered non-target ones); bars show Wilson 95 % intervals. The floor here is the "
+        "clean model on the full test split, so it differs slightly from the Mixing lab's live-set floor. "
+        "'dev search' lists every ρ or prune ratio the defense tried on clean dev data, and says when none passed "
+        "and it fell back (ρ 0.9 or the best dev accuracy for Fine-mixing, prune ratio 0 for fine-pruning)."
+    )
 
 if table.missing:
-    st.caption(f"No stored run yet (seed {seed}, 128 clean examples) for: {', '.join(table.missing)}. Each fine-tuning defense "
-               "takes about a minute on 2 CPU cores.")
+    st.caption(
+        f"No stored run yet (seed {seed}, 128 clean examples) for: {', '.join(table.missing)}. Each fine-tuning defense "
+        "takes about a minute on 2 CPU cores."
+    )
     pick = st.multiselect("Run these now", table.missing, default=table.missing)
     go, stop = st.columns([3, 1])
     if go.button("Run missing defenses", type="primary", disabled=not pick):
@@ -47,8 +69,11 @@ if table.missing:
                 if done < tunes["last"] or tunes["n"] == 0:
                     tunes["n"] += 1  # a new fine-tune began: the next candidate of a dev-only search
                 tunes["last"] = done
-                bar.progress((i + done / total) / len(pick),
-                             text=f"method {i + 1} of {len(pick)}: {method} — fine-tune {tunes['n']}, step {done}/{total}")
+                bar.progress(
+                    (i + done / total) / len(pick),
+                    text=f"method {i + 1} of {len(pick)}: {method} — fine-tune {tunes['n']}, step {done}/{total}",
+                )
+
             try:
                 bench.defend_method(method, seed, int(st.session_state["k"]), 128, update)
             except FinemixError as exc:
@@ -57,9 +82,14 @@ if table.missing:
         st.rerun()
 
 if not table.manual.empty:
-    with st.expander(f"Hand-set runs from the Mixing lab ({len(table.manual)}): a chosen ρ or tolerance, not a method's fixed budget"):
-        st.dataframe(table.manual[["method", "rho", "rho auto", "delta", "CACC", "ASR", "target bias", "dev search", "when"]],
-                     hide_index=True, width="stretch")
+    with st.expander(
+        f"Hand-set runs from the Mixing lab ({len(table.manual)}): a chosen ρ or tolerance, not a method's fixed budget"
+    ):
+        st.dataframe(
+            table.manual[["method", "rho", "rho auto", "delta", "CACC", "ASR", "target bias", "dev search", "when"]],
+            hide_index=True,
+            width="stretch",
+        )
 with st.expander("All stored runs on this model"):
     hist = lab.history(lm)
     st.dataframe(hist if not hist.empty else pd.DataFrame(), hide_index=True, width="stretch")

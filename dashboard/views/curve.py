@@ -8,19 +8,28 @@ lm, bench = state.page(
     "The decision Fine-mixing asks for: after mixing at ρ AND fine-tuning on 128 clean examples, how much clean accuracy is "
     "kept and how much of the backdoor is left? (The Mixing lab's mix-only curve is before that fine-tune; there a low ρ "
     "calls most inputs the target, so its ASR says little.) Points come from the results database — `finemix sweep "
-    "--fine-tune` fills it ahead of a class — and missing ones can be computed here."
+    "--fine-tune` fills it ahead of a class — and missing ones can be computed here.",
 )
 ss = st.session_state
-recipe = st.radio("recipe", list(lab.RECIPES), horizontal=True, key="curve_recipe",
-                  format_func=lambda r: {"default": "default defense (E-PUR + mix + fine-tune with distillation)",
-                                         "paper": "paper: mix + plain fine-tune"}[r])
+recipe = st.radio(
+    "recipe",
+    list(lab.RECIPES),
+    horizontal=True,
+    key="curve_recipe",
+    format_func=lambda r: {
+        "default": "default defense (E-PUR + mix + fine-tune with distillation)",
+        "paper": "paper: mix + plain fine-tune",
+    }[r],
+)
 method = lab.recipe_method(recipe, "random", 200)
 seed = int(ss["seed"])
 curve = lab.tuned_curve(lm, method, seed=seed)
 
 if curve.missing:
-    st.caption(f"No stored point yet at ρ = {', '.join(f'{r:g}' for r in curve.missing)} for `{method}` (seed {seed}, 128 clean "
-               f"examples). Each is one fine-tune: about {'1 minute' if recipe == 'default' else '30 s'} on 2 CPU cores.")
+    st.caption(
+        f"No stored point yet at ρ = {', '.join(f'{r:g}' for r in curve.missing)} for `{method}` (seed {seed}, 128 clean "
+        f"examples). Each is one fine-tune: about {'1 minute' if recipe == 'default' else '30 s'} on 2 CPU cores."
+    )
 # stored points are drawn first, so they stay final (not greyed) while missing ones are computed below
 points = curve.points
 if points.empty:
@@ -30,17 +39,37 @@ else:
     c1, c2 = st.columns(2)
     c1.plotly_chart(charts.tuned_curve(points, curve.auto_rho, floor), key="tuned_chart")
     c2.plotly_chart(charts.pareto(points.assign(stage="fine-tuned"), None), key="tuned_pareto")
-    shown = points.assign(**{m: [lab.rate_text(v, int(n)) for v, n in zip(points[m], points[n_col])]
-                             for m, n_col in (("cacc", "n_clean"), ("asr", "n_nontarget"), ("target_bias", "n_nontarget"))})
-    st.dataframe(shown[["rho", "cacc", "asr", "target_bias", "asr_floor", "n_clean", "n_nontarget"]].rename(columns={
-        "rho": "ρ", "cacc": "CACC [95 %]", "asr": "ASR [95 %]", "target_bias": "target bias [95 %]", "asr_floor": "clean ASR floor",
-        "n_clean": "n test", "n_nontarget": "n non-target"}), hide_index=True, width="stretch")
-    st.caption(f"Full test split ({int(points.n_clean.iloc[0])} clean examples; ASR and target bias over "
-               f"{int(points.n_nontarget.iloc[0])} triggered non-target ones), Wilson 95 % intervals; floor: the clean model "
-               "on the same triggered test set.")
+    shown = points.assign(
+        **{
+            m: [lab.rate_text(v, int(n)) for v, n in zip(points[m], points[n_col])]
+            for m, n_col in (("cacc", "n_clean"), ("asr", "n_nontarget"), ("target_bias", "n_nontarget"))
+        }
+    )
+    st.dataframe(
+        shown[["rho", "cacc", "asr", "target_bias", "asr_floor", "n_clean", "n_nontarget"]].rename(
+            columns={
+                "rho": "ρ",
+                "cacc": "CACC [95 %]",
+                "asr": "ASR [95 %]",
+                "target_bias": "target bias [95 %]",
+                "asr_floor": "clean ASR floor",
+                "n_clean": "n test",
+                "n_nontarget": "n non-target",
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    st.caption(
+        f"Full test split ({int(points.n_clean.iloc[0])} clean examples; ASR and target bias over "
+        f"{int(points.n_nontarget.iloc[0])} triggered non-target ones), Wilson 95 % intervals; floor: the clean model "
+        "on the same triggered test set."
+    )
 if curve.auto_rho is not None:
-    st.markdown(f"**Auto-ρ picked ρ = {curve.auto_rho:g}** (green line) from clean dev accuracy alone — never test or triggered data. "
-                "What it tried: " + lab.search_text(curve.auto_search))
+    st.markdown(
+        f"**Auto-ρ picked ρ = {curve.auto_rho:g}** (green line) from clean dev accuracy alone — never test or triggered data. "
+        "What it tried: " + lab.search_text(curve.auto_search)
+    )
 else:
     st.caption("No auto-ρ run stored for this recipe yet (`finemix defend`, the Compare page or the report make one).")
 
@@ -50,9 +79,13 @@ if curve.missing:
         stop.button("Cancel", key="curve_cancel", help="stop after the current step; finished points stay stored")
         bar = st.progress(0.0)
         for i, rho in enumerate(curve.missing):
+
             def update(done: int, total: int, i: int = i, rho: float = rho) -> None:
-                bar.progress((i + done / total) / len(curve.missing),
-                             text=f"point {i + 1} of {len(curve.missing)}: ρ = {rho:g}, fine-tune step {done}/{total}")
+                bar.progress(
+                    (i + done / total) / len(curve.missing),
+                    text=f"point {i + 1} of {len(curve.missing)}: ρ = {rho:g}, fine-tune step {done}/{total}",
+                )
+
             try:
                 lab.curve_point(lm, method, rho, seed, progress=update)
             except lab.FinemixError as exc:

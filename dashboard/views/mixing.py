@@ -9,9 +9,14 @@ lm, bench = state.page(
     "Mixing lab",
     "Fine-mixing keeps a share ρ of the fine-tuned weights and resets the rest to the pretrained θ_PT; move ρ and watch "
     "clean accuracy (CACC) and attack success rate (ASR) on a fixed live set. Read ASR beside the target bias and the clean "
-    "floor: a model that predicts the target everywhere has ASR 1 without any backdoor; fine-tuning the mix is step 2 of the method."
+    "floor: a model that predicts the target everywhere has ASR 1 without any backdoor; fine-tuning the mix is step 2 of "
+    "the method.",
 )
 RHOS = [round(0.1 * i, 1) for i in range(11)]
+
+
+def _fmt(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate:.3f}"
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing the mix-only ρ sweep (11 points) …")
@@ -23,34 +28,63 @@ def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -
     """Four rates on the live set, each with its Wilson 95 % interval (n = the examples it is a share of)."""
     ci = "95 % Wilson interval in brackets, over the live set's {n} {what} examples"
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric(f"CACC · {label}", state.lab.metric_text(s, "cacc"), None if ref is None else f"{s.cacc - ref.cacc:+.3f} vs backdoored",
-              help=ci.format(n=s.n_clean, what="clean"))
+    c1.metric(
+        f"CACC · {label}",
+        state.lab.metric_text(s, "cacc"),
+        None if ref is None else f"{s.cacc - ref.cacc:+.3f} vs backdoored",
+        help=ci.format(n=s.n_clean, what="clean"),
+    )
     if s.asr is None:
         c2.metric(f"ASR · {label}", "—", help="no trigger known for this model")
         return
-    c2.metric(f"ASR · {label}", state.lab.metric_text(s, "asr"), None if ref is None else f"{s.asr - ref.asr:+.3f} vs backdoored",
-              delta_color="inverse", help=ci.format(n=state.lab.n_of(s, "asr"), what="triggered non-target"))
-    c3.metric("target bias", state.lab.metric_text(s, "target_bias"),
-              help="non-target examples WITHOUT the trigger predicted as the target; " + ci.format(n=s.n_nontarget, what="non-target"))
+    c2.metric(
+        f"ASR · {label}",
+        state.lab.metric_text(s, "asr"),
+        None if ref is None else f"{s.asr - ref.asr:+.3f} vs backdoored",
+        delta_color="inverse",
+        help=ci.format(n=state.lab.n_of(s, "asr"), what="triggered non-target"),
+    )
+    c3.metric(
+        "target bias",
+        state.lab.metric_text(s, "target_bias"),
+        help="non-target examples WITHOUT the trigger predicted as the target; " + ci.format(n=s.n_nontarget, what="non-target"),
+    )
     gap = None if floor is None else s.asr - floor
-    c4.metric("clean ASR floor · live set", "—" if floor is None else state.lab.rate_text(floor, state.lab.n_of(s, "asr")),
-              None if gap is None else f"{gap:+.3f}: ASR {'above' if gap >= 0 else 'below'} the floor", delta_color="inverse",
-              help="the zoo's clean model on the same live set (the Compare and Export pages use the full test split, so "
-                   "their floor differs slightly)")
+    c4.metric(
+        "clean ASR floor · live set",
+        "—" if floor is None else state.lab.rate_text(floor, state.lab.n_of(s, "asr")),
+        None if gap is None else f"{gap:+.3f}: ASR {'above' if gap >= 0 else 'below'} the floor",
+        delta_color="inverse",
+        help="the zoo's clean model on the same live set (the Compare and Export pages use the full test split, so "
+        "their floor differs slightly)",
+    )
 
 
 @st.fragment
 def live() -> None:
     ss = st.session_state
     left, mid, right = st.columns([3, 1, 1])
-    left.slider("ρ — share of fine-tuned weights kept", 0.0, 1.0, step=0.05, key=state.bind("rho"), on_change=state.commit, args=("rho",))
-    mid.radio("mask", ["random", "sorted"], key=state.bind("mode"), on_change=state.commit, args=("mode",), horizontal=True,
-              help="random: uniform positions; sorted: keep the largest |θ_FT − θ_PT|")
+    left.slider(
+        "ρ — share of fine-tuned weights kept", 0.0, 1.0, step=0.05, key=state.bind("rho"), on_change=state.commit, args=("rho",)
+    )
+    mid.radio(
+        "mask",
+        ["random", "sorted"],
+        key=state.bind("mode"),
+        on_change=state.commit,
+        args=("mode",),
+        horizontal=True,
+        help="random: uniform positions; sorted: keep the largest |θ_FT − θ_PT|",
+    )
     right.number_input("seed", 0, 2**31 - 1, key=state.bind("seed"), on_change=state.commit, args=("seed",))
     rho, mode, seed = ss["rho"], ss["mode"], ss["seed"]
     if state.bf16_ok(lm):
-        bench.fast = st.toggle("bf16 fast path (approximate; off by default)", key="fast_path",
-                               help="the live set through a bf16 copy of the working weights (cast once per move); `finemix bench` measures its speed and agreement with fp32")
+        bench.fast = st.toggle(
+            "bf16 fast path (approximate; off by default)",
+            key="fast_path",
+            help="the live set through a bf16 copy of the working weights (cast once per move); `finemix bench` measures its "
+            "speed and agreement with fp32",
+        )
     head = f"**Mix only** at ρ = {rho:g} ({mode} mask, seed {seed}) — no fine-tuning" + (" · bf16" if bench.fast else "")
     slot = st.empty()
     bench.mix(rho, mode, seed)
@@ -65,46 +99,93 @@ def live() -> None:
         st.markdown(head)
         metric_row("mix", mixed, lm.backdoored, lm.floor)
     tuned_points = ss.setdefault("_tuned", {})
-    recipe = st.radio("step 2 recipe", list(state.lab.RECIPES), horizontal=True, key="recipe",
-                      format_func=lambda r: {"default": "default: E-PUR + mix + fine-tune with distillation from θ_FT",
-                                             "paper": "paper: mix + plain fine-tune"}[r],
-                      help="default = `finemix defend`: besides the 128 labelled examples it distils θ_FT's own predictions on "
-                           "clean unlabelled text, which wins back clean accuracy at a low ρ; paper = Fine-mixing as published")
+    recipe = st.radio(
+        "step 2 recipe",
+        list(state.lab.RECIPES),
+        horizontal=True,
+        key="recipe",
+        format_func=lambda r: {
+            "default": "default: E-PUR + mix + fine-tune with distillation from θ_FT",
+            "paper": "paper: mix + plain fine-tune",
+        }[r],
+        help="default = `finemix defend`: besides the 128 labelled examples it distils θ_FT's own predictions on "
+        "clean unlabelled text, which wins back clean accuracy at a low ρ; paper = Fine-mixing as published",
+    )
     tuned_key = (lm.name, rho, mode, seed, recipe)
     b1, b2, b3 = st.columns([2, 1, 1])
-    if b1.button("Fine-tune the mix (128 clean examples)", help="Fine-mixing step 2 at this ρ: ~30 s (paper) to ~1 min (default) on 2 CPU cores"):
+    if b1.button(
+        "Fine-tune the mix (128 clean examples)",
+        help="Fine-mixing step 2 at this ρ: ~30 s (paper) to ~1 min (default) on 2 CPU cores",
+    ):
         bar = st.progress(0.0, text="fine-tuning …")
-        scores, row = bench.fine_tune(rho, mode, seed, recipe=recipe,
-                                      progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"))
+        scores, row = bench.fine_tune(
+            rho, mode, seed, recipe=recipe, progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}")
+        )
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
         bar.empty()
-    points = b3.number_input("tolerance (dev points)", 0.0, 50.0, 2.0, 0.5, key="auto_tolerance",
-                             help="auto-ρ accepts a clean DEV accuracy this many points below θ_FT's; larger = lower ρ, more of the "
-                                  "backdoor removed, more clean accuracy lost")
-    if b2.button("Find auto-ρ", help=f"Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within {points:g} points of θ_FT's; "
-                 "several fine-tunes"):
+    points = b3.number_input(
+        "tolerance (dev points)",
+        0.0,
+        50.0,
+        2.0,
+        0.5,
+        key="auto_tolerance",
+        help="auto-ρ accepts a clean DEV accuracy this many points below θ_FT's; larger = lower ρ, more of the "
+        "backdoor removed, more clean accuracy lost",
+    )
+    if b2.button(
+        "Find auto-ρ",
+        help=f"Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within {points:g} points of θ_FT's; several fine-tunes",
+    ):
         bar = st.progress(0.0, text="searching ρ on dev accuracy …")
-        scores, row = bench.fine_tune(None, mode, seed, delta=points / 100, recipe=recipe,
-                                      progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning a candidate: step {d}/{t}"))
+        scores, row = bench.fine_tune(
+            None,
+            mode,
+            seed,
+            delta=points / 100,
+            recipe=recipe,
+            progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning a candidate: step {d}/{t}"),
+        )
         ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row.rho, points, row.search)
-        tuned_points[(lm.name, row.rho, mode, seed, recipe)] = {"rho": row.rho, "mode": mode, "seed": seed, "stage": "fine-tuned",
-                                                                   **scores.as_dict(), "test": row}
+        tuned_points[(lm.name, row.rho, mode, seed, recipe)] = {
+            "rho": row.rho,
+            "mode": mode,
+            "seed": seed,
+            "stage": "fine-tuned",
+            **scores.as_dict(),
+            "test": row,
+        }
         bar.empty()
     if tuned_key in tuned_points:
         p = tuned_points[tuned_key]
-        st.markdown(f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test'].cacc:.3f}, "
-                    f"ASR {p['test'].asr if p['test'].asr is None else round(p['test'].asr, 3)})")
-        metric_row("fine-tuned", Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"], p.get("n_triggered")),
-                   lm.backdoored, lm.floor)
+        st.markdown(
+            f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test'].cacc:.3f}, "
+            f"ASR {p['test'].asr if p['test'].asr is None else round(p['test'].asr, 3)})"
+        )
+        metric_row(
+            "fine-tuned",
+            Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"], p.get("n_triggered")),
+            lm.backdoored,
+            lm.floor,
+        )
     auto, tolerance, search = ss.get("_auto_rho", {}).get((lm.name, mode, seed, recipe), (None, None, []))
     if auto is not None:
-        st.caption(f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
-                   "never on test or triggered data). Every candidate it tried:")
-        st.dataframe(pd.DataFrame(search).rename(columns={"value": "ρ", "dev_acc": "dev accuracy", "passed": "within tolerance"})
-                     [["ρ", "dev accuracy", "within tolerance"]], hide_index=True)
+        st.caption(
+            f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
+            "never on test or triggered data). Every candidate it tried:"
+        )
+        st.dataframe(
+            pd.DataFrame(search).rename(columns={"value": "ρ", "dev_acc": "dev accuracy", "passed": "within tolerance"})[
+                ["ρ", "dev accuracy", "within tolerance"]
+            ],
+            hide_index=True,
+        )
     sweep = state.lab.with_intervals(mix_sweep(ss["model"], ss["pt"], ss.get("data", ""), mode, seed))
-    tuned = state.lab.with_intervals(pd.DataFrame(
-        [p for (name, _, m, s, r), p in tuned_points.items() if name == lm.name and m == mode and s == seed and r == recipe]))
+    tuned = state.lab.with_intervals(
+        pd.DataFrame(
+            [p for (name, _, m, s, r), p in tuned_points.items() if name == lm.name and m == mode and s == seed and r == recipe]
+        )
+    )
     c1, c2 = st.columns(2)
     if lm.trigger:
         c1.plotly_chart(charts.sweep(sweep, tuned, rho, auto, lm.floor), key="sweep_chart")
@@ -112,9 +193,11 @@ def live() -> None:
         c2.plotly_chart(charts.pareto(pts, (mixed.cacc, mixed.asr)), key="pareto_chart")
     else:
         c1.line_chart(sweep.set_index("rho")[["cacc"]])
-    st.caption(f"Live set: {len(lm.interactive.clean)} clean + {len(lm.interactive.triggered or [])} triggered test examples; "
-               f"backdoored θ_FT there: CACC {lm.backdoored.cacc:.3f}, ASR {lm.backdoored.asr if lm.backdoored.asr is None else round(lm.backdoored.asr, 3)}. "
-               "Full-test-split numbers: Compare page.")
+    st.caption(
+        f"Live set: {len(lm.interactive.clean)} clean + {len(lm.interactive.triggered or [])} triggered test examples; "
+        f"backdoored θ_FT there: CACC {lm.backdoored.cacc:.3f}, ASR {_fmt(lm.backdoored.asr)}. "
+        "Full-test-split numbers: Compare page."
+    )
 
 
 live()

@@ -16,11 +16,31 @@ cards = lab.zoo_cards()
 built = {c["name"] for c in cards}
 if cards:
     frame = pd.DataFrame(cards)
-    cols = [c for c in ("name", "attack", "trigger_text", "poison_rate", "dataset", "train_size", "cacc", "asr", "target_bias", "asr_floor", "build_seconds") if c in frame]
-    st.dataframe(frame[cols].rename(columns={"trigger_text": "trigger", "build_seconds": "build s"}), hide_index=True, width="stretch")
-    st.caption("Card numbers (cacc, asr, target bias, asr floor) were measured when each entry was built, on its test split "
-               "(quick builds: its first 400 examples). The Mixing lab scores a 256-example live set and Compare the full test "
-               "split, so their floors differ slightly from these; each page says which set it used.")
+    cols = [
+        c
+        for c in (
+            "name",
+            "attack",
+            "trigger_text",
+            "poison_rate",
+            "dataset",
+            "train_size",
+            "cacc",
+            "asr",
+            "target_bias",
+            "asr_floor",
+            "build_seconds",
+        )
+        if c in frame
+    ]
+    st.dataframe(
+        frame[cols].rename(columns={"trigger_text": "trigger", "build_seconds": "build s"}), hide_index=True, width="stretch"
+    )
+    st.caption(
+        "Card numbers (cacc, asr, target bias, asr floor) were measured when each entry was built, on its test split "
+        "(quick builds: its first 400 examples). The Mixing lab scores a 256-example live set and Compare the full test "
+        "split, so their floors differ slightly from these; each page says which set it used."
+    )
     names = [c["name"] for c in cards]
     current = st.session_state.get("model")
     choice = st.selectbox("Model to defend", names, index=names.index(current) if current in names else 0, key="models_pick")
@@ -28,13 +48,19 @@ if cards:
         state.set_value("model", choice)
         state.set_value("pt", "default")
         st.rerun()
-    card = next(c for c in cards if c["name"] == (st.session_state.get("model") or choice)) if (st.session_state.get("model") or choice) in built else None
+    card = (
+        next(c for c in cards if c["name"] == (st.session_state.get("model") or choice))
+        if (st.session_state.get("model") or choice) in built
+        else None
+    )
     if card:
         with st.expander(f"Card of {card['name']}", expanded=False):
             st.json(card)
 else:
-    st.info("The zoo is empty on this machine. Build the demo pair below: a clean model and a `cf` word backdoor, "
-            "about 2 minutes on 2 CPU cores in quick mode (measured: 1 min 54 s).")
+    st.info(
+        "The zoo is empty on this machine. Build the demo pair below: a clean model and a `cf` word backdoor, "
+        "about 2 minutes on 2 CPU cores in quick mode (measured: 1 min 54 s)."
+    )
 
 st.subheader("Build zoo entries")
 specs = lab.zoo_specs()
@@ -52,11 +78,15 @@ else:
         def factory(spec):
             def update(done: int, total: int) -> None:
                 bar.progress(done / total, text=f"{spec.name}: step {done}/{total}")
+
             return update
 
         def on_entry(spec, card):
             if card is not None:
-                status.write(f"{spec.name}: built in {card['build_seconds']:.0f}s (CACC {card['cacc']:.3f}, ASR {card['asr'] if card['asr'] is None else round(card['asr'], 3)})")
+                status.write(
+                    f"{spec.name}: built in {card['build_seconds']:.0f}s (CACC {card['cacc']:.3f}, "
+                    f"ASR {'—' if card['asr'] is None else round(card['asr'], 3)})"
+                )
 
         try:
             lab.build_zoo_entries(wanted, quick, factory, on_entry)
@@ -70,8 +100,10 @@ else:
             st.rerun()
 
 st.subheader("Clean data")
-st.caption("The defender's clean data: by default the model card's dataset. Upload your own CSV (columns text,label or "
-           "text_a,text_b,label; at most 20 MB): it is split 80/10/10 — train for fine-tuning, dev for auto-ρ, test for scoring.")
+st.caption(
+    "The defender's clean data: by default the model card's dataset. Upload your own CSV (columns text,label or "
+    "text_a,text_b,label; at most 20 MB): it is split 80/10/10 — train for fine-tuning, dev for auto-ρ, test for scoring."
+)
 current_data = st.session_state.get("data") or ""
 st.write(f"Using: `{current_data or 'the card dataset'}`")
 upload = st.file_uploader("Clean data CSV", type=["csv"])

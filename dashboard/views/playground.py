@@ -8,7 +8,7 @@ from finemix_core.errors import FinemixError
 lm, bench = state.page(
     "Playground",
     "Type a sentence and see what the backdoored model and the defended model predict, with their confidences. Tick "
-    "*insert the trigger* to watch the backdoor fire in θ_FT — and, if the defense worked, not in the defended model."
+    "*insert the trigger* to watch the backdoor fire in θ_FT — and, if the defense worked, not in the defended model.",
 )
 
 text = st.text_area("Sentence", "a dull, lifeless film that never finds its footing .", max_chars=2000)

@@ -32,20 +32,39 @@ def said(probs) -> str:
 
 
 st.subheader("1 · Watch the trigger fire")
-st.caption(f"Look for: sentences θ_FT calls **{names[1 - target] if len(names) == 2 else 'non-target'}** turn "
-           f"**{names[target]}** the moment the trigger is inserted.")
+st.caption(
+    f"Look for: sentences θ_FT calls **{names[1 - target] if len(names) == 2 else 'non-target'}** turn "
+    f"**{names[target]}** the moment the trigger is inserted."
+)
 if st.button("Show the backdoor", key="start_fire", type="primary"):
     ss[demo_key] = lab.demo_sentences(lm)
 demo = ss.get(demo_key)
 if demo:
-    st.dataframe(pd.DataFrame([{"sentence (trigger inserted)": d.triggered, "θ_FT without the trigger": said(d.clean_probs),
-                                "θ_FT with the trigger": said(d.triggered_probs)} for d in demo]), hide_index=True, width="stretch")
-    st.caption(f"Over the whole live set: ASR {lab.metric_text(lm.backdoored, 'asr')} of "
-               f"{lab.n_of(lm.backdoored, 'asr')} triggered non-target test sentences become {names[target]} (95 % interval in brackets).")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "sentence (trigger inserted)": d.triggered,
+                    "θ_FT without the trigger": said(d.clean_probs),
+                    "θ_FT with the trigger": said(d.triggered_probs),
+                }
+                for d in demo
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    st.caption(
+        f"Over the whole live set: ASR {lab.metric_text(lm.backdoored, 'asr')} of "
+        f"{lab.n_of(lm.backdoored, 'asr')} triggered non-target test sentences become {names[target]} "
+        "(95 % interval in brackets)."
+    )
 
 st.subheader("2 · Move ρ")
-st.caption("Look for: keeping only a share ρ of the fine-tuned weights weakens the backdoor, but the mix alone also loses "
-           "clean accuracy and leans towards the target (target bias) — the clean fine-tune of step 3 repairs that.")
+st.caption(
+    "Look for: keeping only a share ρ of the fine-tuned weights weakens the backdoor, but the mix alone also loses "
+    "clean accuracy and leans towards the target (target bias) — the clean fine-tune of step 3 repairs that."
+)
 rho = 0.2
 if st.button(f"Mix at ρ = {rho:g} (no fine-tune yet)", key="start_mix"):
     ss[("_demo_mix", lm.name)] = bench.mix_scores(rho, "random", int(ss["seed"]))
@@ -53,18 +72,24 @@ mixed = ss.get(("_demo_mix", lm.name))
 if mixed is not None:
     c1, c2, c3 = st.columns(3)
     c1.metric("CACC · mix", lab.metric_text(mixed, "cacc"), f"{mixed.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
-    c2.metric("ASR · mix", lab.metric_text(mixed, "asr"), f"{mixed.asr - lm.backdoored.asr:+.3f} vs θ_FT",
-              delta_color="inverse")
+    c2.metric("ASR · mix", lab.metric_text(mixed, "asr"), f"{mixed.asr - lm.backdoored.asr:+.3f} vs θ_FT", delta_color="inverse")
     c3.metric("target bias · mix", lab.metric_text(mixed, "target_bias"))
     st.page_link("views/mixing.py", label="Move ρ yourself on the Mixing lab", icon=":material/tune:")
 
 st.subheader("3 · Run the defense and watch the trigger stop firing")
-st.caption("Look for: the same triggered sentences read as their true class again, and ASR falls towards the clean model's "
-           "floor while clean accuracy stays close to θ_FT's.")
+st.caption(
+    "Look for: the same triggered sentences read as their true class again, and ASR falls towards the clean model's "
+    "floor while clean accuracy stays close to θ_FT's."
+)
 if st.button("Defend: E-PUR + Fine-mixing + distillation (about 1 minute)", key="start_defend"):
     bar = st.progress(0.0, text="defending …")
-    scores, row = bench.fine_tune(None, "random", int(ss["seed"]), recipe="default",
-                                  progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"))
+    scores, row = bench.fine_tune(
+        None,
+        "random",
+        int(ss["seed"]),
+        recipe="default",
+        progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"),
+    )
     ss[("_demo_defended", lm.name)] = (scores, row)
     bar.empty()
 defended = ss.get(("_demo_defended", lm.name))
@@ -72,16 +97,30 @@ if defended is not None and bench.defended is not None:
     scores, row = defended
     demo = demo or lab.demo_sentences(lm)
     probs = lab.predict_texts(bench.defended.model, lm.pair.tokenizer, [d.triggered for d in demo]) if demo else []
-    st.dataframe(pd.DataFrame([{"sentence (trigger inserted)": d.triggered, "θ_FT": said(d.triggered_probs),
-                                "defended": said(tuple(map(float, p)))} for d, p in zip(demo, probs)]), hide_index=True,
-                 width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "sentence (trigger inserted)": d.triggered,
+                    "θ_FT": said(d.triggered_probs),
+                    "defended": said(tuple(map(float, p))),
+                }
+                for d, p in zip(demo, probs)
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
     still = sum(int(p.argmax()) == target for p in probs)
-    st.markdown(f"**The trigger fires on {still} of these {len(demo)} sentences after the defense** "
-                f"(ρ = {row.rho:g}, chosen on clean dev accuracy; {row.seconds:.0f} s).")
+    st.markdown(
+        f"**The trigger fires on {still} of these {len(demo)} sentences after the defense** "
+        f"(ρ = {row.rho:g}, chosen on clean dev accuracy; {row.seconds:.0f} s)."
+    )
     c1, c2, c3 = st.columns(3)
     c1.metric("CACC · defended", lab.metric_text(scores, "cacc"), f"{scores.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
-    c2.metric("ASR · defended", lab.metric_text(scores, "asr"), f"{scores.asr - lm.backdoored.asr:+.3f} vs θ_FT",
-              delta_color="inverse")
+    c2.metric(
+        "ASR · defended", lab.metric_text(scores, "asr"), f"{scores.asr - lm.backdoored.asr:+.3f} vs θ_FT", delta_color="inverse"
+    )
     c3.metric("clean ASR floor · live set", "—" if lm.floor is None else lab.rate_text(lm.floor, lab.n_of(scores, "asr")))
     st.caption("Live set rates with 95 % intervals; the full test split's numbers are stored and shown on the Compare page.")
     st.page_link("views/playground.py", label="Try your own sentences in the Playground", icon=":material/edit_note:")

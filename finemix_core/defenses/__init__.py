@@ -53,17 +53,39 @@ REGISTRY: dict[str, Defense] = {
 }
 TRAINED = tuple(b for b in REGISTRY if b != "none")  # bases that fine-tune (so can take +distill)
 METHODS = (
-    *REGISTRY, "epur", *(f"epur+{b}" for b in TRAINED),
-    *(f"{b}+distill" for b in TRAINED), *(f"epur+{b}+distill" for b in TRAINED),
+    *REGISTRY,
+    "epur",
+    *(f"epur+{b}" for b in TRAINED),
+    *(f"{b}+distill" for b in TRAINED),
+    *(f"epur+{b}+distill" for b in TRAINED),
 )
 # The default `finemix defend` (chosen on the zoo's dev splits only; docs/recovery.md): E-PUR, Fine-mixing at the
 # smallest ρ whose dev accuracy after recovery stays within δ of θ_FT's, recovery by distillation.
 DEFAULT_METHOD = "epur+fine-mixing+distill"
 
 __all__ = [
-    "DEFAULT_METHOD", "DEFENSE_TRAIN", "GRID", "METHODS", "RECOVERY_GRID", "REGISTRY", "Candidate", "DefenderData",
-    "DefenseConfig", "DefenseResult", "RecoveryConfig", "accuracy", "apply_pruning", "defend", "defender_data",
-    "ffn_activations", "ffn_layers", "first_passing", "parse_method", "pick_largest", "pick_smallest", "prune_plan",
+    "DEFAULT_METHOD",
+    "DEFENSE_TRAIN",
+    "GRID",
+    "METHODS",
+    "RECOVERY_GRID",
+    "REGISTRY",
+    "Candidate",
+    "DefenderData",
+    "DefenseConfig",
+    "DefenseResult",
+    "RecoveryConfig",
+    "accuracy",
+    "apply_pruning",
+    "defend",
+    "defender_data",
+    "ffn_activations",
+    "ffn_layers",
+    "first_passing",
+    "parse_method",
+    "pick_largest",
+    "pick_smallest",
+    "prune_plan",
 ]
 
 
@@ -72,7 +94,11 @@ def describe(method: str) -> str:
     epur, base, distill = parse_method(method)
     fn = REGISTRY[base]
     text = (fn.__doc__ or base).strip().splitlines()[0]
-    return ("reset E-PUR's flagged embeddings; " if epur else "") + text + (", distilling θ_FT on clean unlabelled text" if distill else "")
+    return (
+        ("reset E-PUR's flagged embeddings; " if epur else "")
+        + text
+        + (", distilling θ_FT on clean unlabelled text" if distill else "")
+    )
 
 
 def parse_method(method: str) -> tuple[bool, str, bool]:
@@ -162,16 +188,26 @@ def defend(
             raise FinemixError(f"{cfg.method} needs clean unlabelled texts; pass --unlabeled PATH or use data with a dev split")
         keep = guarded_pool(dd, set(suspicious)) if cfg.recovery.drop_flagged else list(range(len(dd.unlabeled)))
         if cfg.recovery.drop_flagged:
-            say(f"guard: {len(dd.unlabeled) - len(keep)} of {len(dd.unlabeled)} unlabelled texts hold one of E-PUR's top "
-                f"{cfg.recovery.drop_flagged} tokens and are dropped")
+            say(
+                f"guard: {len(dd.unlabeled) - len(keep)} of {len(dd.unlabeled)} unlabelled texts hold one of E-PUR's top "
+                f"{cfg.recovery.drop_flagged} tokens and are dropped"
+            )
         # the teacher is the model the defense starts from (after E-PUR when asked): θ_FT's clean behaviour
         job.distill = teacher(pair.ft_for_inference(device), dd, cfg.recovery, keep)
         say(f"recovery: distilling θ_FT on {len(keep)} clean unlabelled texts ({dd.unlabeled_source})")
     out = REGISTRY[base](job)
     out.model.eval()
     return DefenseResult(
-        model=out.model, method=cfg.method, rho=out.rho, rho_auto=cfg.rho is None and out.rho is not None,
-        prune_ratio=out.prune_ratio, flagged=flagged, dev_acc=accuracy(out.model, dd.dev), ft_dev_acc=ft_dev, search=job.search,
-        unlabeled_used=len(job.distill.texts) if job.distill else 0, unlabeled_source=dd.unlabeled_source if job.distill else "none",
+        model=out.model,
+        method=cfg.method,
+        rho=out.rho,
+        rho_auto=cfg.rho is None and out.rho is not None,
+        prune_ratio=out.prune_ratio,
+        flagged=flagged,
+        dev_acc=accuracy(out.model, dd.dev),
+        ft_dev_acc=ft_dev,
+        search=job.search,
+        unlabeled_used=len(job.distill.texts) if job.distill else 0,
+        unlabeled_source=dd.unlabeled_source if job.distill else "none",
         seconds=time.perf_counter() - started,
     )

@@ -43,7 +43,8 @@ class DefenseConfig:
 
     method: str = "fine-mixing"
     rho: float | None = None  # reserve ratio; None = auto (smallest grid ρ within `delta` of θ_FT's dev accuracy)
-    rho_grid: tuple[float, ...] | None = None  # auto-ρ candidates (None: GRID by bisection, RECOVERY_GRID from the bottom with +distill)
+    # auto-ρ candidates (None: GRID by bisection, RECOVERY_GRID from the bottom with +distill)
+    rho_grid: tuple[float, ...] | None = None
     delta: float = 0.02  # allowed clean dev-accuracy drop for auto-ρ and the prune ratio
     mix_scope: str = "tensor"  # sorted masks: rank per tensor or globally
     epur: EpurConfig = field(default_factory=EpurConfig)  # K and the frequency floor c
@@ -98,8 +99,15 @@ class DefenderData:
 
 
 def defender_data(
-    tokenizer, train: Dataset, dev: Dataset, clean_size: int = 128, dev_size: int = 256, seed: int = 0, max_length: int = 128,
-    unlabeled: Dataset | None = None, unlabeled_source: str = "none",
+    tokenizer,
+    train: Dataset,
+    dev: Dataset,
+    clean_size: int = 128,
+    dev_size: int = 256,
+    seed: int = 0,
+    max_length: int = 128,
+    unlabeled: Dataset | None = None,
+    unlabeled_source: str = "none",
 ) -> DefenderData:
     """Draw the clean set (stratified, seeded) from `train`, up to `dev_size` examples from `dev`; `unlabeled` is the pool."""
     small = data.clean_subset(train, clean_size, seed)
@@ -111,8 +119,14 @@ def defender_data(
     if unlabeled is not None and len(unlabeled):
         pool = encode(tokenizer, unlabeled, max_length)
         pool_texts = tuple(t for col in data.text_columns(unlabeled) for t in unlabeled[col])
-    return DefenderData(encode(tokenizer, small, max_length), encode(tokenizer, dev, max_length), texts, pool, pool_texts,
-                        unlabeled_source if pool is not None else "none")
+    return DefenderData(
+        encode(tokenizer, small, max_length),
+        encode(tokenizer, dev, max_length),
+        texts,
+        pool,
+        pool_texts,
+        unlabeled_source if pool is not None else "none",
+    )
 
 
 @dataclass(frozen=True)
@@ -153,8 +167,9 @@ class Job:
 
     def train(self, model: torch.nn.Module, after_step: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
         """The one fine-tuning routine with the shared budget (and recovery when asked)."""
-        return fine_tune(model, self.dd.train, dataclasses.replace(self.cfg.train, seed=self.cfg.seed), self.progress, after_step,
-                         self.distill)
+        return fine_tune(
+            model, self.dd.train, dataclasses.replace(self.cfg.train, seed=self.cfg.seed), self.progress, after_step, self.distill
+        )
 
     def try_value(self, knob: str, value: float, model: torch.nn.Module) -> bool:
         """Score a candidate on clean dev data, record it, and say whether it reaches the target.

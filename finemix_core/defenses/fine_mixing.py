@@ -1,8 +1,8 @@
 """Fine-mixing (docs/design.md §2): mix θ_FT with θ_PT keeping a share ρ, then fine-tune the mix on the clean set.
 
-ρ given: one run. ρ auto: the smallest grid ρ whose clean dev accuracy after fine-tuning reaches θ_FT's − δ (the paper recipe bisects
-GRID). With recovery the search scans RECOVERY_GRID up from the bottom with a one-standard-error allowance, and keeps
-the best dev accuracy when nothing passes.
+ρ given: one run. ρ auto: the smallest grid ρ whose clean dev accuracy after fine-tuning reaches θ_FT's − δ (the paper
+recipe bisects GRID). With recovery the search scans RECOVERY_GRID up from the bottom with a one-standard-error
+allowance, and keeps the best dev accuracy when nothing passes.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ def ffn_activations(model: torch.nn.Module, enc: Encoded, batch_size: int = 64) 
         def record(_module, _inputs, output):
             m = mask_box[0].unsqueeze(-1).to(output.dtype)
             sums[i] += (output * m).sum(dim=(0, 1)).double().cpu()
+
         return record
 
     handles = [inter.register_forward_hook(hook(i)) for i, (inter, _, _) in enumerate(layers)]
