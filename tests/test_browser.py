@@ -141,6 +141,8 @@ def test_live_lab_in_a_real_browser(server, tmp_path):
         expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00", timeout=30_000)
         # every key press reruns the fragment; wait for the one that reached ρ = 0, not an intermediate step
         expect(page.get_by_text("at ρ = 0 (random mask")).to_be_visible(timeout=120_000)
+        # first numbers come from a slice of the live set; wait for the refinement to the full set
+        expect(page.get_by_text("refining …")).to_have_count(0, timeout=120_000)
         deadline = time.time() + 60  # the metrics re-render just after the caption: poll briefly instead of reading once
         while (after := mix_numbers(page)) == before and time.time() < deadline:
             time.sleep(0.5)

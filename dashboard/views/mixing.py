@@ -27,7 +27,9 @@ def mix_sweep(model: str, pt: str, data: str, mode: str, seed: int) -> pd.DataFr
 def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -> None:
     """Four rates on the live set, each with its Wilson 95 % interval (n = the examples it is a share of)."""
     ci = "95 % Wilson interval in brackets, over the live set's {n} {what} examples"
-    c1, c2, c3, c4 = st.columns(4)
+    # two per row: a rate with its interval ('0.479 [0.34, 0.62]') is cut to '0.479 [0.34, …' in a quarter of the page
+    c1, c2 = st.columns(2)
+    c3, c4 = st.columns(2)
     c1.metric(
         f"CACC · {label}",
         state.lab.metric_text(s, "cacc"),
