@@ -346,6 +346,10 @@ def curve_point(
 
 
 RECIPES = ("default", "paper")
+RECIPE_LABELS = {  # how the pages name them
+    "default": "default: E-PUR + mix + fine-tune with distillation from θ_FT",
+    "paper": "paper: mix + plain fine-tune",
+}
 COMPARED_METHODS = REPORT_METHODS  # what the Compare page offers: the report's methods, in its order
 
 

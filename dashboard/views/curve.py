@@ -16,10 +16,7 @@ recipe = st.radio(
     list(lab.RECIPES),
     horizontal=True,
     key="curve_recipe",
-    format_func=lambda r: {
-        "default": "default defense (E-PUR + mix + fine-tune with distillation)",
-        "paper": "paper: mix + plain fine-tune",
-    }[r],
+    format_func=lab.RECIPE_LABELS.get,
 )
 method = lab.recipe_method(recipe, "random", 200)
 seed = int(ss["seed"])

@@ -106,10 +106,7 @@ def live() -> None:
         list(state.lab.RECIPES),
         horizontal=True,
         key="recipe",
-        format_func=lambda r: {
-            "default": "default: E-PUR + mix + fine-tune with distillation from θ_FT",
-            "paper": "paper: mix + plain fine-tune",
-        }[r],
+        format_func=state.lab.RECIPE_LABELS.get,
         help="default = `finemix defend`: besides the 128 labelled examples it distils θ_FT's own predictions on "
         "clean unlabelled text, which wins back clean accuracy at a low ρ; paper = Fine-mixing as published",
     )
