@@ -28,9 +28,10 @@ from finemix_core.errors import FinemixError
 from finemix_core.experiment import Context, dev_examples, prepare, record, run_defense
 from finemix_core.train import Progress
 
-# rows of these kinds are defense runs with a run key; a sweep's fine-tuned point is the same experiment as a report's
-# fixed-ρ run of the same method, so either can serve the other
-RUN_KINDS = ("report", "sweep")
+# rows of these kinds are defense runs with a run key and the shared budget: a sweep's fine-tuned point is the same
+# experiment as a report's fixed-ρ run of the same method, a Compare-page run the same as the report's, so each can serve
+# the others (a `finemix defend` row may come from a user's own clean CSV, which the key does not hold: not reused)
+RUN_KINDS = ("report", "sweep", "compare")
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def planned_key(ctx: Context, spec: RunSpec) -> str:
 
 
 def stored_runs() -> dict[str, dict]:
-    """Every stored defense run (report and sweep rows) by run key; the newest wins."""
+    """Every stored defense run of RUN_KINDS by run key; the newest wins."""
     rows = [r for kind in RUN_KINDS for r in store.runs(kind=kind) if "cacc" in r["config"] and "method" in r["config"]]
     return {run_key(r["config"]): r["config"] for r in sorted(rows, key=lambda r: r["id"])}
 

@@ -21,7 +21,7 @@ from finemix_core.atomic import save_dir
 from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, zoo_dir
 from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, defend, defender_data
 from finemix_core.errors import FinemixError
-from finemix_core.evaluate import EvalSet, Scores, make_eval_set, score
+from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
 from finemix_core.mixing import MixConfig, mix_into
 from finemix_core.models import CARD_NAME, ModelPair, load_classifier, load_pair
 from finemix_core.train import Progress
@@ -41,7 +41,9 @@ class Context:
     clean_splits: DatasetDict | None = None  # that CSV split into train and dev for the defender
     extra_unlabeled: Dataset | None = None  # clean unlabelled texts the user gave (--unlabeled)
     extra_unlabeled_source: str | None = None
-    floor_classifier: torch.nn.Module | None = None  # the loaded clean model (kept only when prepare was asked to)
+    # per triggered test example: did the clean model call it the target? (the floor is their mean; a prefix of the
+    # triggered set, such as the lab's live set, reads its own floor from them without scoring again)
+    floor_hits: np.ndarray | None = None
 
     @property
     def trigger_text(self) -> str | None:
@@ -93,7 +95,6 @@ def prepare(
     device: torch.device | str = "cpu",
     clean_data: str | None = None,
     unlabeled: str | None = None,
-    keep_floor: bool = False,
 ) -> Context:
     """Load the pair and the data; the trigger and dataset default to the model's card.
 
@@ -116,7 +117,6 @@ def prepare(
         eval_limit,
         floor_model,
         device,
-        keep_floor,
     )
     name, seed, dsd, es, floor, floor_src = (
         scoring.data_name,
@@ -152,7 +152,7 @@ def prepare(
         clean_splits,
         extra,
         f"{Path(unlabeled).name}" if unlabeled else None,
-        scoring.floor_classifier,
+        scoring.floor_hits,
     )
 
 
@@ -166,7 +166,7 @@ class Scoring:
     eval_set: EvalSet
     floor: float | None
     floor_model: str | None
-    floor_classifier: torch.nn.Module | None = None  # the loaded clean model, when asked to keep it
+    floor_hits: np.ndarray | None = None  # per triggered example: the clean model predicted the target
 
 
 def prepare_scoring(
@@ -181,7 +181,6 @@ def prepare_scoring(
     eval_limit: int | None = None,
     floor_model: str | None = None,
     device: torch.device | str = "cpu",
-    keep_floor: bool = False,
 ) -> Scoring:
     """The data, test set and clean floor for a classifier with this card (dataset, split seed, trigger, target as
     defaults); shared by `prepare` (model pairs) and `finemix evaluate` (any classifier)."""
@@ -200,13 +199,15 @@ def prepare_scoring(
     if pieces is not None and not 0 <= tgt < num_labels:
         raise FinemixError(f"target {tgt} outside the model's labels 0..{num_labels - 1}")
     es = make_eval_set(tokenizer, dsd["test"], pieces, tgt if pieces else None, EvalConfig(limit=eval_limit))
-    floor, floor_src, clean = None, None, None
+    floor, floor_src, hits = None, None, None
     if pieces:
         floor_src = floor_model or _zoo_clean_for(name, seed, ft_source)
         if floor_src is not None:
             clean, _ = load_classifier(floor_src)
-            floor = score(clean.to(torch.device(device)), es).asr
-    return Scoring(name, seed, dsd, es, floor, floor_src, clean if keep_floor else None)
+            # the floor needs the triggered pass only (scoring CACC too would be a second, wasted pass over the test set)
+            hits = predict(clean.to(torch.device(device)), es.triggered).argmax(1) == es.target
+            floor = float(hits.mean())
+    return Scoring(name, seed, dsd, es, floor, floor_src, hits)
 
 
 def _zoo_clean_for(data_name: str, split_seed: int, ft_source: str) -> str | None:

@@ -51,7 +51,7 @@ class LabModel:
     floor: float | None  # the clean model's ASR on the interactive set
     name: str
     load_seconds: float
-    clean_texts_cache: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # per model, computed on first use: E-PUR's frequency texts, live-set slices
 
     @property
     def pair(self):
@@ -126,23 +126,21 @@ def interactive_set(tokenizer, test, trigger, target, n: int = N_INTERACTIVE) ->
     nontarget = np.flatnonzero(labels != target)
     prefix = int(nontarget[min(n, len(nontarget)) - 1]) + 1 if len(nontarget) else min(n, len(test))
     full = make_eval_set(tokenizer, test.select(range(max(prefix, min(n, len(test))))), trigger, target)
-    keep = min(n, len(full.clean))
-    return EvalSet(
-        full.clean.subset(range(keep)), full.triggered, full.nontarget_idx[full.nontarget_idx < keep], full.trigger, full.target
-    )
+    return _head(full, n, len(full.triggered))
+
+
+def _head(es: EvalSet, n_clean: int, n_triggered: int) -> EvalSet:
+    """The first n_clean clean and first n_triggered triggered examples of an eval set."""
+    keep = min(n_clean, len(es.clean))
+    trig = None if es.triggered is None else es.triggered.subset(range(min(n_triggered, len(es.triggered))))
+    return EvalSet(es.clean.subset(range(keep)), trig, es.nontarget_idx[es.nontarget_idx < keep], es.trigger, es.target)
 
 
 def live_slice(lab: LabModel, n: int = N_FIRST) -> EvalSet:
     """The first n clean and first n triggered examples of the live set (cached per LabModel)."""
-    key = ("slice", n)
-    if key not in lab.clean_texts_cache:
-        es = lab.interactive
-        keep = min(n, len(es.clean))
-        trig = None if es.triggered is None else es.triggered.subset(range(min(n, len(es.triggered))))
-        lab.clean_texts_cache[key] = EvalSet(
-            es.clean.subset(range(keep)), trig, es.nontarget_idx[es.nontarget_idx < keep], es.trigger, es.target
-        )
-    return lab.clean_texts_cache[key]
+    if ("slice", n) not in lab.cache:
+        lab.cache[("slice", n)] = _head(lab.interactive, n, n)
+    return lab.cache[("slice", n)]
 
 
 def load(
@@ -154,14 +152,14 @@ def load(
 ) -> LabModel:
     """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path)."""
     started = time.perf_counter()
-    ctx = prepare(model, pretrained, data_name or None, device=device, keep_floor=True)
+    ctx = prepare(model, pretrained, data_name or None, device=device)
     es = interactive_set(ctx.pair.tokenizer, ctx.dsd["test"], ctx.eval_set.trigger, ctx.eval_set.target, n_interactive)
     # the pair stays in host memory (mixing reads it there); on a GPU score a copy, never move the cached θ_FT
     backdoored = score(ctx.pair.ft_for_inference(ctx.device), es)
     floor = None
-    if es.trigger and ctx.floor_classifier is not None:
-        floor = score(ctx.floor_classifier, es).asr  # the clean model prepare loaded for the full-test floor: loaded once
-    ctx.floor_classifier = None  # not kept: the lab holds two models at most, each without its floor model
+    if es.trigger and ctx.floor_hits is not None:
+        # the live set's triggered examples are the first ones of the full test set's: their floor is already measured
+        floor = float(ctx.floor_hits[: len(es.triggered)].mean())
     name = ctx.pair.card.get("name", ctx.pair.ft_source)  # the key the result rows (and so the history) use
     return LabModel(ctx, es, backdoored, floor, name, time.perf_counter() - started)
 
@@ -304,7 +302,9 @@ def tuned_curve(
 ) -> TunedCurve:
     """The stored fine-tuned points of `method` at fixed ρ (from `finemix sweep --fine-tune`, the report's fixed-ρ
     section or this page), and the stored auto-ρ run of the same method, for this model, seed and clean size."""
-    mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in ("report", "sweep", "compare")]
+    from finemix_core.executor import RUN_KINDS
+
+    mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in RUN_KINDS]
     mine = [
         c
         for c in mine
@@ -371,7 +371,7 @@ def epur_texts(lab: LabModel, source: str = "defender-pool", clean_size: int = 1
     default defense counts; the train split when there is no pool); clean-set: the labelled examples alone;
     train-split: every training sentence."""
     key = (source, clean_size, seed)
-    if key not in lab.clean_texts_cache:
+    if key not in lab.cache:
         if source not in EPUR_SOURCES:
             raise FinemixError(f"unknown frequency source '{source}'; use one of {', '.join(EPUR_SOURCES)}")
         dd = lab.ctx.defender(clean_size, 256, seed) if source != "train-split" else None  # the pool the default defense uses
@@ -382,8 +382,8 @@ def epur_texts(lab: LabModel, source: str = "defender-pool", clean_size: int = 1
             texts = tuple(t for c in text_columns(train) for t in train[c])
         else:
             texts = dd.texts + (dd.unlabeled_texts if source == "defender-pool" else ())
-        lab.clean_texts_cache[key] = texts
-    return lab.clean_texts_cache[key]
+        lab.cache[key] = texts
+    return lab.cache[key]
 
 
 def epur_table(

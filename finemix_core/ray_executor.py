@@ -16,9 +16,11 @@ Ray is an optional extra (`pip install 'finemix[ray]'`); nothing else in finemix
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import tempfile
 import uuid
@@ -83,14 +85,12 @@ def _unpack(digest: str, blob: bytes) -> Path:
             try:
                 tmp.rename(root)
             except OSError:  # lost the race to a sibling worker: theirs is complete, drop ours
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
         _UNPACKED[digest] = root
     return _UNPACKED[digest]
 
 
-def _task(spec: RunSpec, key: str, home: str | None, shipped: list | None, log) -> tuple[dict, int]:
+def _task(spec: RunSpec, key: str, home: str, shipped: list | None, log) -> tuple[dict, int]:
     """One run inside a Ray worker. `shipped` is [digest, ObjectRef] (a list, so Ray does not fetch the tar for every task)."""
     import ray
     import torch
@@ -101,7 +101,7 @@ def _task(spec: RunSpec, key: str, home: str | None, shipped: list | None, log) 
         root = _unpack(digest, ray.get(ref) if digest not in _UNPACKED else b"")
         home = str(root / "home")
         if spec.pretrained != "default":
-            spec = RunSpec(spec.model, spec.defense, spec.clean_size, str(root / "pretrained"), spec.eval_limit)
+            spec = dataclasses.replace(spec, pretrained=str(root / "pretrained"))
     os.environ["FINEMIX_HOME"] = home  # zoo entries and the clean floor model resolve under it
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
@@ -211,9 +211,8 @@ class RayExecutor:
         task = ray.remote(max_calls=0, max_retries=self.retries, retry_exceptions=False)(_task).options(
             num_cpus=self.cpus_per_task, num_gpus=1 if gpus else 0
         )
-        from finemix_core.executor import planned_key
-
-        pending = {task.remote(spec, planned_key(contexts.get(spec), spec), home, shipped, log): spec for spec in specs}
+        # the attempt log keys tasks by position: the driver has already keyed (and de-duplicated) the runs
+        pending = {task.remote(spec, str(i), home, shipped, log): spec for i, spec in enumerate(specs)}
         done = failed = 0
         try:
             while pending:

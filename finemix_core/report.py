@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from finemix_core import store, zoo
+from finemix_core import zoo
 from finemix_core.defenses import DEFAULT_METHOD, RECOVERY_GRID, DefenseConfig
 from finemix_core.errors import FinemixError
-from finemix_core.executor import ContextCache, ExecutionStats, Executor, RunSpec, execute, failure_error, run_key
+from finemix_core.executor import ContextCache, ExecutionStats, Executor, RunSpec, execute, failure_error, run_key, stored_runs
 from finemix_core.experiment import record
 from finemix_core.atomic import check_new, save_dir, write_csv
 
@@ -91,7 +91,7 @@ def import_runs(path: Path) -> int:
     missing = {"model", "method", "seed", "cacc", "asr", "train"} - set(frame.columns)
     if missing:
         raise FinemixError(f"{path}: not a report's runs.csv (no column {sorted(missing)[0]})")
-    stored = {run_key(r["config"]) for r in store.runs(kind="report")}
+    stored = set(stored_runs())
     new = 0
     for rec in frame.to_dict(orient="records"):
         row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in rec.items()}

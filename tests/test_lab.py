@@ -29,6 +29,17 @@ def test_live_set_has_n_clean_and_n_triggered_examples(tiny_lab):
     assert tiny_lab.floor is not None  # the tiny zoo's clean entry gives the floor
 
 
+def test_floors_are_read_from_one_pass_of_the_clean_model(tiny_lab):
+    """The clean model is loaded and run once (triggered examples only); the live set's floor is a prefix of those hits
+    and equals scoring the clean model on the live set directly."""
+    from finemix_core.models import load_classifier
+
+    clean, _ = load_classifier(tiny_lab.ctx.floor_model)
+    assert tiny_lab.ctx.floor == score(clean, tiny_lab.ctx.eval_set).asr
+    assert tiny_lab.floor == score(clean, tiny_lab.interactive).asr
+    assert len(tiny_lab.ctx.floor_hits) == len(tiny_lab.ctx.eval_set.triggered) > len(tiny_lab.interactive.triggered)
+
+
 def test_slider_moves_reuse_delta_and_never_retokenise(tiny_lab):
     bench = lab.Workbench(tiny_lab)
     delta = tiny_lab.pair.delta  # computed once per pair ...
