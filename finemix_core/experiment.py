@@ -127,18 +127,7 @@ def prepare(
         scoring.floor_model,
     )
     device = torch.device(device)
-    clean_splits = None
-    if clean_data is not None:
-        # the defender's CSV is split into train and dev only; when it is also the scoring data (no card dataset, no
-        # --data), its test tenth is held out for scoring alone and the defender splits the other nine tenths
-        rows = concatenate_datasets([dsd["train"], dsd["dev"]]) if name == clean_data else data.read_labelled(clean_data)
-        if data.text_columns(rows) != data.text_columns(dsd):
-            kinds = {True: "a sentence-pair dataset", False: "a single-sentence dataset"}
-            raise FinemixError(
-                f"{clean_data} is {kinds[data.text_columns(rows) == ['text_a', 'text_b']]} but the model is scored on "
-                f"{kinds[data.text_columns(dsd) == ['text_a', 'text_b']]} ({name}); pick matching data"
-            )
-        clean_splits = data.defender_split(rows, seed)
+    clean_splits = _clean_splits(clean_data, name, dsd, seed) if clean_data is not None else None
     return Context(
         pair,
         name,
@@ -153,6 +142,60 @@ def prepare(
         extra,
         f"{Path(unlabeled).name}" if unlabeled else None,
         scoring.floor_hits,
+    )
+
+
+def _clean_splits(clean_data: str, name: str, dsd: DatasetDict, seed: int) -> DatasetDict:
+    """The defender's CSV split into train and dev only; when it is also the scoring data (no card dataset, no --data),
+    its test tenth is held out for scoring alone and the defender splits the other nine tenths."""
+    rows = concatenate_datasets([dsd["train"], dsd["dev"]]) if name == clean_data else data.read_labelled(clean_data)
+    if data.text_columns(rows) != data.text_columns(dsd):
+        kinds = {True: "a sentence-pair dataset", False: "a single-sentence dataset"}
+        raise FinemixError(
+            f"{clean_data} is {kinds[data.text_columns(rows) == ['text_a', 'text_b']]} but the model is scored on "
+            f"{kinds[data.text_columns(dsd) == ['text_a', 'text_b']]} ({name}); pick matching data"
+        )
+    return data.defender_split(rows, seed)
+
+
+def prepare_defender(
+    model: str,
+    pretrained: str = "default",
+    clean_data: str | None = None,
+    allow_pickle: bool = False,
+    device: torch.device | str = "cpu",
+    unlabeled: str | None = None,
+) -> Context:
+    """The pair and the defender's data only (what `finemix scan` needs): no test set is tokenised, no trigger read,
+    no floor model loaded. `ctx.defender(...)` then parts the data exactly as `prepare`'s context would."""
+    pair = load_pair(model, pretrained, allow_pickle=allow_pickle)
+    if clean_data is not None and (clean_data in data.OFFLINE or clean_data in data.ONLINE):
+        name, clean_data = clean_data, None
+    else:
+        name = pair.card.get("dataset") or clean_data or DEFAULT_DATASET
+    seed = pair.card.get("split_seed", 0)
+    dsd = data.load(name, seed)
+    n_labels = data.num_labels(dsd)
+    if n_labels > pair.num_labels:
+        raise FinemixError(
+            f"the data has labels up to {n_labels - 1} but the model has {pair.num_labels} outputs; pick matching data"
+        )
+    clean_splits = _clean_splits(clean_data, name, dsd, seed) if clean_data is not None else None
+    extra = data.read_unlabeled(unlabeled) if unlabeled else None
+    empty = make_eval_set(pair.tokenizer, dsd["test"].select(range(min(1, len(dsd["test"])))), None, None)
+    return Context(
+        pair,
+        name,
+        seed,
+        dsd,
+        empty,
+        None,
+        None,
+        torch.device(device),
+        clean_data,
+        clean_splits,
+        extra,
+        f"{Path(unlabeled).name}" if unlabeled else None,
     )
 
 
