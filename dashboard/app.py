@@ -15,6 +15,7 @@ state.init()
 pages = [
     st.Page("views/start.py", title="Start here", icon=":material/school:", default=True),
     st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("views/scan.py", title="Scan", icon=":material/search:"),
     st.Page("views/mixing.py", title="Mixing lab", icon=":material/tune:"),
     st.Page("views/curve.py", title="Fine-tuned ρ curve", icon=":material/show_chart:"),
     st.Page("views/epur.py", title="E-PUR", icon=":material/manage_search:"),
@@ -26,6 +27,9 @@ nav = st.navigation(pages)
 state.publish()  # a page switch from the sidebar clears the query string: write the view's state back every run
 with st.sidebar:
     st.markdown(f"**Model:** `{st.session_state.get('model') or '—'}`")
+    if st.session_state.get("trigger"):
+        source = "from scan, an estimate" if st.session_state.get("tsrc") == "scan" else "entered"
+        st.markdown(f"**ASR probe:** `{st.session_state['trigger']}` → class {st.session_state.get('target')} ({source})")
     st.caption("Fine-mixing & E-PUR (Zhang et al., EMNLP 2022 Findings). θ_PT here: all-MiniLM-L6-v2, not the paper's BERT-base.")
     if st.session_state.get("_bad_params"):
         st.warning(f"Ignored invalid URL values: {', '.join(st.session_state['_bad_params'])}")

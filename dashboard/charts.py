@@ -167,13 +167,10 @@ def pareto(points: pd.DataFrame, current: tuple[float, float] | None) -> go.Figu
 
 
 def epur_scatter(tab: pd.DataFrame, trend: tuple[float, float] | None = None, max_points: int = 30522) -> go.Figure:
-    """Drift (y) vs log frequency (x) for the vocabulary, WebGL; flagged rows in red, the trigger annotated, and the
-    fitted trend (slope, intercept) as a dashed line."""
-    tab = (
-        tab
-        if len(tab) <= max_points
-        else pd.concat([tab[tab.flagged | tab.trigger], tab[~(tab.flagged | tab.trigger)].sample(max_points, random_state=0)])
-    )
+    """Drift (y) vs log frequency (x) for the vocabulary, WebGL; flagged rows in red, the trigger annotated, the scan's
+    verified suspects (a `suspect` column) ringed, and the fitted trend (slope, intercept) as a dashed line."""
+    keep = tab.flagged | tab.trigger | (tab.suspect if "suspect" in tab else False)
+    tab = tab if len(tab) <= max_points else pd.concat([tab[keep], tab[~keep].sample(max_points, random_state=0)])
     x = np.log10(tab.frequency.to_numpy() + 1)
     fig = go.Figure()
     for flagged, name, color in ((False, "not flagged", "#9ecae1"), (True, "flagged (top K)", "#d62728")):
@@ -201,6 +198,20 @@ def epur_scatter(tab: pd.DataFrame, trend: tuple[float, float] | None = None, ma
             name="trend: drift vs log frequency",
             line={"color": "black", "dash": "dash", "width": 1.5},
             hoverinfo="skip",
+        )
+    if "suspect" in tab and tab.suspect.any():
+        sus = tab[tab.suspect]
+        fig.add_trace(
+            go.Scattergl(
+                x=np.log10(sus.frequency.to_numpy() + 1),
+                y=sus.drift,
+                mode="markers+text",
+                name="scan suspect (verified)",
+                text=sus.token,
+                textposition="top center",
+                marker={"size": 14, "color": "rgba(0,0,0,0)", "line": {"color": "#ff7f0e", "width": 2.5}},
+                hovertemplate="<b>%{text}</b>: a verified scan candidate<extra></extra>",
+            )
         )
     for _, row in tab[tab.trigger].iterrows():
         fig.add_annotation(
@@ -298,3 +309,42 @@ def method_picture(rho: float = 0.3, cells: int = 6) -> str:
         "</svg>",
     ]
     return "".join(parts)
+
+
+def scan_candidates(candidates: list, class_names: tuple[str, ...], top: int = 8) -> go.Figure:
+    """Each verified candidate's flip rate on held-aside sentences (Wilson 95 % error bars) beside the clean
+    reference's flip rate on the same sentences: the gap is the evidence."""
+    rows = candidates[:top][::-1]  # best at the top
+    labels = [f"'{c.trigger}' → {class_names[c.target] if c.target < len(class_names) else c.target}" for c in rows]
+    fig = go.Figure()
+    fig.add_bar(
+        y=labels,
+        x=[c.flip for c in rows],
+        orientation="h",
+        name="θ_FT flip rate",
+        marker_color="#d62728",
+        error_x={
+            "type": "data",
+            "symmetric": False,
+            "array": [c.flip_high - c.flip for c in rows],
+            "arrayminus": [c.flip - c.flip_low for c in rows],
+        },
+        hovertemplate="%{y}<br>θ_FT flips %{x:.0%}<extra></extra>",
+    )
+    fig.add_bar(
+        y=labels,
+        x=[c.reference_flip for c in rows],
+        orientation="h",
+        name="clean reference flip rate",
+        marker_color="#9ecae1",
+        hovertemplate="%{y}<br>reference flips %{x:.0%}<extra></extra>",
+    )
+    fig.update_layout(
+        barmode="group",
+        xaxis={"title": "share of held-aside clean sentences moved to the class", "range": [0, 1.05], "tickformat": ".0%"},
+        yaxis_title="candidate trigger → class",
+        height=120 + 48 * len(rows),
+        margin={"t": 30, "l": 10},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig

@@ -13,8 +13,31 @@ import streamlit as st
 from finemix_core import lab
 from finemix_core.errors import FinemixError
 
-DEFAULTS = {"model": "", "pt": "default", "data": "", "rho": 0.3, "mode": "random", "k": 200, "seed": 0}
-TYPES = {"model": str, "pt": str, "data": str, "rho": float, "mode": str, "k": int, "seed": int}
+# trigger/target/tsrc: the ASR probe for any model (typed by the user or suspected by a scan); empty: the card's trigger
+DEFAULTS = {
+    "model": "",
+    "pt": "default",
+    "data": "",
+    "rho": 0.3,
+    "mode": "random",
+    "k": 200,
+    "seed": 0,
+    "trigger": "",
+    "target": 1,
+    "tsrc": "entered",
+}
+TYPES = {
+    "model": str,
+    "pt": str,
+    "data": str,
+    "rho": float,
+    "mode": str,
+    "k": int,
+    "seed": int,
+    "trigger": str,
+    "target": int,
+    "tsrc": str,
+}
 
 
 def _valid(name: str, value) -> bool:
@@ -23,6 +46,8 @@ def _valid(name: str, value) -> bool:
         "mode": lambda v: v in lab.MODES,
         "k": lambda v: 0 <= v <= 30522,
         "seed": lambda v: 0 <= v < 2**31,
+        "target": lambda v: 0 <= v < 1000,
+        "tsrc": lambda v: v in lab.TRIGGER_SOURCES,
     }.get(name, lambda v: True)(value)
 
 
@@ -78,9 +103,28 @@ def set_value(name: str, value) -> None:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model pair, data and evaluation sets …")
-def lab_model(model: str, pt: str, data: str = "") -> lab.LabModel:
+def lab_model(
+    model: str, pt: str, data: str = "", trigger: str = "", target: int = 1, tsrc: str = "entered"
+) -> lab.LabModel:
     # at most two models in memory: switching back and forth is instant, a third evicts the oldest
-    return lab.load(model, pt, device=lab.best_device(), data_name=data or None)
+    return lab.load(
+        model, pt, device=lab.best_device(), data_name=data or None, trigger=trigger or None, target=target, trigger_source=tsrc
+    )
+
+
+def probe() -> dict:
+    """The ASR probe in the state, as lab_model's keyword arguments (no trigger: the card's)."""
+    ss = st.session_state
+    if not ss.get("trigger"):
+        return {}
+    return {"trigger": ss["trigger"], "target": int(ss.get("target", 1)), "tsrc": ss.get("tsrc", "entered")}
+
+
+def set_probe(trigger: str, target: int, source: str) -> None:
+    """Use `trigger` → `target` as every view's ASR probe (empty trigger: back to the card's)."""
+    set_value("trigger", trigger)
+    set_value("target", int(target))
+    set_value("tsrc", source)
 
 
 def current() -> tuple[lab.LabModel, lab.Workbench] | None:
@@ -91,7 +135,7 @@ def current() -> tuple[lab.LabModel, lab.Workbench] | None:
         st.page_link("views/models.py", label="Go to Models", icon=":material/inventory_2:")
         return None
     try:
-        lm = lab_model(ss["model"], ss["pt"], ss.get("data", ""))
+        lm = lab_model(ss["model"], ss["pt"], ss.get("data", ""), **probe())
     except FinemixError as exc:
         st.error(str(exc))
         st.page_link("views/models.py", label="Choose another model", icon=":material/inventory_2:")
@@ -119,10 +163,14 @@ def bf16_ok(lm: lab.LabModel) -> bool:
 
 def describe(lm: lab.LabModel) -> None:
     es = lm.interactive
-    trig = "+".join(lm.trigger) if lm.trigger else "none known"
     pt_name = lm.pair.pt_source.split("/")[-2] if lm.pair.pt_source.endswith("/model") else lm.pair.pt_source
     st.caption(
         f"Model **{lm.name}** · θ_PT {pt_name} · "
-        f"data `{lm.ctx.data_name}` (split seed {lm.ctx.split_seed}) · trigger **{trig}** → label {es.target} · "
+        f"data `{lm.ctx.data_name}` (split seed {lm.ctx.split_seed}) · "
         f"live set: {len(es.clean)} clean + {len(es.triggered or [])} triggered test examples"
     )
+    label = lab.asr_label(lm)
+    if lm.trigger_source == "scan":
+        st.warning(label, icon=":material/search:")
+    else:
+        st.caption(label)

@@ -305,6 +305,9 @@ def defend_cmd(
     limit: Annotated[int | None, typer.Option(help="Score on the first N test examples only.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
+    no_scan: Annotated[
+        bool, typer.Option("--no-scan", help="With no card and no --trigger: skip scanning θ_FT for a suspected trigger.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Defend a model and write the defended model as a standard HF folder."""
@@ -355,15 +358,29 @@ def defend_cmd(
         raise FinemixError(
             f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range"
         )
+    say = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
+    before = None
+    if ctx.eval_set.trigger is None and not no_scan:
+        # no trigger known: scan θ_FT from the defender's clean data first, so the defense ends with an estimate
+        say("no trigger known for this model: scanning θ_FT from the clean data first (--no-scan skips)")
+        before = experiment.run_scan(ctx, clean_size=clean_size, seed=seed, log=say)
+        say(f"scan ({before.seconds:.0f} s): {before.message(data.label_names(ctx.data_name, ctx.pair.num_labels))}")
     bar = _ProgressBar(method)
     try:
-        result, row = experiment.run_defense(ctx, cfg, clean_size, progress=bar, log=lambda m: tqdm.write(m, file=sys.stderr))
+        result, row = experiment.run_defense(ctx, cfg, clean_size, progress=bar, log=say)
     finally:
         bar.close()
-    experiment.save_defended(ctx, result, row, out, overwrite)
-    experiment.record("defend", {**row.as_dict(), "out": str(out)})
+    estimate = None
+    if before is not None and before.best is not None:
+        best = before.best
+        after = experiment.run_scan(
+            ctx, experiment.measure_only(), clean_size, seed=seed, given=((best.trigger, best.target),), model=result.model
+        )
+        estimate = experiment.scan_estimate(before, after)
+    experiment.save_defended(ctx, result, row, out, overwrite, extra={"scan": estimate} if estimate else None)
+    experiment.record("defend", {**row.as_dict(), "out": str(out), "scan": estimate})
     if as_json:
-        typer.echo(json.dumps({**row.as_dict(), "out": str(out)}, default=str))
+        typer.echo(json.dumps({**row.as_dict(), "out": str(out), "scan": estimate}, default=str))
         return
     table = Table(title=f"{method} on {row.model} → {out}")
     for col in ("CACC", "ASR", "target bias", "ASR floor", "ρ", "flagged (top)", "dev acc", "unlabelled", "seconds"):
@@ -386,6 +403,75 @@ def defend_cmd(
             + "; ".join(f"{c['knob']} {c['value']:g} → dev {c['dev_acc']:.3f}{' ✓' if c['passed'] else ''}" for c in row.search),
             err=True,
         )
+    if estimate is not None:
+        typer.echo(
+            f"suspected trigger '{estimate['suspected_trigger']}' (from scan, an estimate): flips "
+            f"{estimate['flip_before']:.0%} of held-aside dev sentences before → {estimate['flip_after']:.0%} after "
+            f"(clean reference {estimate['reference_flip']:.0%}; scan said: {estimate['verdict_before']})"
+        )
+
+
+@app.command("scan")
+@user_errors
+def scan_cmd(
+    model: Annotated[str, typer.Option(help="Zoo entry name or ANY local HF classifier folder fine-tuned from θ_PT.")],
+    clean_data: Annotated[
+        str | None,
+        typer.Option(help="Defender's clean labelled data: dataset name or CSV text,label (default: the card's dataset)."),
+    ] = None,
+    pretrained: Annotated[str, typer.Option(help="θ_PT: 'default' (offline all-MiniLM-L6-v2) or a folder.")] = "default",
+    trigger: Annotated[
+        str | None, typer.Option(help="Measure this trigger (text to insert) instead of searching; e.g. a suspect after defend.")
+    ] = None,
+    target: Annotated[int | None, typer.Option(help="With --trigger: the class it should flip to (default: every class).")] = None,
+    clean_size: Annotated[int, typer.Option(help="Labelled clean examples (search set; the reference trains on them).")] = 128,
+    threshold: Annotated[float | None, typer.Option(help="Excess flip from which the verdict says 'backdoor'.")] = None,
+    no_inversion: Annotated[bool, typer.Option("--no-inversion", help="Skip trigger inversion (faster; E-PUR only).")] = False,
+    seed: Annotated[int, typer.Option(help="Clean-set draw and insertion positions.")] = 0,
+    allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Audit a model from clean data alone: does it carry a backdoor, what is the trigger, how often does it fire?"""
+    from finemix_core import experiment
+    from finemix_core.scan import ScanConfig
+
+    if clean_size <= 0:
+        raise FinemixError(f"--clean-size must be positive, got {clean_size}")
+    if trigger is not None and not trigger.strip():
+        raise FinemixError("--trigger is empty; give a word, a few words or a sentence to insert")
+    ctx = experiment.prepare_defender(model, pretrained, clean_data, allow_pickle=allow_pickle)
+    n = ctx.pair.num_labels
+    if target is not None and not 0 <= target < n:
+        raise FinemixError(f"--target {target} outside the model's labels 0..{n - 1}")
+    cfg = experiment.measure_only() if trigger is not None else ScanConfig(inversion=not no_inversion)
+    if threshold is not None:
+        cfg = dataclasses.replace(cfg, threshold=threshold)
+    given = tuple((trigger, t) for t in ([target] if target is not None else range(n))) if trigger is not None else ()
+    say = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
+    result = experiment.run_scan(ctx, cfg, clean_size, seed=seed, given=given, log=None if as_json else say)
+    name = ctx.pair.card.get("name", ctx.pair.ft_source)
+    experiment.record_scan(name, result, {"model": name, "clean_data": clean_data or ctx.data_name, "seed": seed})
+    if as_json:
+        typer.echo(json.dumps(result.as_json()))
+        return
+    names = data.label_names(ctx.data_name, n)
+    table = Table(title=f"scan of {name} on {clean_data or ctx.data_name} (seed {seed}; reference: {result.reference})")
+    for col in ("trigger", "→ class", "flip", "95% interval", "reference", "excess", "n", "source"):
+        table.add_column(col)
+    for c in result.candidates[:10]:
+        table.add_row(
+            c.trigger,
+            names[c.target],
+            f"{c.flip:.2f}",
+            f"[{c.flip_low:.2f}, {c.flip_high:.2f}]",
+            f"{c.reference_flip:.2f}",
+            f"{c.excess:+.2f}",
+            str(c.n),
+            c.source,
+        )
+    console.print(table)
+    typer.echo(result.message(names))
+    typer.echo(f"searched: {result.searched}; {result.seconds:.1f} s")
 
 
 # ---- scale-out options shared by sweep and report (executor.py, ray_executor.py) ----

@@ -362,8 +362,11 @@ def run_defense(
     return result, row
 
 
-def save_defended(ctx: Context, result: DefenseResult, row: RunRow, out: Path, overwrite: bool = False) -> Path:
-    """Write the defended model as a standard HF folder + finemix.json, atomically."""
+def save_defended(
+    ctx: Context, result: DefenseResult, row: RunRow, out: Path, overwrite: bool = False, extra: dict | None = None
+) -> Path:
+    """Write the defended model as a standard HF folder + finemix.json (plus `extra` fields, e.g. the scan's
+    estimate), atomically."""
     card = {
         **row.as_dict(),
         "defended_from": ctx.pair.ft_source,
@@ -376,6 +379,7 @@ def save_defended(ctx: Context, result: DefenseResult, row: RunRow, out: Path, o
         "name": f"{row.model}-{row.method}",
         "dataset": ctx.data_name,
         "trigger": list(ctx.eval_set.trigger or ()),
+        **(extra or {}),
     }
 
     def write(tmp: Path) -> None:
@@ -411,3 +415,60 @@ def parse_range(spec: str) -> list[float]:
     if not values or any(not 0 <= v <= 1 for v in values):
         raise FinemixError(f"ρ values '{spec}' must be non-empty and within [0, 1]")
     return [float(v) for v in values]
+
+
+def run_scan(
+    ctx: Context,
+    cfg=None,
+    clean_size: int = 128,
+    dev_size: int = 256,
+    seed: int = 0,
+    given: tuple[tuple[str, int], ...] = (),
+    model: torch.nn.Module | None = None,
+    progress=None,
+    cancelled=None,
+    log=None,
+):
+    """Scan θ_FT (or `model`, e.g. a defended one, in its place) on the defender's data parted as `defend` parts it.
+    With `given` and a cfg that searches nothing, only those triggers are measured."""
+    from finemix_core.scan import scan
+
+    dd = ctx.defender(clean_size, dev_size, seed)
+    pair = ctx.pair if model is None else dataclasses.replace(ctx.pair, ft=model.cpu().eval())
+    return scan(pair, dd, cfg, given=given, progress=progress, cancelled=cancelled, log=log)
+
+
+def measure_only():
+    """A scan config that searches nothing: it verifies the given triggers only."""
+    from finemix_core.scan import ScanConfig
+
+    return ScanConfig(epur_rows=0, inversion=False)
+
+
+def scan_estimate(before, after) -> dict:
+    """What a defended model's card records about a trigger the scan suspected (never ground truth)."""
+    best = before.best
+    measured = next((c for c in after.candidates if c.source == "given"), None) if after is not None else None
+    return {
+        "estimate": True,
+        "suspected_trigger": best.trigger if best else None,
+        "suspected_target": best.target if best else None,
+        "verdict_before": before.verdict,
+        "score_before": round(before.score, 4),
+        "flip_before": round(best.flip, 4) if best else None,
+        "flip_after": round(measured.flip, 4) if measured else None,
+        "reference_flip": round(best.reference_flip, 4) if best else None,
+        "note": "ASR estimates for a trigger found by `finemix scan` from clean data alone, not the true trigger",
+    }
+
+
+def record_scan(model_name: str, result, extra: dict | None = None) -> int:
+    """Store one scan in the history (kind 'scan')."""
+    best = result.best
+    metrics = {
+        "score": result.score,
+        "flip": best.flip if best else None,
+        "reference_flip": best.reference_flip if best else None,
+        "seconds": result.seconds,
+    }
+    return store.record("scan", model_name, "scan", {**result.as_json(), **(extra or {})}, metrics)

@@ -35,7 +35,7 @@ from finemix_core.mixing import MODES, MixConfig, mix_into  # noqa: F401 — MOD
 from finemix_core.models import CARD_NAME
 from finemix_core.report import REPORT_METHODS
 from finemix_core.train import Progress
-from finemix_core.triggers import example_rng, insert_trigger
+from finemix_core.triggers import example_rng, insert_trigger, parse_trigger
 
 N_INTERACTIVE = 256  # clean and triggered examples scored on every slider move
 N_FIRST = 48  # a slider move first scores this slice (< 1 s on 2 cores), shows it with its wider interval, then the rest
@@ -52,6 +52,9 @@ class LabModel:
     name: str
     load_seconds: float
     cache: dict = field(default_factory=dict)  # per model, computed on first use: E-PUR's frequency texts, live-set slices
+    # where the ASR probe's trigger came from: "card" (the maker planted it), "entered" (typed by the user), "scan"
+    # (suspected by `finemix scan` from clean data: an estimate), "" (none known: no ASR)
+    trigger_source: str = ""
 
     @property
     def pair(self):
@@ -143,16 +146,30 @@ def live_slice(lab: LabModel, n: int = N_FIRST) -> EvalSet:
     return lab.cache[("slice", n)]
 
 
+TRIGGER_SOURCES = ("entered", "scan")  # an ASR probe the user set: typed, or suspected by a scan
+
+
 def load(
     model: str,
     pretrained: str = "default",
     n_interactive: int = N_INTERACTIVE,
     device: torch.device | str = "cpu",
     data_name: str | None = None,
+    trigger: str | None = None,
+    target: int | None = None,
+    trigger_source: str = "entered",
 ) -> LabModel:
-    """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path)."""
+    """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path).
+
+    `trigger`/`target`: an ASR probe for any model — typed by the user ('entered') or suspected by a scan ('scan');
+    it replaces the card's trigger, and every ASR the lab shows is then labelled with where it came from."""
     started = time.perf_counter()
-    ctx = prepare(model, pretrained, data_name or None, device=device)
+    if trigger_source not in TRIGGER_SOURCES:
+        raise FinemixError(f"trigger source '{trigger_source}' is not one of {', '.join(TRIGGER_SOURCES)}")
+    probe = parse_trigger(trigger) if trigger else None
+    if probe is not None and target is None:
+        raise FinemixError("a trigger needs its target class; pick the class it should flip sentences to")
+    ctx = prepare(model, pretrained, data_name or None, trigger=probe, target=target if probe else None, device=device)
     es = interactive_set(ctx.pair.tokenizer, ctx.dsd["test"], ctx.eval_set.trigger, ctx.eval_set.target, n_interactive)
     # the pair stays in host memory (mixing reads it there); on a GPU score a copy, never move the cached θ_FT
     backdoored = score(ctx.pair.ft_for_inference(ctx.device), es)
@@ -161,7 +178,56 @@ def load(
         # the live set's triggered examples are the first ones of the full test set's: their floor is already measured
         floor = float(ctx.floor_hits[: len(es.triggered)].mean())
     name = ctx.pair.card.get("name", ctx.pair.ft_source)  # the key the result rows (and so the history) use
-    return LabModel(ctx, es, backdoored, floor, name, time.perf_counter() - started)
+    source = trigger_source if probe else ("card" if es.trigger else "")
+    return LabModel(ctx, es, backdoored, floor, name, time.perf_counter() - started, trigger_source=source)
+
+
+def asr_label(lab: LabModel) -> str:
+    """What every ASR on screen measures, in words: never a suspected trigger passed off as ground truth."""
+    if not lab.trigger:
+        return "no trigger known: no ASR (enter a trigger on the Models page, or run a Scan)"
+    text = "+".join(lab.trigger)
+    target = class_names(lab)[lab.interactive.target]
+    return {
+        "card": f"ASR for the model card's trigger `{text}` → {target}",
+        "entered": f"ASR for the trigger you entered `{text}` → {target}",
+        "scan": f"ASR for the suspected trigger `{text}` → {target} (from scan: an estimate, not ground truth)",
+    }[lab.trigger_source]
+
+
+def scan_model(lab: LabModel, progress=None, cancelled=None, seed: int = 0, clean_size: int = 128):
+    """Scan θ_FT from the defender's clean data alone (never the test split, the card or the probe) and store it."""
+    from finemix_core.experiment import record_scan, run_scan
+
+    result = run_scan(lab.ctx, clean_size=clean_size, seed=seed, progress=progress, cancelled=cancelled)
+    record_scan(lab.name, result, {"model": lab.name, "clean_data": lab.ctx.data_name, "seed": seed, "from": "lab"})
+    return result
+
+
+def last_scan(lab: LabModel):
+    """The newest stored scan of this model (CLI or lab) as a ScanResult, or None."""
+    from finemix_core.scan import ScanResult, Suspect
+
+    rows = store.runs(lab.name, kind="scan")  # newest first
+    if not rows:
+        return None
+    c = rows[0]["config"]
+    keys = ("trigger", "target", "flip", "flip_low", "flip_high", "n", "reference_flip", "source")
+    suspects = [Suspect(**{k: s[k] for k in keys}, token_ids=()) for s in c.get("candidates", [])]
+    return ScanResult(
+        c["verdict"], c["score"], c["threshold"], suspects, c["seconds"], c["searched"], c["reference"], c["n_search"], c["n_verify"]
+    )
+
+
+def mark_suspects(tab: pd.DataFrame, lab: LabModel, candidates: list) -> pd.DataFrame:
+    """E-PUR's table with a `suspect` column: the rows of the scan's verified candidates whose flip beats the
+    reference's (the scatter marks them)."""
+    tab = tab.copy()
+    tab["suspect"] = False
+    for c in candidates:
+        if c.excess > 0:
+            tab.loc[trigger_token_ids(lab.pair.tokenizer, (c.trigger,)), "suspect"] = True
+    return tab
 
 
 class Workbench:

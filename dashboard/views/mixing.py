@@ -20,8 +20,9 @@ def _fmt(rate: float | None) -> str:
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing the mix-only ρ sweep (11 points) …")
-def mix_sweep(model: str, pt: str, data: str, mode: str, seed: int) -> pd.DataFrame:
-    return state.lab.Workbench(state.lab_model(model, pt, data)).sweep(RHOS, mode, seed)
+def mix_sweep(model: str, pt: str, data: str, mode: str, seed: int, probe: tuple = ()) -> pd.DataFrame:
+    # `probe` (trigger, target, source) is part of the key: a new ASR probe is a new curve
+    return state.lab.Workbench(state.lab_model(model, pt, data, *probe)).sweep(RHOS, mode, seed)
 
 
 def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -> None:
@@ -37,7 +38,7 @@ def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -
         help=ci.format(n=s.n_clean, what="clean"),
     )
     if s.asr is None:
-        c2.metric(f"ASR · {label}", "—", help="no trigger known for this model")
+        c2.metric(f"ASR · {label}", "—", help="no trigger known: enter one on the Models page or run a Scan")
         return
     c2.metric(
         f"ASR · {label}",
@@ -179,7 +180,9 @@ def live() -> None:
             ],
             hide_index=True,
         )
-    sweep = state.lab.with_intervals(mix_sweep(ss["model"], ss["pt"], ss.get("data", ""), mode, seed))
+    sweep = state.lab.with_intervals(
+        mix_sweep(ss["model"], ss["pt"], ss.get("data", ""), mode, seed, tuple(state.probe().values()))
+    )
     tuned = state.lab.with_intervals(
         pd.DataFrame(
             [p for (name, _, m, s, r), p in tuned_points.items() if name == lm.name and m == mode and s == seed and r == recipe]

@@ -47,6 +47,7 @@ if cards:
     if choice != current and st.button(f"Use {choice}", type="primary"):
         state.set_value("model", choice)
         state.set_value("pt", "default")
+        state.set_probe("", 1, "entered")  # a probe belongs to the model it was set for
         st.rerun()
     card = (
         next(c for c in cards if c["name"] == (st.session_state.get("model") or choice))
@@ -133,4 +134,37 @@ if st.button("Use this folder", disabled=not folder):
     else:
         state.set_value("model", folder)
         state.set_value("pt", pretrained)
-        st.success(f"Using {folder}")
+        state.set_probe("", 1, "entered")  # a probe belongs to the model it was set for
+        st.rerun()
+
+st.subheader("ASR probe: a trigger to measure")
+st.caption(
+    "For a model without a card (or to test another trigger on one that has one): the text is inserted at a random "
+    "position into the live set's non-target sentences, and every ASR view then reports 'ASR for the trigger you "
+    "entered'. Several pieces inserted separately: w1+w2. The Scan page fills this with its suspected trigger."
+)
+p1, p2, p3 = st.columns([3, 1, 1])
+typed = p1.text_input("Trigger text", value=st.session_state.get("trigger", ""), key="probe_text")
+try:
+    n_classes = state.lab_model(
+        st.session_state["model"], st.session_state["pt"], st.session_state.get("data", ""), **state.probe()
+    ).pair.num_labels
+except FinemixError:
+    n_classes = 2
+target = p2.number_input("Target class", 0, max(0, n_classes - 1), value=min(int(st.session_state.get("target", 1)), n_classes - 1))
+if p3.button("Use this trigger", disabled=not typed.strip()):
+    try:
+        state.lab_model(
+            st.session_state["model"], st.session_state["pt"], st.session_state.get("data", ""), typed.strip(), int(target), "entered"
+        )
+    except FinemixError as exc:
+        st.error(str(exc))
+    else:
+        state.set_probe(typed.strip(), int(target), "entered")
+        st.rerun()
+if st.session_state.get("trigger"):
+    source = "suspected by a scan (an estimate)" if st.session_state.get("tsrc") == "scan" else "entered by you"
+    st.write(f"Probe in use: `{st.session_state['trigger']}` → class {st.session_state.get('target')} ({source}).")
+    if st.button("Clear the probe (back to the card's trigger)"):
+        state.set_probe("", 1, "entered")
+        st.rerun()

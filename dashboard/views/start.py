@@ -11,6 +11,15 @@ st.markdown(
     "small clean set — and **E-PUR** resets the word embeddings a rare trigger dragged far."
 )
 st.image(charts.method_picture(), width="stretch")  # inline SVG: nothing fetched
+demo_col, own_col = st.columns(2)
+demo_col.markdown("**The zoo demo** (below): a backdoor the project planted, so its trigger is known.")
+with own_col:
+    st.markdown(
+        "**Audit your own model**: load its folder and a clean CSV on the Models page, then let the Scan page look for a "
+        "trigger from clean data alone and use what it finds as the ASR probe."
+    )
+    st.page_link("views/models.py", label="1 · Load your model", icon=":material/inventory_2:")
+    st.page_link("views/scan.py", label="2 · Scan it", icon=":material/search:")
 
 loaded = state.current()
 if loaded is None:
@@ -18,7 +27,11 @@ if loaded is None:
 lm, bench = loaded
 state.describe(lm)
 if not lm.trigger:
-    st.warning("This model has no known trigger, so there is no backdoor to watch; pick `word-cf` on the Models page.")
+    st.warning(
+        "No trigger is known for this model, so there is no backdoor to watch yet: run the **Scan** (it suspects a trigger "
+        "from clean data and can use it as the ASR probe), enter a trigger on the Models page, or pick `word-cf`."
+    )
+    st.page_link("views/scan.py", label="Scan this model", icon=":material/search:")
     st.stop()
 names = lab.class_names(lm)
 target = lm.interactive.target
