@@ -470,7 +470,7 @@ def check_inputs(pair: ModelPair, dd: DefenderData, cfg: ScanConfig) -> None:
         )
     try:
         embedding_key(pair)
-    except FinemixError:
+    except (FinemixError, AttributeError):
         raise FinemixError("the model has no word-embedding matrix to scan; give a transformer text classifier") from None
 
 

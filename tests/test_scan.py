@@ -226,3 +226,36 @@ def test_bad_scan_inputs_give_one_line(tiny_scan, tmp_path):
         scan(pair, defender_data(pair.tokenizer, dsd["train"], dsd["dev"], 8, 256, 0), FAST_SCAN)
     with pytest.raises(FinemixError, match="threshold"):
         ScanConfig(threshold=0)
+
+
+def test_a_model_without_word_embeddings_is_refused(tiny_scan, monkeypatch):
+    pt, csv, models = tiny_scan
+    pair = load_pair(models["cf"], pt)
+    monkeypatch.setattr(pair.ft, "get_input_embeddings", lambda: None)
+    with pytest.raises(FinemixError, match="no word-embedding matrix"):
+        scan(pair, defender(pair, csv), FAST_SCAN)
+
+
+def test_scan_cli_json_and_a_given_trigger(tiny_scan, tmp_path):
+    from typer.testing import CliRunner
+
+    from finemix_core import store
+    from finemix_core.cli import app
+
+    pt, csv, models = tiny_scan
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["scan", "--model", str(models["cf"]), "--pretrained", str(pt), "--clean-data", str(csv), "--no-inversion", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["verdict"] in ("backdoor", "no evidence") and isinstance(out["score"], float) and out["seconds"] > 0
+    first = out["candidates"][0]
+    assert {"trigger", "target", "flip", "flip_low", "flip_high", "reference_flip", "source"} <= set(first)
+    assert store.runs(kind="scan")[0]["metrics"]["score"] == out["score"]
+    # --trigger measures only that trigger, for every class when no --target is given
+    res = runner.invoke(
+        app, ["scan", "--model", str(models["cf"]), "--pretrained", str(pt), "--clean-data", str(csv), "--trigger", "cf"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "the given trigger(s)" in res.stdout and "cf" in res.stdout
