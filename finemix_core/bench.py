@@ -31,7 +31,7 @@ from finemix_core import lab, zoo
 from finemix_core.defenses import DefenseConfig, defend
 from finemix_core.encoding import encode
 from finemix_core.errors import FinemixError
-from finemix_core.evaluate import Scores, predict, score
+from finemix_core.evaluate import Scores, bf16_supported, predict, score
 from finemix_core.mixing import MixConfig, mix_into
 
 
@@ -127,20 +127,6 @@ def _live_texts(lm: lab.LabModel) -> list[str]:
     if text_columns(test) != ["text"]:
         raise FinemixError("bench compares against the HF pipeline on single-sentence data; pick a single-sentence model")
     return list(test.select(range(len(lm.interactive.clean)))["text"])
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()) and _cpu_has_bf16()
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 LAB_MEMORY_PROBE = """

@@ -523,7 +523,7 @@ def sweep_cmd(
     from finemix_core import experiment
     from finemix_core import sweep as sweeps
     from finemix_core.evaluate import best_device
-    from finemix_core.executor import make_executor
+    from finemix_core.executors import make_executor
     from finemix_core.mixing import MODES
 
     if mode not in MODES:
@@ -609,7 +609,7 @@ def report_cmd(
     from finemix_core import report
     from finemix_core.defenses import METHODS
     from finemix_core.evaluate import best_device
-    from finemix_core.executor import make_executor
+    from finemix_core.executors import make_executor
 
     def ints(spec: str, what: str) -> tuple[int, ...]:
         try:

@@ -11,6 +11,7 @@ model is then two inference passes over length-sorted, dynamically padded batche
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -126,3 +127,19 @@ def score(model: torch.nn.Module, es: EvalSet, batch_size: int = INFER_BATCH) ->
 
 def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 inference is fast here: a GPU that supports it, or a CPU with AVX-512 BF16 / AMX (the lab's fast
+    path and `finemix bench` read this)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()) and _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -309,13 +309,3 @@ def failure_error(stats: ExecutionStats) -> FinemixError:
         f"{len(stats.failed)} of {stats.planned} runs failed (first: {first.spec.label}: {first.error}); "
         "the others are stored — fix the cause and re-run the same command to run only the missing ones"
     )
-
-
-def make_executor(ray: str | None, cpus_per_task: float = 1.0, retries: int = 2, ship: str = "path") -> Executor:
-    """`--ray` as the CLI takes it: None/'' or 'off' → sequential; 'auto' → a local Ray with this machine's cores;
-    anything else → the address of a running Ray cluster."""
-    if ray is None or ray.strip().lower() in ("", "off", "none"):
-        return SequentialExecutor()
-    from finemix_core.ray_executor import RayExecutor
-
-    return RayExecutor(ray.strip(), cpus_per_task=cpus_per_task, retries=retries, ship=ship)

@@ -29,7 +29,16 @@ from finemix_core.config import ZooEntrySpec
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
-from finemix_core.evaluate import EvalSet, Scores, best_device, make_eval_set, predict, score, wilson  # noqa: F401 — re-exported
+from finemix_core.evaluate import (  # noqa: F401 — best_device, bf16_supported, wilson re-exported for the dashboard
+    EvalSet,
+    Scores,
+    best_device,
+    bf16_supported,
+    make_eval_set,
+    predict,
+    score,
+    wilson,
+)
 from finemix_core.experiment import Context, RunRow, prepare, record, run_defense, save_defended
 from finemix_core.mixing import MODES, MixConfig, mix_into  # noqa: F401 — MODES re-exported for the dashboard
 from finemix_core.models import CARD_NAME
@@ -72,13 +81,6 @@ class LabModel:
     @property
     def card(self) -> dict:
         return self.ctx.pair.card
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether the bf16 fast path is offered on this device (re-exported for the dashboard: its one door is this module)."""
-    from finemix_core.bench import bf16_supported as supported
-
-    return supported(device)
 
 
 def class_names(lab: LabModel) -> tuple[str, ...]:
