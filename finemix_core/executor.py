@@ -104,9 +104,11 @@ class ContextCache:
 
 
 def run_key(row: dict) -> str:
-    """What makes two runs the same experiment (model, data, test set, method, seed, clean size, budget, K, fixed ρ, δ)."""
+    """What makes two runs the same experiment (model, data, test set and its trigger, method, seed, clean size, budget,
+    K, fixed ρ, δ): a run scored with another ASR probe (an entered or suspected trigger) is another experiment."""
     fields = (
         "model",
+        "trigger",
         "method",
         "seed",
         "clean_size",
@@ -132,6 +134,7 @@ def planned_key(ctx: Context, spec: RunSpec) -> str:
     return run_key(
         {
             "model": ctx.pair.card.get("name", ctx.pair.ft_source),
+            "trigger": ctx.trigger_text,
             "method": cfg.method,
             "seed": cfg.seed,
             "clean_size": spec.clean_size,

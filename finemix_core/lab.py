@@ -372,7 +372,8 @@ def tuned_curve(
     section or this page), and the stored auto-ρ run of the same method, for this model, seed and clean size."""
     from finemix_core.executor import RUN_KINDS
 
-    mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in RUN_KINDS]
+    trig = "+".join(lab.trigger) if lab.trigger else None  # points scored with another ASR probe are not this curve's
+    mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in RUN_KINDS and r["config"].get("trigger") == trig]
     mine = [
         c
         for c in mine
@@ -529,6 +530,7 @@ def history(lab: LabModel) -> pd.DataFrame:
                 "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])),
                 "kind": r["kind"],
                 "method": r["method"],
+                "trigger": c.get("trigger"),
                 "seed": c.get("seed"),
                 "clean n": c.get("clean_size"),
                 "rho": c.get("rho"),
@@ -586,7 +588,8 @@ def compare_table(lab: LabModel, seed: int = 0, clean_size: int = 128) -> Compar
     hist = history(lab)
     if hist.empty:
         return CompareTable(hist, list(COMPARED_METHODS), hist)
-    mine = hist[(hist["clean n"] == clean_size) & (hist["seed"] == seed)]
+    trig = "+".join(lab.trigger) if lab.trigger else None  # rows scored with another ASR probe measured another ASR
+    mine = hist[(hist["clean n"] == clean_size) & (hist["seed"] == seed) & hist.trigger.map(lambda t: (t or None) == trig)]
     fixed = mine[mine["fixed budget"] & mine.method.isin(COMPARED_METHODS)].drop_duplicates("method")
     order = {m: i for i, m in enumerate(COMPARED_METHODS)}
     fixed = fixed.assign(order=fixed.method.map(order)).sort_values("order").drop(columns="order")
@@ -660,6 +663,14 @@ def report_json(lab: LabModel, extra: dict | None = None) -> str:
             "interactive": {"n_clean": len(lab.interactive.clean), "n_triggered": len(lab.interactive.triggered or [])},
             "backdoored_interactive": lab.backdoored.as_dict(),
             "floor_interactive": lab.floor,
+            # what the ASR numbers measure: the card's trigger, one the user entered, or a scan's suspect (an estimate)
+            "asr_probe": {
+                "trigger": "+".join(lab.trigger) if lab.trigger else None,
+                "target": lab.interactive.target,
+                "source": lab.trigger_source or None,
+                "estimate": lab.trigger_source == "scan",
+                "label": asr_label(lab),
+            },
             "runs": hist.to_dict(orient="records"),
             **(extra or {}),
         },

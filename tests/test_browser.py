@@ -176,6 +176,40 @@ def test_live_lab_in_a_real_browser(server, tmp_path):
         shutil.copy(shot, assets / shot.name)
 
 
+def test_a_model_without_a_card_gets_an_asr_from_the_scan(server, quick_word_backdoor, tmp_path):
+    """A model folder someone handed over (no card: nothing says `cf`): the Scan page suspects a trigger from clean data,
+    'use as the ASR probe' turns on the Mixing lab's ASR, labelled as the scan's estimate."""
+    from playwright.sync_api import expect, sync_playwright
+
+    handed = tmp_path / "handed-over"
+    shutil.copytree(quick_word_backdoor["word-cf"]["path"], handed)
+    (handed / "finemix.json").unlink()
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(f"{server}/mixing?model={handed}&data=rt")
+        expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=240_000)
+        expect(page.get_by_text("no trigger known").first).to_be_visible(timeout=60_000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Scan", exact=True).click()
+        page.get_by_role("button", name="Scan θ_FT").click()
+        verdict = page.get_by_text("backdoor evidence: inserting")
+        expect(verdict).to_be_visible(timeout=420_000)
+        assert "inserting 'cf'" in verdict.inner_text(), verdict.inner_text()
+        page.screenshot(path=tmp_path / "lab-scan.png", full_page=True)
+        page.get_by_role("button", name="Use 'cf' → fresh").click()
+        page.wait_for_function("() => window.location.search.includes('tsrc=scan')", timeout=60_000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
+        expect(page.get_by_text("ASR for the suspected trigger").first).to_be_visible(timeout=240_000)
+        asr = page.locator('[data-testid="stMetric"]', has_text="ASR · mix").first.locator('[data-testid="stMetricValue"]')
+        expect(asr).not_to_have_text("—", timeout=120_000)
+        assert "[" in asr.inner_text(), asr.inner_text()
+        browser.close()
+    assert not outside_hosts(requests), sorted(set(outside_hosts(requests)))[:5]
+    shutil.copy(tmp_path / "lab-scan.png", ROOT / "assets" / "lab-scan.png")
+
+
 def test_the_request_filter_catches_outside_hosts():
     assert outside_hosts(["http://127.0.0.1:8501/_stcore/health", "data:image/png;base64,AA", "http://localhost/x"]) == []
     assert outside_hosts(["https://fonts.gstatic.com/s/i/x.svg"]) == ["https://fonts.gstatic.com/s/i/x.svg"]
