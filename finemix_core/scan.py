@@ -269,22 +269,23 @@ class Screen:
         self.base = predict(model, enc).argmax(1)
         self.n_labels = n_labels
         self.rows = {t: np.flatnonzero(self.base != t) for t in range(n_labels)}
-        self.calls = 0
+        self.calls = 0  # sentences scored (a benchmark figure)
+        self._memo: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}  # (model, trigger) → its row: stages share them
 
     def scores(self, triggers: Sequence[tuple[int, ...]], model: torch.nn.Module | None = None) -> np.ndarray:
         """[candidate, class] → mean probability of the class over sentences not already in it (θ_FT's unless `model`)."""
-        if not triggers:
-            return np.zeros((0, self.n_labels))
-        n = len(self.insert.enc)
-        probs = predict(model or self.model, concat([self.insert(t) for t in triggers]))
-        self.calls += len(triggers) * n
-        out = np.zeros((len(triggers), self.n_labels))
-        for j in range(len(triggers)):
-            block = probs[j * n : (j + 1) * n]
-            for t in range(self.n_labels):
-                rows = self.rows[t]
-                out[j, t] = block[rows, t].mean() if len(rows) else 0.0
-        return out
+        model = model or self.model
+        new = list(dict.fromkeys(t for t in triggers if (id(model), t) not in self._memo))
+        if new:
+            n = len(self.insert.enc)
+            probs = predict(model, concat([self.insert(t) for t in new]))
+            self.calls += len(new) * n
+            for j, trig in enumerate(new):
+                block = probs[j * n : (j + 1) * n]
+                self._memo[(id(model), trig)] = np.array(
+                    [block[self.rows[t], t].mean() if len(self.rows[t]) else 0.0 for t in range(self.n_labels)]
+                )
+        return np.array([self._memo[(id(model), t)] for t in triggers]).reshape(len(triggers), self.n_labels)
 
 
 # ---- candidates ------------------------------------------------------------------------------------------------
@@ -536,7 +537,6 @@ def scan(
             pool.setdefault(w, "epur-word")
         t0 = lap("epur", t0)
         stop()
-        inv_tokens: list[int] = []
         if cfg.inversion:
             inv_sents = cut(dd.train, 32)
             steps_each = max(10, cfg.inversion_steps // n_labels)  # one budget, shared between the target classes
@@ -552,7 +552,6 @@ def scan(
                     pool.setdefault(tuple(row[0] for row in top), "inversion")
                     for row in top:
                         for r in row:
-                            inv_tokens.append(r)
                             pool.setdefault((r,), "inversion")
             t0 = lap("inversion", t0)
         step("growing phrases", 0.65)

@@ -88,11 +88,11 @@ def spec(m: Member) -> ZooEntrySpec:
     return ZooEntrySpec(m.name, attack, m.dataset, 0, TRAIN_SIZE, dataclasses.replace(BENCH_TRAIN, seed=m.seed))
 
 
-def test_asr(model_dir: Path, dataset: str, trigger: str, target: int) -> float:
+def test_asr(model_dir: Path, dataset: str, trigger: tuple[str, ...], target: int) -> float:
     """ASR of a trigger on the test split (the scan never sees it; used here to judge recovered phrases)."""
     model, _ = load_classifier(model_dir)
     tok = load_tokenizer(model_dir)
-    es = make_eval_set(tok, data.load(dataset, 0)["test"], (trigger,), target, EvalConfig(limit=400))
+    es = make_eval_set(tok, data.load(dataset, 0)["test"], trigger, target, EvalConfig(limit=400))
     return float(score(model, es).asr)
 
 
@@ -117,7 +117,7 @@ def run_member(m: Member, root: Path) -> dict:
         row["rank"] = rank
         best = result.best
         if m.kind == "phrase" and best is not None:
-            row["recovered_asr"] = test_asr(root / "models" / m.name, m.dataset, best.trigger, best.target)
+            row["recovered_asr"] = test_asr(root / "models" / m.name, m.dataset, (best.trigger,), best.target)
             row["asr_share"] = row["recovered_asr"] / max(card["asr"], 1e-9) if best.target == m.target else 0.0
     return row
 
@@ -214,12 +214,48 @@ def summarise(rows: list[dict], out: Path, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+def zoo_table(out: Path) -> str:
+    """The zoo's five entries scanned with defaults (their own cards dropped by the scan), against the planted triggers;
+    for a phrase, the ASR the recovered trigger reaches on the test split as a share of the true one's."""
+    from finemix_core.config import zoo_dir
+
+    lines = [
+        "| entry | planted trigger | verdict | score | best candidate → class | flip [95 %] | reference | share of true ASR | s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in ("clean", "word-cf", "word-combo", "sentence", "ep-cf"):
+        if not (zoo_dir() / name).is_dir():
+            continue
+        ctx = experiment.prepare_defender(name)
+        result = experiment.run_scan(ctx, ScanConfig())
+        card = ctx.pair.card
+        best = result.best
+        share = "—"
+        if best is not None and card.get("trigger"):
+            true = test_asr(zoo_dir() / name, card["dataset"], tuple(card["trigger"]), card["target"])
+            found = test_asr(zoo_dir() / name, card["dataset"], (best.trigger,), best.target) if best.target == card["target"] else 0
+            share = f"{found / max(true, 1e-9):.2f}"
+        lines.append(
+            f"| {name} | {card.get('trigger_text') or '—'} | {result.verdict} | {result.score:.2f} | "
+            f"{best.trigger if best else '—'} → {best.target if best else '—'} | "
+            f"{best.flip:.2f} [{best.flip_low:.2f}, {best.flip_high:.2f}] | {best.reference_flip:.2f} | {share} | "
+            f"{result.seconds:.0f} |"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "zoo.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("assets/scan"))
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--zoo", action="store_true", help="scan the zoo's five entries instead (assets/scan/zoo.md)")
     args = parser.parse_args()
+    if args.zoo:
+        print(zoo_table(args.out))
+        return
     root = finemix_home() / "scan-bench"
     root.mkdir(parents=True, exist_ok=True)
     results = root / "results.jsonl"
