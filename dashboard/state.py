@@ -169,6 +169,8 @@ def describe(lm: lab.LabModel) -> None:
         f"data `{lm.ctx.data_name}` (split seed {lm.ctx.split_seed}) · "
         f"live set: {len(es.clean)} clean + {len(es.triggered or [])} triggered test examples"
     )
+    if warn := lab.data_warning(lm):
+        st.warning(warn, icon=":material/dataset:")
     label = lab.asr_label(lm)
     if lm.trigger_source == "scan":
         st.warning(label, icon=":material/search:")

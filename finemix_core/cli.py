@@ -158,6 +158,7 @@ def evaluate_cmd(
 ) -> None:
     """CACC, ASR, target bias and the clean ASR floor of a model on a dataset's test split."""
     from finemix_core.evaluate import best_device, score
+    from finemix_core.experiment import data_warning as experiment_data_warning
     from finemix_core.experiment import prepare_scoring
     from finemix_core.models import load_classifier, load_tokenizer, read_card
     from finemix_core.triggers import parse_trigger
@@ -182,6 +183,8 @@ def evaluate_cmd(
         floor_model,
         device,
     )
+    if data_name is None and (warn := experiment_data_warning(read_card(src), model, sc.data_name)):
+        typer.echo(warn, err=True)
     scores = score(clf.to(device), sc.eval_set)
     data_name, split_seed, pieces, floor = sc.data_name, sc.split_seed, sc.eval_set.trigger, sc.floor
     tgt, floor_src = sc.eval_set.target, sc.floor_model
@@ -354,6 +357,8 @@ def defend_cmd(
         clean_data=clean_data,
         unlabeled=unlabeled,
     )
+    if eval_data is None and clean_data is None and (warn := experiment.data_warning(ctx.pair.card, model, ctx.data_name)):
+        typer.echo(warn, err=True)
     if cfg.uses_epur and epur_k > len(ctx.pair.tokenizer):
         raise FinemixError(
             f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range"
@@ -440,6 +445,8 @@ def scan_cmd(
     if trigger is not None and not trigger.strip():
         raise FinemixError("--trigger is empty; give a word, a few words or a sentence to insert")
     ctx = experiment.prepare_defender(model, pretrained, clean_data, allow_pickle=allow_pickle)
+    if clean_data is None and (warn := experiment.data_warning(ctx.pair.card, model, ctx.data_name)):
+        typer.echo(warn, err=True)
     n = ctx.pair.num_labels
     if target is not None and not 0 <= target < n:
         raise FinemixError(f"--target {target} outside the model's labels 0..{n - 1}")

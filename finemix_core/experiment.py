@@ -76,6 +76,17 @@ class Context:
         )
 
 
+def data_warning(card: dict, model: str, data_name: str) -> str | None:
+    """One line when a model without a card naming its data is scored on data nobody chose (the default set): a news
+    classifier scored on movie reviews says nothing about either."""
+    if card.get("dataset"):
+        return None
+    return (
+        f"warning: {model} has no card naming its data, so it is scored on '{data_name}' (the default); if that is not its "
+        "task, pass your task's CSV (--clean-data / --data)"
+    )
+
+
 def dev_examples(n_dev_split: int, dev_size: int) -> int:
     """How many dev-split examples measure dev accuracy: up to `dev_size`, and never more than half of a small split,
     so the other half can serve as the unlabelled pool (Rotten Tomatoes: 256 of 1,275, the other 1,019 are the pool)."""

@@ -25,7 +25,7 @@ import torch
 
 from finemix_core import store, zoo
 from finemix_core.attacks import trigger_token_ids
-from finemix_core.config import ZooEntrySpec
+from finemix_core.config import DEFAULT_DATASET, ZooEntrySpec
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
@@ -182,6 +182,17 @@ def load(
     name = ctx.pair.card.get("name", ctx.pair.ft_source)  # the key the result rows (and so the history) use
     source = trigger_source if probe else ("card" if es.trigger else "")
     return LabModel(ctx, es, backdoored, floor, name, time.perf_counter() - started, trigger_source=source)
+
+
+def data_warning(lab: LabModel) -> str | None:
+    """Said on every page when a model without a card naming its data is scored on the default set."""
+    from finemix_core.experiment import data_warning as warning
+
+    if lab.ctx.data_name != (lab.card.get("dataset") or DEFAULT_DATASET) or lab.card.get("dataset"):
+        return None  # the card names the data, or the user chose it
+    return warning(lab.card, lab.name, lab.ctx.data_name).removeprefix("warning: ").replace(
+        "pass your task's CSV (--clean-data / --data)", "upload your task's CSV on the Models page first"
+    )
 
 
 def asr_label(lab: LabModel) -> str:

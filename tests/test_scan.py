@@ -259,3 +259,19 @@ def test_scan_cli_json_and_a_given_trigger(tiny_scan, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "the given trigger(s)" in res.stdout and "cf" in res.stdout
+
+
+def test_a_model_without_a_data_card_is_not_scored_on_the_default_in_silence(tiny_scan):
+    from typer.testing import CliRunner
+
+    from finemix_core.cli import app
+
+    pt, csv, models = tiny_scan
+    runner = CliRunner()
+    res = runner.invoke(app, ["scan", "--model", str(models["cf"]), "--pretrained", str(pt), "--no-inversion", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "has no card naming its data, so it is scored on 'rt'" in res.stderr
+    res = runner.invoke(
+        app, ["scan", "--model", str(models["cf"]), "--pretrained", str(pt), "--clean-data", str(csv), "--no-inversion", "--json"]
+    )
+    assert res.exit_code == 0 and "no card naming its data" not in res.stderr
