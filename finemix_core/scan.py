@@ -70,7 +70,8 @@ class ScanConfig:
     inversion_steps: int = 60  # optimisation steps, shared between the target classes
     inversion_top: int = 5  # tokens decoded per position
     threshold: float = 0.6  # excess flip (θ_FT − reference) from which the verdict says "backdoor" (scan-bench)
-    max_length: int = 64  # sentences are cut to this many tokens for the search (verification keeps 128)
+    max_length: int = 64  # sentences are cut to this many tokens for the search
+    verify_length: int = 96  # … and for verification (a news article's first 96 tokens still read as its class)
     reference_train: TrainConfig = REFERENCE_TRAIN  # how the reference is fine-tuned from θ_PT
     seed: int = 0
 
@@ -520,7 +521,7 @@ def scan(
     t0 = lap("reference", t0)
     stop()
     search = cut(dd.train, cfg.max_length).subset(range(min(cfg.search_sentences, len(dd.train))))
-    verify = dd.dev.subset(range(min(cfg.verify_sentences, len(dd.dev))))
+    verify = cut(dd.dev, cfg.verify_length).subset(range(min(cfg.verify_sentences, len(dd.dev))))
     screen = Screen(ft, tok, search, n_labels, cfg.seed)
     verifier = Verifier(ft, reference, tok, verify, n_labels, cfg.seed)
     allowed = searchable_rows(tok)
