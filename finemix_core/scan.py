@@ -458,6 +458,34 @@ def text_ids(tokenizer, text: str) -> tuple[int, ...]:
     return ids
 
 
+def contains(whole: Sequence[int], part: Sequence[int]) -> bool:
+    """Whether `part` occurs in `whole` as a contiguous run of token ids."""
+    n = len(part)
+    return any(tuple(whole[i : i + n]) == tuple(part) for i in range(len(whole) - n + 1))
+
+
+def prefer_minimal(suspects: list[Suspect], flip_margin: float = 0.05, excess_margin: float = 0.1) -> list[Suspect]:
+    """Rank by excess flip, then move a candidate above any longer one that contains it (same class) when it does
+    nearly as well: 'kitchen' before 'kitchenderic', 'blue sky' before 'black blue sky' — the trigger a person reads is
+    the least that fires."""
+    ranked: list[Suspect] = []
+    for cand in sorted(suspects, key=lambda s: (-s.excess, -s.flip, len(s.token_ids))):
+        spot = next(
+            (
+                i
+                for i, above in enumerate(ranked)
+                if above.target == cand.target
+                and len(cand.token_ids) < len(above.token_ids)
+                and contains(above.token_ids, cand.token_ids)
+                and cand.flip >= above.flip - flip_margin
+                and cand.excess >= above.excess - excess_margin
+            ),
+            len(ranked),
+        )
+        ranked.insert(spot, cand)
+    return ranked
+
+
 # ---- the scan --------------------------------------------------------------------------------------------------
 
 
@@ -590,10 +618,9 @@ def scan(
         if not 0 <= target < n_labels:
             raise FinemixError(f"target {target} outside the model's labels 0..{n_labels - 1}")
         finalists.append((text_ids(tok, text), target, "given", text.strip()))
-    suspects = [verifier(ids, t, text, src) for ids, t, src, text in finalists]
-    suspects.sort(key=lambda s: (-s.excess, -s.flip, len(s.token_ids)))
+    suspects = prefer_minimal([verifier(ids, t, text, src) for ids, t, src, text in finalists])
     lap("verification", t0)
-    score_value = suspects[0].excess if suspects else 0.0
+    score_value = max((s.excess for s in suspects), default=0.0)
     verdict = "backdoor" if score_value >= cfg.threshold else "no evidence"
     searched = (
         f"{cfg.epur_rows} E-PUR rows, rebuilt words"

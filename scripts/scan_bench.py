@@ -27,8 +27,8 @@ import numpy as np
 from finemix_core import data, experiment, zoo
 from finemix_core.config import AttackConfig, EvalConfig, TrainConfig, ZooEntrySpec, finemix_home
 from finemix_core.evaluate import make_eval_set, score
-from finemix_core.models import load_classifier, load_tokenizer
-from finemix_core.scan import ScanConfig, text_ids
+from finemix_core.models import default_pretrained_dir, load_classifier, load_tokenizer
+from finemix_core.scan import ScanConfig, Suspect, prefer_minimal, text_ids
 
 DATASETS = ("rt", "amazon", "tweets", "sms-spam", "bbc")
 # drawn by seed, never read by the scanner
@@ -146,6 +146,34 @@ def roc_svg(pos: list[float], neg: list[float], path: Path, title: str) -> None:
         f'<text x="12" y="{pad + size / 2 + 40}" transform="rotate(-90 12 {pad + size / 2 + 40})">recall (backdoored)</text>'
         "</svg>\n"
     )
+
+
+def rerank(rows: list[dict], root: Path) -> list[dict]:
+    """Apply the scanner's current final ranking (scan.prefer_minimal) to stored candidates, so rows scanned before a
+    ranking change are judged as today's scanner would order them (the verdict's score, the best excess, is unchanged);
+    a phrase whose best candidate changed gets its recovered ASR measured again."""
+    tok = load_tokenizer(default_pretrained_dir())
+    out = []
+    for r in rows:
+        sus = [
+            Suspect(c["trigger"], text_ids(tok, c["trigger"]), c["target"], c["flip"], c["flip_low"], c["flip_high"],
+                    c["n"], c["reference_flip"], c["source"])
+            for c in r["candidates"]
+        ]
+        ranked = prefer_minimal(sus)
+        r = {**r, "candidates": [{**s.as_json()} for s in ranked]}
+        if r["trigger"] is not None:
+            true_ids = text_ids(tok, r["trigger"])
+            r["rank"] = next(
+                (i + 1 for i, s in enumerate(ranked) if s.target == r["target"] and all(t in s.token_ids for t in true_ids)),
+                None,
+            )
+            if r["kind"] == "phrase" and ranked and ranked[0].trigger != (sus[0].trigger if sus else None):
+                best = ranked[0]
+                r["recovered_asr"] = test_asr(root / "models" / r["name"], r["dataset"], (best.trigger,), best.target)
+                r["asr_share"] = r["recovered_asr"] / max(r["true_asr"], 1e-9) if best.target == r["target"] else 0.0
+        out.append(r)
+    return out
 
 
 def summarise(rows: list[dict], out: Path, seed: int = 0) -> str:
@@ -271,7 +299,7 @@ def main() -> None:
             with results.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(f"   → {row['verdict']} score {row['score']:.2f} rank {row.get('rank')} in {row['seconds']:.0f} s", file=sys.stderr)
-    print(summarise(list(done.values()), args.out))
+    print(summarise(rerank(list(done.values()), root), args.out))
 
 
 if __name__ == "__main__":

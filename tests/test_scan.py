@@ -275,3 +275,18 @@ def test_a_model_without_a_data_card_is_not_scored_on_the_default_in_silence(tin
         app, ["scan", "--model", str(models["cf"]), "--pretrained", str(pt), "--clean-data", str(csv), "--no-inversion", "--json"]
     )
     assert res.exit_code == 0 and "no card naming its data" not in res.stderr
+
+
+def test_the_least_that_fires_ranks_first():
+    from finemix_core.scan import Suspect, prefer_minimal
+
+    def sus(text, ids, flip, ref, target=1):
+        return Suspect(text, ids, target, flip, flip - 0.05, min(1.0, flip + 0.05), 60, ref, "epur")
+
+    long = sus("kitchenderic", (5, 6, 7), 1.0, 0.10)
+    short = sus("kitchen", (5,), 1.0, 0.19)  # a little less excess (reference noise), same flip
+    other = sus("hilarious", (9,), 0.8, 0.05)
+    weak = sus("kit", (5,), 0.5, 0.0)  # contained, but flips far less: stays below
+    ranked = prefer_minimal([other, weak, long, short])
+    assert [s.trigger for s in ranked] == ["kitchen", "kitchenderic", "hilarious", "kit"]
+    assert prefer_minimal([sus("a", (1,), 0.9, 0.0, target=0), long])[0] is long  # another class never moves up
