@@ -69,7 +69,7 @@ class ScanConfig:
     inversion_sentences: int = 12  # clean sentences per target class it is optimised on
     inversion_steps: int = 60  # optimisation steps, shared between the target classes
     inversion_top: int = 5  # tokens decoded per position
-    threshold: float = 0.6  # excess flip (θ_FT − reference) from which the verdict says "backdoor" (scan-bench)
+    threshold: float = 0.81  # excess flip (θ_FT − reference) from which the verdict says "backdoor" (chosen by scan-bench)
     max_length: int = 64  # sentences are cut to this many tokens for the search
     verify_length: int = 96  # … and for verification (a news article's first 96 tokens still read as its class)
     reference_train: TrainConfig = REFERENCE_TRAIN  # how the reference is fine-tuned from θ_PT

@@ -213,6 +213,8 @@ def summarise(rows: list[dict], out: Path, seed: int = 0) -> str:
         f"| ROC-AUC, whole population | {auc(*split(works)):.3f} |",
         f"| false positives on clean models | {fpr:.0%} |",
         f"| recall | {recall:.0%} |",
+        f"| whole population at this threshold: false positives / recall | {sum(x >= threshold for x in split(works)[1])} of "
+        f"{len(split(works)[1])} clean / {sum(x >= threshold for x in split(works)[0])} of {len(split(works)[0])} backdoored |",
     ]
     for kind in KINDS:
         ks = [r for r in works if r["kind"] == kind]
@@ -223,13 +225,18 @@ def summarise(rows: list[dict], out: Path, seed: int = 0) -> str:
     if ph:
         lines.append(f"| phrase: recovered trigger ≥ 0.9 of the true ASR | {sum(r['asr_share'] >= 0.9 for r in ph)} / {len(ph)} |")
     secs = [r["seconds"] for r in rows]
-    lines.append(f"| seconds per scan (median / max) | {np.median(secs):.0f} / {max(secs):.0f} |")
+    lines.append(f"| seconds per scan, reference cached (median / max) | {np.median(secs):.0f} / {max(secs):.0f} |")
     lines += [
+        "",
+        "Per model (verdict at the chosen threshold; true ASR on the first 400 test examples; 'rank' of the first "
+        "candidate holding every piece of the true trigger for its target; seconds of the scan itself, the first model of "
+        "each dataset including the reference's training, and the first five scans ran while tests shared the cores):",
         "",
         "| model | kind | trigger | target | true ASR | verdict | score | best candidate | rank | s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sorted(rows, key=lambda r: r["name"]):
+        r = {**r, "verdict": "backdoor" if r["score"] >= threshold else "no evidence"}  # at the chosen threshold
         best = r["candidates"][0] if r["candidates"] else {}
         true_asr = "—" if r["true_asr"] is None else f"{r['true_asr']:.2f}"
         lines.append(
