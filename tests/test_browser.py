@@ -197,6 +197,10 @@ def test_a_model_without_a_card_gets_an_asr_from_the_scan(server, quick_word_bac
         verdict = page.get_by_text("backdoor evidence: inserting")
         expect(verdict).to_be_visible(timeout=420_000)
         assert "inserting 'cf'" in verdict.inner_text(), verdict.inner_text()
+        expect(page.get_by_role("button", name="Cancel")).to_have_count(0, timeout=60_000)  # the page redrew clean
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
+        page.mouse.move(5, 5)  # no tooltip over the screenshot
+        page.wait_for_timeout(1500)  # let plotly finish drawing the bars
         page.screenshot(path=tmp_path / "lab-scan.png", full_page=True)
         page.get_by_role("button", name="Use 'cf' → fresh").click()
         page.wait_for_function("() => window.location.search.includes('tsrc=scan')", timeout=60_000)

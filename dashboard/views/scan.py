@@ -36,7 +36,7 @@ if go_col.button("Scan θ_FT", type="primary", help="about a minute on 2 CPU cor
     except FinemixError as exc:
         st.error(str(exc))
         st.stop()
-    bar.empty()
+    st.rerun()  # draw the result on a clean page: no progress bar, no Cancel left behind
 
 result = ss.get(key) or lab.last_scan(lm)
 if result is None:
