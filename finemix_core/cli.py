@@ -184,7 +184,7 @@ def evaluate_cmd(
         device,
     )
     if data_name is None and (warn := experiment_data_warning(read_card(src), model, sc.data_name)):
-        typer.echo(warn, err=True)
+        typer.echo(f"warning: {warn}", err=True)
     scores = score(clf.to(device), sc.eval_set)
     data_name, split_seed, pieces, floor = sc.data_name, sc.split_seed, sc.eval_set.trigger, sc.floor
     tgt, floor_src = sc.eval_set.target, sc.floor_model
@@ -358,7 +358,7 @@ def defend_cmd(
         unlabeled=unlabeled,
     )
     if eval_data is None and clean_data is None and (warn := experiment.data_warning(ctx.pair.card, model, ctx.data_name)):
-        typer.echo(warn, err=True)
+        typer.echo(f"warning: {warn}", err=True)
     if cfg.uses_epur and epur_k > len(ctx.pair.tokenizer):
         raise FinemixError(
             f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range"
@@ -446,7 +446,7 @@ def scan_cmd(
         raise FinemixError("--trigger is empty; give a word, a few words or a sentence to insert")
     ctx = experiment.prepare_defender(model, pretrained, clean_data, allow_pickle=allow_pickle)
     if clean_data is None and (warn := experiment.data_warning(ctx.pair.card, model, ctx.data_name)):
-        typer.echo(warn, err=True)
+        typer.echo(f"warning: {warn}", err=True)
     n = ctx.pair.num_labels
     if target is not None and not 0 <= target < n:
         raise FinemixError(f"--target {target} outside the model's labels 0..{n - 1}")

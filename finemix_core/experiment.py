@@ -76,15 +76,12 @@ class Context:
         )
 
 
-def data_warning(card: dict, model: str, data_name: str) -> str | None:
+def data_warning(card: dict, model: str, data_name: str, fix: str = "pass your task's CSV (--clean-data / --data)") -> str | None:
     """One line when a model without a card naming its data is scored on data nobody chose (the default set): a news
-    classifier scored on movie reviews says nothing about either."""
-    if card.get("dataset"):
+    classifier scored on movie reviews says nothing about either. `fix` says how to choose (CLI flags, or the lab's)."""
+    if card.get("dataset") or data_name != DEFAULT_DATASET:
         return None
-    return (
-        f"warning: {model} has no card naming its data, so it is scored on '{data_name}' (the default); if that is not its "
-        "task, pass your task's CSV (--clean-data / --data)"
-    )
+    return f"{model} has no card naming its data, so it is scored on '{data_name}' (the default); if that is not its task, {fix}"
 
 
 def dev_examples(n_dev_split: int, dev_size: int) -> int:

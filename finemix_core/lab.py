@@ -25,7 +25,7 @@ import torch
 
 from finemix_core import store, zoo
 from finemix_core.attacks import trigger_token_ids
-from finemix_core.config import DEFAULT_DATASET, ZooEntrySpec
+from finemix_core.config import ZooEntrySpec
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
@@ -188,18 +188,14 @@ def data_warning(lab: LabModel) -> str | None:
     """Said on every page when a model without a card naming its data is scored on the default set."""
     from finemix_core.experiment import data_warning as warning
 
-    if lab.ctx.data_name != (lab.card.get("dataset") or DEFAULT_DATASET) or lab.card.get("dataset"):
-        return None  # the card names the data, or the user chose it
-    return warning(lab.card, lab.name, lab.ctx.data_name).removeprefix("warning: ").replace(
-        "pass your task's CSV (--clean-data / --data)", "upload your task's CSV on the Models page first"
-    )
+    return warning(lab.card, lab.name, lab.ctx.data_name, fix="upload your task's CSV on the Models page first")
 
 
 def asr_label(lab: LabModel) -> str:
     """What every ASR on screen measures, in words: never a suspected trigger passed off as ground truth."""
     if not lab.trigger:
         return "no trigger known: no ASR (enter a trigger on the Models page, or run a Scan)"
-    text = "+".join(lab.trigger)
+    text = lab.ctx.trigger_text
     target = class_names(lab)[lab.interactive.target]
     return {
         "card": f"ASR for the model card's trigger `{text}` → {target}",
@@ -383,7 +379,7 @@ def tuned_curve(
     section or this page), and the stored auto-ρ run of the same method, for this model, seed and clean size."""
     from finemix_core.executor import RUN_KINDS
 
-    trig = "+".join(lab.trigger) if lab.trigger else None  # points scored with another ASR probe are not this curve's
+    trig = lab.ctx.trigger_text  # points scored with another ASR probe are not this curve's
     mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in RUN_KINDS and r["config"].get("trigger") == trig]
     mine = [
         c
@@ -599,7 +595,7 @@ def compare_table(lab: LabModel, seed: int = 0, clean_size: int = 128) -> Compar
     hist = history(lab)
     if hist.empty:
         return CompareTable(hist, list(COMPARED_METHODS), hist)
-    trig = "+".join(lab.trigger) if lab.trigger else None  # rows scored with another ASR probe measured another ASR
+    trig = lab.ctx.trigger_text  # rows scored with another ASR probe measured another ASR
     mine = hist[(hist["clean n"] == clean_size) & (hist["seed"] == seed) & hist.trigger.map(lambda t: (t or None) == trig)]
     fixed = mine[mine["fixed budget"] & mine.method.isin(COMPARED_METHODS)].drop_duplicates("method")
     order = {m: i for i, m in enumerate(COMPARED_METHODS)}
@@ -676,7 +672,7 @@ def report_json(lab: LabModel, extra: dict | None = None) -> str:
             "floor_interactive": lab.floor,
             # what the ASR numbers measure: the card's trigger, one the user entered, or a scan's suspect (an estimate)
             "asr_probe": {
-                "trigger": "+".join(lab.trigger) if lab.trigger else None,
+                "trigger": lab.ctx.trigger_text,
                 "target": lab.interactive.target,
                 "source": lab.trigger_source or None,
                 "estimate": lab.trigger_source == "scan",
