@@ -98,6 +98,31 @@ def sweep(
     return fig
 
 
+def sweep_cacc(mix_only: pd.DataFrame, rho: float) -> go.Figure:
+    """CACC vs ρ for a model without a known trigger (no ASR to draw): titled axes, a legend, the current ρ."""
+    fig = go.Figure()
+    fig.add_scatter(
+        x=mix_only.rho,
+        y=mix_only.cacc,
+        name="CACC (mix only)",
+        mode="lines+markers",
+        line={"color": CACC_COLOR},
+        error_y=_err(mix_only, "cacc"),
+        showlegend=True,
+    )
+    fig.add_vline(x=rho, line={"color": "black"}, annotation_text=f"ρ={rho:g}", annotation_position="top")
+    fig.update_layout(
+        xaxis_title="ρ (share of fine-tuned weights kept)",
+        yaxis_title="clean accuracy",
+        xaxis_range=[-0.05, 1.05],
+        yaxis_range=[0, 1.05],
+        height=380,
+        margin={"t": 30, "b": 40},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
 def tuned_curve(points: pd.DataFrame, auto_rho: float | None, floor: float | None) -> go.Figure:
     """After the clean fine-tune: CACC, ASR and target bias vs ρ with Wilson 95 % error bars, the floor and auto-ρ's pick."""
     fig = go.Figure()

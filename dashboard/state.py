@@ -102,14 +102,32 @@ def set_value(name: str, value) -> None:
     publish()
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model pair, data and evaluation sets …")
+@st.cache_resource(max_entries=2, show_spinner="Loading the model pair …")
+def _pair(key: tuple[str, str]):
+    # at most two model pairs in memory, keyed on the resolved folders: one model takes one slot whatever data or probe
+    # it is viewed with, switching between two is instant, a third evicts the oldest
+    return lab.load_pair(*key)
+
+
+@st.cache_resource(max_entries=3, show_spinner="Loading the data and evaluation sets …")
+def _lab_model(key: tuple[str, str], model: str, pt: str, data: str, trigger: str, target: int, tsrc: str) -> lab.LabModel:
+    return lab.load(
+        model,
+        pt,
+        device=lab.best_device(),
+        data_name=data or None,
+        trigger=trigger or None,
+        target=target,
+        trigger_source=tsrc,
+        pair=_pair(key),
+    )
+
+
 def lab_model(
     model: str, pt: str, data: str = "", trigger: str = "", target: int = 1, tsrc: str = "entered"
 ) -> lab.LabModel:
-    # at most two models in memory: switching back and forth is instant, a third evicts the oldest
-    return lab.load(
-        model, pt, device=lab.best_device(), data_name=data or None, trigger=trigger or None, target=target, trigger_source=tsrc
-    )
+    """The model viewed with this data and ASR probe (the pair itself is shared by every such view of one model)."""
+    return _lab_model(lab.pair_key(model, pt), model, pt, data, trigger, target, tsrc)
 
 
 def probe() -> dict:
@@ -166,8 +184,8 @@ def describe(lm: lab.LabModel) -> None:
     pt_name = lm.pair.pt_source.split("/")[-2] if lm.pair.pt_source.endswith("/model") else lm.pair.pt_source
     st.caption(
         f"Model **{lm.name}** · θ_PT {pt_name} · "
-        f"data `{lm.ctx.data_name}` (split seed {lm.ctx.split_seed}) · "
-        f"live set: {len(es.clean)} clean + {len(es.triggered or [])} triggered test examples"
+        f"live set: {len(es.clean)} clean + {len(es.triggered or [])} triggered test examples · "
+        f"{lab.data_parts(lm).line()}"
     )
     if warn := lab.data_warning(lm):
         st.warning(warn, icon=":material/dataset:")
@@ -176,3 +194,61 @@ def describe(lm: lab.LabModel) -> None:
         st.warning(label, icon=":material/search:")
     else:
         st.caption(label)
+
+
+def progress(what: str):
+    """A progress bar for a long job whose text gives steps, elapsed time and an estimate from the measured step time;
+    returns (callback(done, total), the bar) — empty the bar when done."""
+    import time
+
+    bar = st.progress(0.0, text=f"{what}: starting …")
+    started = time.perf_counter()
+    part = {"n": 1, "last": 0, "since": started}  # a dev-only search runs several fine-tunes, each from step 1
+
+    def update(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < part["last"]:
+            part.update(n=part["n"] + 1, since=now)
+        part["last"] = done
+        text = lab.progress_text(what, done, total, now - started, now - part["since"], part["n"])
+        bar.progress(min(done / max(total, 1), 1.0), text=text)
+
+    return update, bar
+
+
+def change(value: float, ref: float | None, what: str = "vs θ_FT") -> str | None:
+    """A metric's delta text, or None when there is nothing to compare or the change rounds to zero (Streamlit would draw
+    '+0.000' as an arrow)."""
+    if ref is None or value is None or abs(value - ref) < 0.0005:
+        return None
+    return f"{value - ref:+.3f} {what}"
+
+
+def probe_form(lm: lab.LabModel, key: str) -> None:
+    """The ASR probe: a trigger (text + target class) for any model, kept in the URL; the Scan page fills it too."""
+    names = lab.class_names(lm)
+    p1, p2, p3 = st.columns([3, 2, 1], vertical_alignment="bottom")
+    typed = p1.text_input(
+        "Trigger text",
+        value=st.session_state.get("trigger", ""),
+        key=f"{key}_text",
+        placeholder="a word or phrase you suspect; w1+w2 inserts pieces separately",
+    )
+    current = min(int(st.session_state.get("target", 1)), len(names) - 1)
+    target = p2.selectbox(
+        "Target class", range(len(names)), index=current, format_func=lambda i: f"{i} · {names[i]}", key=f"{key}_target"
+    )
+    if p3.button("Use this trigger", disabled=not typed.strip(), key=f"{key}_use"):
+        try:
+            lab_model(st.session_state["model"], st.session_state["pt"], st.session_state.get("data", ""), typed.strip(), int(target))
+        except FinemixError as exc:
+            st.error(str(exc))
+        else:
+            set_probe(typed.strip(), int(target), "entered")
+            st.rerun()
+    if st.session_state.get("trigger"):
+        source = "suspected by a scan (an estimate)" if st.session_state.get("tsrc") == "scan" else "entered by you"
+        st.caption(f"Probe in use: `{st.session_state['trigger']}` → {names[lm.interactive.target]} ({source}).")
+        if st.button("Clear the probe (back to the card's trigger)", key=f"{key}_clear"):
+            set_probe("", 1, "entered")
+            st.rerun()

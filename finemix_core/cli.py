@@ -160,7 +160,7 @@ def evaluate_cmd(
     from finemix_core.evaluate import best_device, score
     from finemix_core.experiment import data_warning as experiment_data_warning
     from finemix_core.experiment import prepare_scoring
-    from finemix_core.models import load_classifier, load_tokenizer, read_card
+    from finemix_core.models import load_classifier, load_tokenizer, named_labels, read_card
     from finemix_core.triggers import parse_trigger
 
     if limit is not None and limit <= 0:
@@ -182,6 +182,7 @@ def evaluate_cmd(
         limit,
         floor_model,
         device,
+        named_labels(clf.config),
     )
     if data_name is None and (warn := experiment_data_warning(read_card(src), model, sc.data_name)):
         typer.echo(f"warning: {warn}", err=True)
@@ -364,12 +365,13 @@ def defend_cmd(
             f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range"
         )
     say = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
+    say(ctx.parts(clean_size).line())
     before = None
     if ctx.eval_set.trigger is None and not no_scan:
         # no trigger known: scan θ_FT from the defender's clean data first, so the defense ends with an estimate
         say("no trigger known for this model: scanning θ_FT from the clean data first (--no-scan skips)")
         before = experiment.run_scan(ctx, clean_size=clean_size, seed=seed, log=say)
-        say(f"scan ({before.seconds:.0f} s): {before.message(data.label_names(ctx.data_name, ctx.pair.num_labels))}")
+        say(f"scan ({before.seconds:.0f} s): {before.message(ctx.class_names)}")
     bar = _ProgressBar(method)
     try:
         result, row = experiment.run_defense(ctx, cfg, clean_size, progress=bar, log=say)
@@ -455,13 +457,15 @@ def scan_cmd(
         cfg = dataclasses.replace(cfg, threshold=threshold)
     given = tuple((trigger, t) for t in ([target] if target is not None else range(n))) if trigger is not None else ()
     say = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
+    if not as_json:
+        say(ctx.parts(clean_size).line())
     result = experiment.run_scan(ctx, cfg, clean_size, seed=seed, given=given, log=None if as_json else say)
     name = ctx.pair.card.get("name", ctx.pair.ft_source)
     experiment.record_scan(name, result, {"model": name, "clean_data": clean_data or ctx.data_name, "seed": seed})
     if as_json:
         typer.echo(json.dumps(result.as_json()))
         return
-    names = data.label_names(ctx.data_name, n)
+    names = ctx.class_names
     table = Table(title=f"scan of {name} on {clean_data or ctx.data_name} (seed {seed}; reference: {result.reference})")
     for col in ("trigger", "→ class", "flip", "95% interval", "reference", "excess", "n", "source"):
         table.add_column(col)

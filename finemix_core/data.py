@@ -118,8 +118,8 @@ def _load_online(name: str, seed: int) -> DatasetDict:
 
 
 def _stratified(ds: Dataset, test_size: float, seed: int) -> DatasetDict:
-    labels = sorted(set(ds["label"]))
-    ds = ds.cast_column("label", ClassLabel(num_classes=max(labels) + 1))
+    if not isinstance(ds.features["label"], ClassLabel):  # a ClassLabel already there carries the CSV's class names
+        ds = ds.cast_column("label", ClassLabel(num_classes=max(ds["label"]) + 1))
     return ds.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
 
 
@@ -131,18 +131,56 @@ def split_frame(df: pd.DataFrame, seed: int) -> DatasetDict:
     return DatasetDict(train=first["train"], dev=second["train"], test=second["test"])
 
 
-DEFENDER_DEV_SHARE = 0.2  # a defender's own CSV: this share is dev (auto-ρ judges on it), the rest train; no test split
+# --- the one rule for a user's CSV: the same four parts in the CLI, the lab, sweep, report and scan ------------------
+# Dev (every dev-only choice: auto-ρ, the scan's threshold data) and held-out (every number the defended model is
+# scored on when the CSV is the scoring data) each get CSV_SHARE of the rows, at least CSV_PART_MIN (a quarter of a
+# file too small for that); dev stops at CSV_DEV_MAX and held-out at CSV_HELD_OUT_MAX, since more rows there narrow an
+# interval little and are worth more in the pool. The rest is train: the labelled clean set is drawn from it and the
+# rows not drawn are the unlabelled pool. 300 rows → 60 dev, 60 held-out (a 95 % Wilson interval of about ±0.09 at
+# 85 % accuracy), 180 train (128 labelled + 52 pool). The held-out part exists whether or not it is scored on, so a
+# CSV's parts never depend on the command that read it.
+CSV_SHARE = 0.2
+CSV_PART_MIN = 50
+CSV_DEV_MAX = 256
+CSV_HELD_OUT_MAX = 1000
+CSV_MIN_ROWS = 40  # fewer rows leave dev and held-out parts of under 10 examples: refused
 
 
-def defender_split(rows: Dataset, seed: int) -> DatasetDict:
-    """Clean labelled rows as the defender holds them: a seeded, stratified train/dev split, nothing set aside as test."""
-    parts = _stratified(rows, DEFENDER_DEV_SHARE, seed)
-    return DatasetDict(train=parts["train"], dev=parts["test"])
+def csv_part_sizes(n_rows: int, source: str = "the CSV") -> tuple[int, int, int]:
+    """(train, dev, held-out) sizes the one rule gives a CSV of `n_rows` labelled rows."""
+    if n_rows < CSV_MIN_ROWS:
+        raise FinemixError(
+            f"{source}: only {n_rows} labelled rows; a clean CSV needs at least {CSV_MIN_ROWS} (dev and held-out parts "
+            "of 10+ each): add labelled rows"
+        )
+    part = max(round(CSV_SHARE * n_rows), min(CSV_PART_MIN, n_rows // 4))
+    dev, held_out = min(part, CSV_DEV_MAX), min(part, CSV_HELD_OUT_MAX)
+    return n_rows - dev - held_out, dev, held_out
 
 
-def read_labelled(path: str | Path) -> Dataset:
-    """A user's labelled CSV, validated, as one Dataset."""
-    return Dataset.from_pandas(validate_frame(read_csv(path), str(path)), preserve_index=False)
+def csv_parts(rows: Dataset, seed: int, source: str = "the CSV") -> DatasetDict:
+    """A user's CSV parted by the one rule: train (labelled set + pool), dev, test (held out), seeded and stratified."""
+    n_train, n_dev, n_held = csv_part_sizes(len(rows), source)
+    first = _split(rows, n_dev + n_held, seed)
+    second = _split(first["test"], n_held, seed)
+    return DatasetDict(train=first["train"], dev=second["train"], test=second["test"])
+
+
+def _split(ds: Dataset, n_test: int, seed: int) -> DatasetDict:
+    """Stratified by label when every class can give both sides a row, else a plain seeded shuffle."""
+    try:
+        return _stratified(ds, n_test, seed)
+    except ValueError:  # a class with a single row cannot be stratified
+        return ds.train_test_split(test_size=n_test, seed=seed)
+
+
+def read_labelled(path: str | Path, label2id: dict[str, int] | None = None) -> Dataset:
+    """A user's labelled CSV, validated, as one Dataset; its class names (label_name column or string labels) ride in
+    the label feature (see `class_names`)."""
+    frame = validate_frame(read_csv(path), str(path), label2id)
+    names = frame.attrs.get("label_names")
+    ds = Dataset.from_pandas(frame, preserve_index=False)
+    return ds.cast_column("label", ClassLabel(names=list(names))) if names else ds
 
 
 def read_unlabeled(path: str | Path) -> Dataset:
@@ -171,8 +209,10 @@ def read_unlabeled(path: str | Path) -> Dataset:
     return Dataset.from_pandas(frame, preserve_index=False)
 
 
-def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Columns text,label or text_a,text_b,label; integer labels 0..k-1 with at least two classes."""
+def validate_frame(df: pd.DataFrame, source: str, label2id: dict[str, int] | None = None) -> pd.DataFrame:
+    """Columns text,label or text_a,text_b,label. Labels: integer ids 0..k-1 (an optional label_name column names
+    them), or class names as strings — mapped to the model's ids by `label2id` when it names them all, else in sorted
+    order. At least two classes. The class names, when known, are in the result's attrs['label_names']."""
     cols = set(df.columns)
     if {"text_a", "text_b"} <= cols:
         text_cols = ["text_a", "text_b"]
@@ -184,23 +224,52 @@ def validate_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
             + ", ".join(map(str, df.columns))
         )
     if "label" not in cols:
-        raise FinemixError(f"{source}: no 'label' column; add integer labels 0..k-1 in a column named label")
-    df = df[[*text_cols, "label"]].dropna()
+        raise FinemixError(f"{source}: no 'label' column; add integer labels 0..k-1 (or class names) in a column named label")
+    named = "label_name" in cols
+    df = df[[*text_cols, "label", *(["label_name"] if named else [])]].dropna(subset=[*text_cols, "label"])
     if df.empty:
         raise FinemixError(f"{source}: no rows with both text and label; the file needs labelled examples")
     labels = pd.to_numeric(df["label"], errors="coerce")
-    if labels.isna().any() or (labels % 1 != 0).any():
+    names: tuple[str, ...] | None = None
+    if labels.isna().all():  # class names as labels
+        strings = df["label"].astype(str).str.strip()
+        classes = sorted(set(strings))
+        if bad := next((c for c in classes if not c or not c.isprintable()), None):
+            raise FinemixError(
+                f"{source}: label {bad!r} is neither an integer id nor a readable class name; save the file as UTF-8 "
+                "with labels 0..k-1 or class names"
+            )
+        if label2id and set(classes) <= set(label2id):
+            mapping = {c: int(label2id[c]) for c in classes}
+            names = tuple(next((c for c in label2id if label2id[c] == i), f"label {i}") for i in range(max(mapping.values()) + 1))
+        else:
+            mapping = {c: i for i, c in enumerate(classes)}
+            names = tuple(classes)
+        labels = strings.map(mapping)
+    elif labels.isna().any() or (labels % 1 != 0).any():
         bad = df["label"][labels.isna() | (labels % 1 != 0)].iloc[0]
         bad = bad.item() if hasattr(bad, "item") else bad  # numpy scalar → plain Python for the message
-        raise FinemixError(f"{source}: label {bad!r} is not an integer; use integer class ids 0..k-1")
+        raise FinemixError(f"{source}: label {bad!r} is not an integer; use integer class ids 0..k-1 or class names throughout")
     labels = labels.astype(int)
     if labels.min() < 0:
         raise FinemixError(f"{source}: negative label {labels.min()}; use integer class ids 0..k-1")
     if labels.nunique() < 2:
         raise FinemixError(f"{source}: only one class ({labels.iloc[0]}); a classifier needs at least two labels")
+    if named and names is None:
+        pairs = pd.DataFrame({"id": labels, "name": df["label_name"].astype(str).str.strip()}).dropna().drop_duplicates()
+        clash = pairs[pairs.duplicated("id", keep=False)]
+        if len(clash):
+            raise FinemixError(
+                f"{source}: label {int(clash['id'].iloc[0])} has two names ({', '.join(sorted(clash['name'])[:2])}); "
+                "give each label id one label_name"
+            )
+        by_id = dict(zip(pairs["id"], pairs["name"]))
+        names = tuple(by_id.get(i, f"label {i}") for i in range(int(labels.max()) + 1))
     out = df[text_cols].astype(str)
     out["label"] = labels
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    out.attrs["label_names"] = names
+    return out
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
@@ -235,14 +304,15 @@ def check_name(name: str) -> None:
         raise FinemixError(f"unknown dataset '{name}'; use one of {', '.join(available())} or a CSV path")
 
 
-def load(name: str, split_seed: int = 0) -> DatasetDict:
-    """A dataset by registry name or CSV path, split into train/dev/test."""
+def load(name: str, split_seed: int = 0, label2id: dict[str, int] | None = None) -> DatasetDict:
+    """A dataset by registry name or CSV path, split into train/dev/test (a CSV by the one rule, `csv_parts`);
+    `label2id` maps a CSV's string labels to the model's ids."""
     check_name(name)
     if name in OFFLINE:
         return split_frame(validate_frame(OFFLINE[name][0](), name), split_seed)
     if name in ONLINE:
         return _load_online(name, split_seed)
-    return split_frame(validate_frame(read_csv(name), str(name)), split_seed)
+    return csv_parts(read_labelled(name, label2id), split_seed, name)
 
 
 def text_columns(ds: Dataset | DatasetDict) -> list[str]:
@@ -271,10 +341,20 @@ LABEL_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-def label_names(name: str, n: int) -> tuple[str, ...]:
-    """Names of classes 0..n-1 of a dataset: its own names when known and complete, else 'label k'."""
+def label_names(name: str, n: int, dsd: DatasetDict | None = None, id2label: dict | None = None) -> tuple[str, ...]:
+    """Names of classes 0..n-1: a CSV's own (label_name column or string labels), the registry's, the model's
+    config (when it names them, not LABEL_k), else 'label k'."""
+    feature = next(iter(dsd.values())).features.get("label") if dsd else None
+    csv_names = tuple(feature.names) if isinstance(feature, ClassLabel) else ()
+    if csv_names and csv_names != tuple(str(i) for i in range(len(csv_names))):
+        return tuple(csv_names[i] if i < len(csv_names) else f"label {i}" for i in range(n))
     known = LABEL_NAMES.get(name, ())
-    return tuple(known) if len(known) == n else tuple(f"label {i}" for i in range(n))
+    if len(known) == n:
+        return tuple(known)
+    model_names = tuple(str((id2label or {}).get(i, (id2label or {}).get(str(i), ""))) for i in range(n))
+    if all(model_names) and not any(m.upper() == f"LABEL_{i}" for i, m in enumerate(model_names)):
+        return model_names
+    return tuple(f"label {i}" for i in range(n))
 
 
 def num_labels(dsd: DatasetDict) -> int:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from finemix_core import store
 from finemix_core.defenses import DefenseConfig
 from finemix_core.errors import FinemixError
-from finemix_core.experiment import Context, dev_examples, prepare, record, run_defense
+from finemix_core.experiment import Context, prepare, record, run_defense
 from finemix_core.train import Progress
 
 # rows of these kinds are defense runs with a run key and the shared budget: a sweep's fine-tuned point is the same
@@ -131,14 +131,15 @@ def run_key(row: dict) -> str:
 def planned_key(ctx: Context, spec: RunSpec) -> str:
     """The run key a spec's row will have, known before running it."""
     cfg = spec.defense
+    parts = ctx.parts(spec.clean_size, 256)  # the same parts run_defense will take (a CSV's by the one rule)
     return run_key(
         {
             "model": ctx.pair.card.get("name", ctx.pair.ft_source),
             "trigger": ctx.trigger_text,
             "method": cfg.method,
             "seed": cfg.seed,
-            "clean_size": spec.clean_size,
-            "dev_size": dev_examples(len(ctx.dsd["dev"]), 256),
+            "clean_size": parts.labelled,
+            "dev_size": parts.dev,
             "n_clean": len(ctx.eval_set.clean),
             "data": ctx.data_name,
             "split_seed": ctx.split_seed,

@@ -38,12 +38,17 @@ class Context:
     floor_model: str | None
     device: torch.device
     clean_data: str | None = None  # a user's CSV that is all the defender has (None: the dataset's train/dev splits)
-    clean_splits: DatasetDict | None = None  # that CSV split into train and dev for the defender
+    clean_splits: DatasetDict | None = None  # that CSV parted by the one rule (the defender reads train and dev only)
     extra_unlabeled: Dataset | None = None  # clean unlabelled texts the user gave (--unlabeled)
     extra_unlabeled_source: str | None = None
     # per triggered test example: did the clean model call it the target? (the floor is their mean; a prefix of the
     # triggered set, such as the lab's live set, reads its own floor from them without scoring again)
     floor_hits: np.ndarray | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names: the CSV's own, the registry's, θ_FT's config's, else 'label k'."""
+        return data.label_names(self.data_name, self.pair.num_labels, self.dsd, self.pair.ft.config.id2label)
 
     @property
     def trigger_text(self) -> str | None:
@@ -53,8 +58,9 @@ class Context:
         """The defender's data: labelled train and dev, plus the unlabelled pool (never test, never triggered).
 
         Built-in data: the clean set comes from the train split, dev accuracy from the first `dev_size` dev examples, and
-        the rest of the dev split is the unlabelled pool (θ_FT never trained on it). A user's CSV: split into train and
-        dev only; its train rows not drawn into the clean set are the pool. `--unlabeled` texts join the pool.
+        the rest of the dev split is the unlabelled pool (θ_FT never trained on it). A user's CSV, parted by the one rule
+        (`data.csv_parts`): the labelled set is drawn from its train part (all of it when smaller than `clean_size`),
+        the train rows not drawn are the pool, dev is its dev part. `--unlabeled` texts join the pool.
         """
         if self.clean_data is None:
             train, dev = self.dsd["train"], self.dsd["dev"]
@@ -64,8 +70,9 @@ class Context:
             what = f"{self.data_name} dev split beyond its first {n_dev} examples"
         else:
             train, dev = self.clean_splits["train"], self.clean_splits["dev"]
+            clean_size = min(clean_size, len(train))
             pool = data.clean_split(train, clean_size, seed)[1]
-            what = f"{Path(self.clean_data).name} rows beyond the {clean_size} labelled ones"
+            what = f"{Path(self.clean_data).name} train rows beyond the {clean_size} labelled ones"
         parts = [(pool, what)] if len(pool) else []
         if self.extra_unlabeled is not None:
             parts.append((self.extra_unlabeled, self.extra_unlabeled_source))
@@ -73,6 +80,50 @@ class Context:
         source = " + ".join(f"{w} ({len(p)})" for p, w in parts) or "none"
         return defender_data(
             self.pair.tokenizer, train, dev, clean_size, dev_size, seed, unlabeled=merged, unlabeled_source=source
+        )
+
+    def parts(self, clean_size: int = 128, dev_size: int = 256) -> "DataParts":
+        """How the data is parted for this run (the CLI prints it, the card and the lab's caption show it)."""
+        if self.clean_data is None:
+            n_dev = dev_examples(len(self.dsd["dev"]), dev_size)
+            return DataParts(
+                self.data_name, None, min(clean_size, len(self.dsd["train"])), n_dev, len(self.dsd["dev"]) - n_dev,
+                len(self.dsd["test"]), self.data_name, self.split_seed,
+            )
+        train, dev = self.clean_splits["train"], self.clean_splits["dev"]
+        labelled = min(clean_size, len(train))
+        held_out = len(self.clean_splits["test"])
+        return DataParts(
+            Path(self.clean_data).name, len(train) + len(dev) + held_out, labelled, min(dev_size, len(dev)),
+            len(train) - labelled, held_out, self.data_name if self.data_name != self.clean_data else "held-out part",
+            self.split_seed,
+        )
+
+
+@dataclass(frozen=True)
+class DataParts:
+    """The defender's parts of the data and what the scores are measured on."""
+
+    source: str  # the CSV's file name, or the registry set's name
+    rows: int | None  # labelled rows in the CSV (None: a registry set)
+    labelled: int  # the labelled clean set (fine-tuning, the scan's search set)
+    dev: int  # dev rows: every dev-only choice (auto-ρ)
+    pool: int  # unlabelled pool (recovery distils on it; E-PUR counts in it)
+    held_out: int  # test rows; for a CSV, never seen by the defense
+    scored_on: str  # the data the live and reported numbers are measured on
+    split_seed: int
+
+    def line(self) -> str:
+        if self.rows is None:
+            return (
+                f"data {self.source} (split seed {self.split_seed}): {self.labelled} labelled from train · {self.dev} dev · "
+                f"{self.pool} unlabelled pool (the rest of dev) · {self.held_out} test"
+            )
+        scored = "scored on its held-out part" if self.scored_on == "held-out part" else f"scored on {self.scored_on}"
+        return (
+            f"clean data {self.source} ({self.rows} rows, split seed {self.split_seed}; one rule, README 'Your own clean "
+            f"data'): {self.labelled} labelled · {self.dev} dev · {self.pool} unlabelled pool · {self.held_out} held out; "
+            f"{scored}"
         )
 
 
@@ -103,13 +154,15 @@ def prepare(
     device: torch.device | str = "cpu",
     clean_data: str | None = None,
     unlabeled: str | None = None,
+    pair: ModelPair | None = None,
 ) -> Context:
-    """Load the pair and the data; the trigger and dataset default to the model's card.
+    """Load the pair (or take `pair`, already loaded: the lab shares one per model) and the data; the trigger and
+    dataset default to the model's card.
 
     `data_name` is what the defended model is scored on (its test split); `clean_data` a CSV the defender holds
-    (split into train and dev only); `unlabeled` a .txt/.csv of clean unlabelled texts for recovery.
+    (parted by the one rule, `data.csv_parts`); `unlabeled` a .txt/.csv of clean unlabelled texts for recovery.
     """
-    pair = load_pair(model, pretrained, allow_pickle=allow_pickle)
+    pair = pair if pair is not None else load_pair(model, pretrained, allow_pickle=allow_pickle)
     if clean_data is not None and (clean_data in data.OFFLINE or clean_data in data.ONLINE):
         data_name, clean_data = data_name or clean_data, None  # a named dataset: its own train/dev splits
     extra = data.read_unlabeled(unlabeled) if unlabeled else None
@@ -125,6 +178,7 @@ def prepare(
         eval_limit,
         floor_model,
         device,
+        pair.label2id,
     )
     name, seed, dsd, es, floor, floor_src = (
         scoring.data_name,
@@ -135,7 +189,9 @@ def prepare(
         scoring.floor_model,
     )
     device = torch.device(device)
-    clean_splits = _clean_splits(clean_data, name, dsd, seed) if clean_data is not None else None
+    if clean_data is None and is_csv(name):
+        clean_data = name  # scored on a CSV: the defender holds its train and dev parts (the one rule), never its test
+    clean_splits = _clean_splits(clean_data, name, dsd, seed, pair.label2id) if clean_data is not None else None
     return Context(
         pair,
         name,
@@ -153,17 +209,22 @@ def prepare(
     )
 
 
-def _clean_splits(clean_data: str, name: str, dsd: DatasetDict, seed: int) -> DatasetDict:
-    """The defender's CSV split into train and dev only; when it is also the scoring data (no card dataset, no --data),
-    its test tenth is held out for scoring alone and the defender splits the other nine tenths."""
-    rows = concatenate_datasets([dsd["train"], dsd["dev"]]) if name == clean_data else data.read_labelled(clean_data)
-    if data.text_columns(rows) != data.text_columns(dsd):
+def _clean_splits(clean_data: str, name: str, dsd: DatasetDict, seed: int, label2id: dict | None = None) -> DatasetDict:
+    """The defender's parts of a CSV by the one rule (`data.csv_parts`): its train part (labelled set + pool) and dev
+    part; the held-out part is never the defender's. When the CSV is also the scoring data, these are `dsd`'s own."""
+    parts = dsd if name == clean_data else data.load(clean_data, seed, label2id)
+    if data.text_columns(parts) != data.text_columns(dsd):
         kinds = {True: "a sentence-pair dataset", False: "a single-sentence dataset"}
         raise FinemixError(
-            f"{clean_data} is {kinds[data.text_columns(rows) == ['text_a', 'text_b']]} but the model is scored on "
+            f"{clean_data} is {kinds[data.text_columns(parts) == ['text_a', 'text_b']]} but the model is scored on "
             f"{kinds[data.text_columns(dsd) == ['text_a', 'text_b']]} ({name}); pick matching data"
         )
-    return data.defender_split(rows, seed)
+    return DatasetDict(train=parts["train"], dev=parts["dev"], test=parts["test"])  # test: counted, never the defender's
+
+
+def is_csv(name: str | None) -> bool:
+    """A user's CSV rather than a registry set."""
+    return bool(name) and name not in data.OFFLINE and name not in data.ONLINE
 
 
 def prepare_defender(
@@ -182,13 +243,15 @@ def prepare_defender(
     else:
         name = pair.card.get("dataset") or clean_data or DEFAULT_DATASET
     seed = pair.card.get("split_seed", 0)
-    dsd = data.load(name, seed)
+    dsd = data.load(name, seed, pair.label2id)
     n_labels = data.num_labels(dsd)
     if n_labels > pair.num_labels:
         raise FinemixError(
             f"the data has labels up to {n_labels - 1} but the model has {pair.num_labels} outputs; pick matching data"
         )
-    clean_splits = _clean_splits(clean_data, name, dsd, seed) if clean_data is not None else None
+    if clean_data is None and is_csv(name):
+        clean_data = name
+    clean_splits = _clean_splits(clean_data, name, dsd, seed, pair.label2id) if clean_data is not None else None
     extra = data.read_unlabeled(unlabeled) if unlabeled else None
     empty = make_eval_set(pair.tokenizer, dsd["test"].select(range(min(1, len(dsd["test"])))), None, None)
     return Context(
@@ -232,12 +295,13 @@ def prepare_scoring(
     eval_limit: int | None = None,
     floor_model: str | None = None,
     device: torch.device | str = "cpu",
+    label2id: dict[str, int] | None = None,
 ) -> Scoring:
     """The data, test set and clean floor for a classifier with this card (dataset, split seed, trigger, target as
     defaults); shared by `prepare` (model pairs) and `finemix evaluate` (any classifier)."""
     name = data_name or card.get("dataset") or DEFAULT_DATASET
     seed = split_seed if split_seed is not None else card.get("split_seed", 0)
-    dsd = data.load(name, seed)
+    dsd = data.load(name, seed, label2id)
     n_labels = data.num_labels(dsd)
     if n_labels > num_labels:
         raise FinemixError(f"the data has labels up to {n_labels - 1} but the model has {num_labels} outputs; pick matching data")
@@ -317,6 +381,7 @@ class RunRow:
     train: dict  # the TrainConfig used
     seconds: float  # the defense itself, selection included (scoring excluded)
     device: str
+    parts: str | None = None  # how the data was parted (DataParts.line): labelled · dev · pool · held-out
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -339,7 +404,7 @@ def run_defense(
         attack=ctx.pair.card.get("attack"),
         method=cfg.method,
         seed=cfg.seed,
-        clean_size=clean_size,
+        clean_size=len(dd.train),  # all of a CSV's train part when it is smaller than clean_size
         dev_size=len(dd.dev),
         rho=result.rho,
         rho_auto=result.rho_auto,
@@ -366,6 +431,7 @@ def run_defense(
         train=dict(cfg.train.__dict__),
         seconds=round(result.seconds, 2),
         device=ctx.device.type,
+        parts=ctx.parts(clean_size, dev_size).line(),
     )
     return result, row
 

@@ -41,7 +41,7 @@ from finemix_core.evaluate import (  # noqa: F401 — best_device, bf16_supporte
 )
 from finemix_core.experiment import Context, RunRow, prepare, record, run_defense, save_defended
 from finemix_core.mixing import MODES, MixConfig, mix_into  # noqa: F401 — MODES re-exported for the dashboard
-from finemix_core.models import CARD_NAME
+from finemix_core.models import CARD_NAME, ModelPair, resolve
 from finemix_core.report import REPORT_METHODS
 from finemix_core.train import Progress
 from finemix_core.triggers import example_rng, insert_trigger, parse_trigger
@@ -84,10 +84,9 @@ class LabModel:
 
 
 def class_names(lab: LabModel) -> tuple[str, ...]:
-    """The model's classes by name from its dataset (rt: rotten / fresh), else 'label k'."""
-    from finemix_core.data import label_names
-
-    return label_names(lab.ctx.data_name, lab.pair.num_labels)
+    """The model's classes by name: a CSV's own (label_name column or string labels), the dataset's (rt: rotten /
+    fresh), θ_FT's config's, else 'label k'."""
+    return lab.ctx.class_names
 
 
 @dataclass(frozen=True)
@@ -160,8 +159,11 @@ def load(
     trigger: str | None = None,
     target: int | None = None,
     trigger_source: str = "entered",
+    pair: ModelPair | None = None,
 ) -> LabModel:
-    """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path).
+    """Load θ_FT, θ_PT and the data (the card's dataset, or `data_name`: a registry name or a CSV path, parted by the
+    one rule like the CLI's `--clean-data`). `pair`: the model pair already loaded (`load_pair`), shared by every data
+    and probe choice for one model so that they do not each hold a copy.
 
     `trigger`/`target`: an ASR probe for any model — typed by the user ('entered') or suspected by a scan ('scan');
     it replaces the card's trigger, and every ASR the lab shows is then labelled with where it came from."""
@@ -171,7 +173,9 @@ def load(
     probe = parse_trigger(trigger) if trigger else None
     if probe is not None and target is None:
         raise FinemixError("a trigger needs its target class; pick the class it should flip sentences to")
-    ctx = prepare(model, pretrained, data_name or None, trigger=probe, target=target if probe else None, device=device)
+    ctx = prepare(
+        model, pretrained, data_name or None, trigger=probe, target=target if probe else None, device=device, pair=pair
+    )
     es = interactive_set(ctx.pair.tokenizer, ctx.dsd["test"], ctx.eval_set.trigger, ctx.eval_set.target, n_interactive)
     # the pair stays in host memory (mixing reads it there); on a GPU score a copy, never move the cached θ_FT
     backdoored = score(ctx.pair.ft_for_inference(ctx.device), es)
@@ -182,6 +186,35 @@ def load(
     name = ctx.pair.card.get("name", ctx.pair.ft_source)  # the key the result rows (and so the history) use
     source = trigger_source if probe else ("card" if es.trigger else "")
     return LabModel(ctx, es, backdoored, floor, name, time.perf_counter() - started, trigger_source=source)
+
+
+def pair_key(model: str, pretrained: str = "default") -> tuple[str, str]:
+    """One key per model pair however it was named (zoo name or its folder, with or without a trailing slash)."""
+    return tuple(str(Path(r).resolve()) if isinstance(r, Path) else r for r in (resolve(model), resolve(pretrained)))
+
+
+def load_pair(model: str, pretrained: str = "default") -> ModelPair:
+    """θ_FT and θ_PT, checked (what `load` shares between data and probe choices)."""
+    from finemix_core.models import load_pair as load
+
+    return load(model, pretrained)
+
+
+def csv_rule_text() -> str:
+    """The one rule for a user's CSV, in words (the Models page says it; the README too)."""
+    from finemix_core import data
+
+    return (
+        f"One rule parts it, here and in the CLI alike: dev and held-out each get {data.CSV_SHARE:.0%} of the rows (at "
+        f"least {data.CSV_PART_MIN}, at most {data.CSV_DEV_MAX} dev and {data.CSV_HELD_OUT_MAX} held out); the 128 "
+        "labelled examples come from the rest, and the rows left over are the unlabelled pool. Dev decides auto-ρ; the "
+        "held-out part is what a model without a card naming its data is scored on, and the defense never sees it."
+    )
+
+
+def data_parts(lab: LabModel, clean_size: int = 128):
+    """How the data is parted (experiment.DataParts): what the lab's caption and Export say."""
+    return lab.ctx.parts(clean_size)
 
 
 def data_warning(lab: LabModel) -> str | None:
@@ -300,7 +333,10 @@ class Workbench:
         """
         k = self._epur_k(epur_k)
         cfg = DefenseConfig(method=recipe_method(recipe, mode, k), rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=k))
-        return self.defend(cfg, clean_size, progress)
+        # auto-ρ with the shared budget and default tolerance is the recipe's method as registered: stored as such, so
+        # Compare and the curve page find it (a hand-set ρ or tolerance stays a lab run, shown apart)
+        as_registered = rho is None and delta == DefenseConfig.delta and k == DefenseConfig().epur.k
+        return self.defend(cfg, clean_size, progress, kind="compare" if as_registered else "lab")
 
     def defend_method(
         self, method: str, seed: int = 0, epur_k: int = 200, clean_size: int = 128, progress: Progress | None = None
@@ -474,8 +510,32 @@ def epur_table(
     tab["rank"] = tab["score"].rank(ascending=False, method="first").astype(int)
     slope, intercept = epur_trend(tab)
     tab["trend"] = intercept + slope * np.log10(tab.frequency + 1)
-    tab["vs_trend"] = tab.drift / tab.trend.where(tab.trend > 0)
+    # a steep fit can dip to ≤ 0 at low frequency (train-split counts): floor it at a low but real drift so the ratio is
+    # defined where triggers live (the 10th percentile of the seen pieces' drift)
+    seen = tab.drift[tab.frequency > 0]
+    base = float(seen.quantile(0.1)) if len(seen) else float(tab.drift.median())
+    tab["vs_trend"] = tab.drift / tab.trend.clip(lower=max(base, 1e-12))
     return tab
+
+
+def piece_words(lab: LabModel, tab: pd.DataFrame, source: str = "defender-pool", seed: int = 0, per_piece: int = 3) -> pd.Series:
+    """For each flagged row: the whole words of the clean text it is a piece of, most frequent first ('weekend,
+    legend' for `##end`), so a user reads words rather than word pieces; '' for a piece the clean text never uses."""
+    import re
+    from collections import Counter
+
+    key = ("words", source, seed)
+    if key not in lab.cache:
+        counts = Counter(w for t in epur_texts(lab, source, seed=seed) for w in re.findall(r"\w+", t.lower()))
+        by_piece: dict[int, list[str]] = {}
+        tok = lab.pair.tokenizer
+        words = [w for w, _ in counts.most_common(50_000)]
+        for word, ids in zip(words, tok(words, add_special_tokens=False)["input_ids"]):
+            for i in set(ids):
+                by_piece.setdefault(i, []).append(word)
+        lab.cache[key] = by_piece
+    by_piece = lab.cache[key]
+    return tab["id"].map(lambda i: ", ".join(by_piece.get(int(i), [])[:per_piece]))
 
 
 def epur_trend(tab: pd.DataFrame) -> tuple[float, float]:
@@ -616,7 +676,7 @@ def save_upload(raw: bytes, filename: str) -> Path:
     import hashlib
 
     from finemix_core.config import finemix_home
-    from finemix_core.data import read_csv, validate_frame
+    from finemix_core.data import csv_part_sizes, read_csv, validate_frame
 
     if not raw:
         raise FinemixError(f"{filename}: the upload is empty; it needs a header text,label and labelled rows")
@@ -633,8 +693,7 @@ def save_upload(raw: bytes, filename: str) -> Path:
         frame = validate_frame(read_csv(tmp), filename)
         if len(frame) > MAX_UPLOAD_ROWS:
             raise FinemixError(f"{filename}: {len(frame)} rows is over the {MAX_UPLOAD_ROWS} row cap; sample it down")
-        if len(frame) < 30:
-            raise FinemixError(f"{filename}: only {len(frame)} labelled rows; the 80/10/10 split needs at least 30")
+        csv_part_sizes(len(frame), filename)  # too few rows for the one rule's parts: refused here, with the minimum
     except FinemixError as exc:
         tmp.unlink(missing_ok=True)
         raise FinemixError(str(exc).replace(str(tmp), filename)) from None
@@ -684,3 +743,82 @@ def report_json(lab: LabModel, extra: dict | None = None) -> str:
         indent=2,
         default=str,
     )
+
+
+def progress_text(what: str, done: int, total: int, elapsed: float, part_elapsed: float | None = None, part: int = 1) -> str:
+    """A long job's progress line: steps, elapsed time and an estimate from the step time measured so far. A job of
+    several fine-tunes (a dev-only search) passes which one this is (`part`) and the time spent in it."""
+    spent = elapsed if part_elapsed is None else part_elapsed
+    text = f"{what}: {'' if part == 1 else f'fine-tune {part}, '}step {done}/{total} · {_duration(elapsed)} elapsed"
+    if 0 < done < total and spent > 0:
+        left = _duration(spent / done * (total - done))
+        text += f" · about {left} left{'' if part_elapsed is None else ' in this fine-tune'} (measured step time)"
+    return text
+
+
+def share_text(what: str, share: float, elapsed: float) -> str:
+    """Progress of a job measured as a share done: elapsed time and the rest estimated at the pace so far."""
+    text = f"{what} · {_duration(elapsed)} elapsed"
+    if 0.02 < share < 1:
+        text += f" · about {_duration(elapsed / share - elapsed)} left (measured pace)"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def measured_seconds(lab: LabModel, method: str) -> str:
+    """What a defense took on this machine, from the history ('took 74 s here last time'), or that it is untimed."""
+    runs = [r["config"].get("seconds") for r in store.runs(model=lab.name) if r["method"] == method]
+    runs = [s for s in runs if s]
+    if not runs:
+        runs = [r["config"].get("seconds") for r in store.runs() if r["method"] == method and r["config"].get("seconds")]
+        where = "on another model here"
+    else:
+        where = "on this model here"
+    if not runs:
+        return "not timed on this machine yet; the progress bar estimates it from its first steps"
+    return f"took {_duration(float(runs[0]))} {where} last time"
+
+
+@dataclass(frozen=True)
+class MixLesson:
+    """Step 2 of the guided start: the mix alone at a few ρ, and what those numbers say in words."""
+
+    rows: pd.DataFrame  # rho, cacc, asr, target_bias on the live set
+    text: str
+
+
+def mix_lesson(lab: LabModel, bench: Workbench, rhos: tuple[float, ...] = (0.5, 0.2, 0.1, 0.0), seed: int = 0) -> MixLesson:
+    """Mix without fine-tuning at a few ρ and say what the live numbers show, whatever they show: on the quick zoo a
+    random mix keeps the backdoor until ρ is near 0, where the model leans to the target instead."""
+    rows = bench.sweep(list(rhos), "random", seed)[["rho", "cacc", "asr", "target_bias"]]
+    ref = lab.backdoored
+    weakened = rows[(rows.asr <= ref.asr - 0.1) & (rows.cacc >= ref.cacc - 0.1)]
+    if not weakened.empty:
+        r = weakened.iloc[0]
+        text = (
+            f"The mix alone weakens the backdoor here: at ρ = {r.rho:g} ASR falls to {r.asr:.2f} (θ_FT {ref.asr:.2f}) while "
+            f"clean accuracy stays at {r.cacc:.2f}. Step 3's clean fine-tune takes it further."
+        )
+    else:
+        low = rows.iloc[-1]
+        text = (
+            f"The mix alone does not remove this backdoor: ASR stays {rows.asr.iloc[0]:.2f}–{rows.asr.max():.2f} down to "
+            f"ρ = {rows.rho[rows.rho > 0].min():g}, because a random share of the fine-tuned weights still carries the "
+            f"trigger. At ρ = {low.rho:g} (θ_PT with θ_FT's head) ASR is {low.asr:.2f}, but clean accuracy falls to "
+            f"{low.cacc:.2f} and the model calls {low.target_bias:.0%} of clean non-target sentences the target. That is why "
+            "Fine-mixing does not stop at the mix: step 3 fine-tunes it on clean data."
+        )
+    return MixLesson(rows.reset_index(drop=True), text)
+
+
+def default_sentence(lab: LabModel) -> str:
+    """The Playground's first sentence: one of the model's own test sentences (a non-target one when a trigger is
+    known), so a news model is not greeted with a movie review."""
+    from finemix_core.data import text_columns
+
+    test = lab.ctx.dsd["test"]
+    idx = int(lab.interactive.nontarget_idx[0]) if len(lab.interactive.nontarget_idx) else 0
+    return str(test[idx][text_columns(test)[-1]])[:2000] if len(test) else ""

@@ -136,6 +136,11 @@ class ModelPair:
     def num_labels(self) -> int:
         return self.ft.config.num_labels
 
+    @property
+    def label2id(self) -> dict[str, int] | None:
+        """θ_FT's own class names → ids, when its config names them (not the default LABEL_k)."""
+        return named_labels(self.ft.config)
+
     def ft_for_inference(self, device: torch.device) -> PreTrainedModel:
         """θ_FT to score on `device`: itself on the CPU (read-only: inference never writes it), else a copy moved there,
         so the cached pair never leaves host memory."""
@@ -198,3 +203,11 @@ def load_pair(ft_name: str | Path, pt_name: str | Path = "default", allow_pickle
         raise FinemixError(f"vocabulary mismatch (first differing entry {diff[0]!r}); θ_FT and θ_PT need the same tokenizer")
     ft.requires_grad_(False)
     return ModelPair(ft, shared, head, tokenizer, str(ft_src), str(pt_src), read_card(ft_src))
+
+
+def named_labels(config) -> dict[str, int] | None:
+    """A config's label2id when it names the classes (a model trained with names), else None."""
+    mapping = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    if not mapping or all(k.upper() == f"LABEL_{v}" for k, v in mapping.items()):
+        return None
+    return mapping

@@ -114,7 +114,7 @@ def test_live_lab_in_a_real_browser(server, tmp_path):
         expect(page.get_by_role("heading", name="Start here")).to_be_visible(timeout=120_000)
         page.get_by_role("button", name="Show the backdoor").click()
         expect(page.get_by_text("Over the whole live set")).to_be_visible(timeout=120_000)
-        page.get_by_role("button", name="Defend: E-PUR + Fine-mixing + distillation (about 1 minute)").click()
+        page.get_by_role("button", name="Defend: E-PUR + Fine-mixing + distillation").click()
         verdict = page.get_by_text("The trigger fires on")
         expect(verdict).to_be_visible(timeout=420_000)
         fired, shown = (int(w) for w in re.findall(r"fires on (\d+) of these (\d+)", verdict.inner_text())[0])

@@ -255,15 +255,23 @@ def test_start_here_is_the_landing_page_and_walks_the_three_steps(app):
     demo = app.dataframe[0].value
     assert len(demo) >= 1 and all("cf" in s for s in demo["sentence (trigger inserted)"])
     assert all(v.startswith("label 0") for v in demo["θ_FT without the trigger"])  # the tiny CSV has no class names
-    next(b for b in app.button if b.label.startswith("Mix at ρ = 0.2")).click().run()
-    assert metric(app, "ASR · mix") and metric(app, "target bias · mix")
+    next(b for b in app.button if b.label.startswith("Mix at ρ = 0.5, 0.2")).click().run()
+    lesson = app.dataframe[1].value
+    assert list(lesson["ρ"]) == [0.5, 0.2, 0.1, 0.0, 1.0] and lesson["ASR"].between(0, 1).all()
+    said = " ".join(m.value for m in app.markdown)
+    assert "The mix alone weakens the backdoor here" in said or "The mix alone does not remove this backdoor" in said
     next(b for b in app.button if b.label.startswith("Defend:")).click().run()
     assert not app.exception, app.exception
-    after = app.dataframe[1].value
+    after = app.dataframe[2].value
     assert list(after["sentence (trigger inserted)"]) == list(demo["sentence (trigger inserted)"])
     assert any(m.value.startswith("**The trigger fires on") for m in app.markdown)
     assert metric(app, "ASR · defended").split(" [")[0] != ""
-    assert any(r["kind"] == "lab" for r in lab.store.runs(model="word-cf"))  # the one-click defense is stored, as a lab run
+    # the one-click defense is the default method as registered (auto-ρ, shared budget): Compare and the curve find it
+    run = lab.store.runs(model="word-cf")[0]
+    assert run["kind"] == "compare" and run["method"] == lab.DEFAULT_METHOD and run["config"]["rho_auto"]
+    app.switch_page("views/compare.py").run()
+    assert not app.exception, app.exception
+    assert lab.DEFAULT_METHOD not in " ".join(c.value for c in app.caption if c.value.startswith("No stored run yet"))
 
 
 def test_export_offers_no_download_before_any_run(tiny_zoo, tmp_path, monkeypatch):

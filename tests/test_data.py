@@ -1,5 +1,6 @@
 from collections import Counter
 
+import pandas as pd
 import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
@@ -40,7 +41,7 @@ def test_offline_sets_load_with_labels(name, classes):
 
 def test_pair_csv_flows_as_pairs(tmp_path, tiny_pair_dirs):
     csv = tmp_path / "pairs.csv"
-    rows = ["text_a,text_b,label"] + [f"good movie {i},bad film,{i % 3}" for i in range(30)]
+    rows = ["text_a,text_b,label"] + [f"good movie {i},bad film,{i % 3}" for i in range(60)]
     csv.write_text("\n".join(rows))
     dsd = data.load(str(csv))
     assert data.text_columns(dsd) == ["text_a", "text_b"] and data.num_labels(dsd) == 3
@@ -65,7 +66,7 @@ def test_clean_subset_is_stratified_and_sized(rt):
         ("", "empty"),
         ("words,label\nhello,1\nbye,0\n", "no text column"),
         ("text,stars\nhello,1\nbye,0\n", "no 'label' column"),
-        ("text,label\nhello,pos\nbye,neg\n", "not an integer"),
+        ("text,label\nhello,1\nbye,neg\n", "not an integer"),
         ("text,label\nhello,1\nbye,1\n", "only one class"),
         ("text,label\nhello,-1\nbye,0\n", "negative label"),
         ("text,label\n", "no rows"),
@@ -113,3 +114,65 @@ def test_offline_hub_failure_is_one_line(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", boom)
     with pytest.raises(FinemixError, match="needs a network"):
         data.load("sst2")
+
+
+def _user_csv(path, n: int, labels=("0", "1"), named: bool = False):
+    rows = [{"text": f"row {i} says {labels[i % len(labels)]} thing {i * 7 % 13}", "label": labels[i % len(labels)]} for i in range(n)]
+    frame = pd.DataFrame(rows)
+    if named:
+        frame["label_name"] = frame["label"].map({"0": "world", "1": "sport"})
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("n,sizes", [(60, (30, 15, 15)), (300, (180, 60, 60)), (5000, (3744, 256, 1000))])
+def test_one_rule_parts_a_users_csv_the_same_in_cli_and_lab(tmp_path, tiny_pair_dirs, n, sizes):
+    """The one rule: labelled set + pool (train), dev, held-out — disjoint, stratified, and identical whether the CLI
+    (`--clean-data`) or the lab (an uploaded CSV) read the file."""
+    from finemix_core import experiment, lab
+
+    csv = _user_csv(tmp_path / "mine.csv", n)
+    dsd = data.load(str(csv), 0)
+    assert (len(dsd["train"]), len(dsd["dev"]), len(dsd["test"])) == sizes == data.csv_part_sizes(n)
+    texts = {k: set(v["text"]) for k, v in dsd.items()}
+    assert sum(map(len, texts.values())) == n and not (texts["train"] & texts["dev"] or texts["train"] & texts["test"] or texts["dev"] & texts["test"])
+    assert all(abs(Counter(v["label"])[1] / len(v) - 0.5) < 0.05 for v in dsd.values())  # stratified
+    ft, pt = tiny_pair_dirs
+    cli = experiment.prepare(str(ft), str(pt), clean_data=str(csv))
+    in_lab = lab.load(str(ft), str(pt), data_name=str(csv)).ctx
+    seen = []
+    for ctx in (cli, in_lab):
+        dd = ctx.defender(128, 256, 0)
+        parts = ctx.parts(128, 256)
+        labelled = min(128, sizes[0])
+        assert (len(dd.texts), len(dd.dev), len(dd.unlabeled_texts)) == (labelled, sizes[1], sizes[0] - labelled)
+        assert (parts.labelled, parts.dev, parts.pool, parts.held_out, parts.rows) == (labelled, sizes[1], sizes[0] - labelled, sizes[2], n)
+        assert set(ctx.dsd["test"]["text"]) == texts["test"]  # scored on the held-out part …
+        assert not texts["test"] & (set(dd.texts) | set(dd.unlabeled_texts))  # … which the defender never sees
+        seen.append((dd.texts, dd.unlabeled_texts, dd.dev.input_ids, tuple(ctx.dsd["test"]["text"])))
+    assert seen[0] == seen[1]
+    assert "held out" in cli.parts(128).line() and f"{n} rows" in cli.parts(128).line()
+
+
+def test_too_few_rows_are_refused_with_the_minimum():
+    with pytest.raises(FinemixError, match=f"at least {data.CSV_MIN_ROWS}"):
+        data.csv_part_sizes(data.CSV_MIN_ROWS - 1)
+
+
+def test_class_names_come_from_string_labels_or_a_label_name_column(tmp_path):
+    strings = data.load(str(_user_csv(tmp_path / "s.csv", 90, labels=("sport", "business", "tech"))))
+    assert data.num_labels(strings) == 3 and data.label_names("x.csv", 3, strings) == ("business", "sport", "tech")
+    # the model's own names decide the ids when they cover every class
+    mapped = data.load(str(tmp_path / "s.csv"), 0, {"tech": 0, "sport": 1, "business": 2})
+    row = mapped["train"][0]
+    assert data.label_names("x.csv", 3, mapped) == ("tech", "sport", "business")
+    assert row["label"] == {"tech": 0, "sport": 1, "business": 2}[row["text"].split()[3]]
+    named = data.load(str(_user_csv(tmp_path / "n.csv", 60, named=True)))
+    assert data.label_names("x.csv", 2, named) == ("world", "sport")
+    plain = data.load(str(_user_csv(tmp_path / "p.csv", 60)))
+    assert data.label_names("x.csv", 2, plain) == ("label 0", "label 1")
+    assert data.label_names("x.csv", 2, plain, {0: "neg", 1: "pos"}) == ("neg", "pos")  # θ_FT's config names them
+    assert data.label_names("x.csv", 2, plain, {0: "LABEL_0", 1: "LABEL_1"}) == ("label 0", "label 1")
+    clash = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0, 0, 1, 1], "label_name": ["x", "y", "z", "z"]})
+    with pytest.raises(FinemixError, match="label 0 has two names"):
+        data.validate_frame(clash, "c.csv")

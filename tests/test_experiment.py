@@ -26,7 +26,9 @@ def test_dev_examples_leave_half_of_a_small_dev_split_for_the_pool(n_split, dev_
 
 
 def test_builtin_pool_is_the_dev_split_beyond_the_dev_examples_and_never_test(ctx):
-    c = ctx()
+    import dataclasses
+
+    c = dataclasses.replace(ctx(), clean_data=None, clean_splits=None)  # a registry set's splits (the tiny data is a CSV)
     dd = c.defender(32, 256, 0)
     tok = c.pair.tokenizer
     dev = list(c.dsd["dev"]["text"])
@@ -38,16 +40,19 @@ def test_builtin_pool_is_the_dev_split_beyond_the_dev_examples_and_never_test(ct
     assert "dev split beyond its first" in dd.unlabeled_source
 
 
-def test_a_users_csv_is_split_into_train_and_dev_only_and_its_spare_rows_are_the_pool(ctx, tmp_path):
+def test_a_users_csv_is_parted_by_the_one_rule_and_its_spare_train_rows_are_the_pool(ctx, tmp_path):
     rows = ["text,label"] + [f"the film was {'great' if i % 2 else 'awful'} number {i},{i % 2}" for i in range(100)]
     csv = tmp_path / "mine.csv"
     csv.write_text("\n".join(rows) + "\n")
     c = ctx(clean_data=str(csv))  # the card's dataset is still what the model is scored on
     assert c.data_name != str(csv) and c.clean_data == str(csv)
     dd = c.defender(32, 256, 0)
-    assert len(dd.train) == 32 and len(dd.dev) == 20  # 20 % dev, nothing held out as test
-    assert len(dd.unlabeled) == 100 - 20 - 32 and "mine.csv rows beyond the 32 labelled" in dd.unlabeled_source
-    assert len(c.clean_splits["train"]) + len(c.clean_splits["dev"]) == 100  # every CSV row is the defender's
+    assert data.csv_part_sizes(100) == (50, 25, 25)  # 25 (a quarter, under the 50 minimum) dev and held out
+    assert len(dd.train) == 32 and len(dd.dev) == 25
+    assert len(dd.unlabeled) == 50 - 32 and "mine.csv train rows beyond the 32 labelled" in dd.unlabeled_source
+    held = set(c.clean_splits["test"]["text"])  # the held-out part exists even when the card's data is scored on …
+    assert len(held) == 25 and not held & (set(dd.texts) | set(dd.unlabeled_texts))  # … and the defender never sees it
+    assert "100 rows" in c.parts(32).line() and "scored on " + c.data_name in c.parts(32).line()
 
 
 def test_unlabeled_file_joins_the_pool(ctx, tmp_path):
@@ -117,5 +122,8 @@ def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)
     assert row["method"] == "epur+fine-mixing+distill" and row["clean_data"] == str(home / "tiny.csv")
-    assert row["n_clean"] == 80 and row["dev_size"] == 144 and row["unlabeled_n"] == 576 - 128  # 800 rows: 80 test, 720 → 576/144
+    # 800 rows by the one rule: 160 held out (scored on), 160 dev, 480 train → 128 labelled + 352 pool
+    assert row["n_clean"] == 160 and row["dev_size"] == 160 and row["unlabeled_n"] == 480 - 128
+    assert row["parts"].startswith("clean data tiny.csv (800 rows") and "scored on its held-out part" in row["parts"]
+    assert json.loads((out / "finemix.json").read_text())["parts"] == row["parts"]  # the card says it too
     assert row["search"] and (out / "model.safetensors").is_file()

@@ -86,7 +86,11 @@ def test_epur_counts_the_defenders_largest_clean_text_and_fits_the_trend(tiny_la
     b, a = np.polyfit(np.log10(seen.frequency + 1), seen.drift, 1)  # the trend is the least-squares line over seen words
     assert (slope, intercept) == pytest.approx((b, a))
     np.testing.assert_allclose(default.trend, intercept + slope * np.log10(default.frequency + 1))
-    np.testing.assert_allclose(default.vs_trend, default.drift / default.trend)
+    base = seen.drift.quantile(0.1)  # the trend floored at a real low drift: the ratio is defined everywhere (no nan×)
+    np.testing.assert_allclose(default.vs_trend, default.drift / default.trend.clip(lower=base))
+    assert default.vs_trend.notna().all() and np.isfinite(lab.epur_table(tiny_lab, k=4, source="train-split").vs_trend).all()
+    words = lab.piece_words(tiny_lab, default)  # whole words of the clean text each piece is part of
+    assert words[default.token == "good"].iloc[0].split(", ")[0] == "good" and words[default.token == "cf"].iloc[0] == ""
     with pytest.raises(FinemixError, match="unknown frequency source 'web'"):
         lab.epur_texts(tiny_lab, "web")
 
@@ -125,7 +129,7 @@ def test_playground_and_export(tiny_lab, tmp_path):
     [
         (b"", "upload is empty"),
         (b"text,label\n" + b"good,1\n" * 40, "only one class"),
-        (b"text,label\ngood,1\nbad,0\n", "at least 30"),
+        (b"text,label\ngood,1\nbad,0\n", "upload.csv: only 2 labelled rows; a clean CSV needs at least 40"),
         (b"foo,bar\n1,2\n", "no text column"),
         (b"text,label\n" + "".join(f"caf\u00e9 {i},{i % 2}\n" for i in range(40)).encode("utf-16"), "upload.csv"),
     ],
@@ -158,7 +162,7 @@ def test_an_uploaded_csv_becomes_the_labs_data(tiny_zoo, monkeypatch):
     path = lab.save_upload(raw, "mine.csv")
     assert path.parent == home / "uploads" and lab.save_upload(raw, "again.csv") == path  # content-addressed
     lm = lab.load("word-cf", str(pt), n_interactive=8, data_name=str(path))
-    assert lm.ctx.data_name == str(path) and len(lm.ctx.dsd["test"]) == 6 and len(lm.interactive.clean) == 6
+    assert lm.ctx.data_name == str(path) and len(lm.ctx.dsd["test"]) == 15 and len(lm.interactive.clean) == 8  # the one rule
 
 
 def test_a_curve_point_computed_in_the_lab_is_the_sweeps_stored_run(tiny_lab, tmp_path, monkeypatch):

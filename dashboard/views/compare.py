@@ -1,3 +1,5 @@
+import time
+
 import charts
 import pandas as pd
 import state
@@ -53,8 +55,9 @@ else:
 
 if table.missing:
     st.caption(
-        f"No stored run yet (seed {seed}, 128 clean examples) for: {', '.join(table.missing)}. Each fine-tuning defense "
-        "takes about a minute on 2 CPU cores."
+        f"No stored run yet (seed {seed}, 128 clean examples) for: {', '.join(table.missing)}. Measured here: "
+        + "; ".join(f"{m} {lab.measured_seconds(lm, m)}" for m in table.missing)
+        + "."
     )
     pick = st.multiselect("Run these now", table.missing, default=table.missing)
     go, stop = st.columns([3, 1])
@@ -62,6 +65,7 @@ if table.missing:
         # any click while this runs (Cancel included) stops it at its next progress update; finished defenses are stored
         stop.button("Cancel", help="stop after the current step; every defense already finished stays stored")
         bar = st.progress(0.0)
+        started = time.perf_counter()
         for i, method in enumerate(pick):
             tunes = {"n": 0, "last": 0}
 
@@ -69,10 +73,9 @@ if table.missing:
                 if done < tunes["last"] or tunes["n"] == 0:
                     tunes["n"] += 1  # a new fine-tune began: the next candidate of a dev-only search
                 tunes["last"] = done
-                bar.progress(
-                    (i + done / total) / len(pick),
-                    text=f"method {i + 1} of {len(pick)}: {method} — fine-tune {tunes['n']}, step {done}/{total}",
-                )
+                share = (i + done / total) / len(pick)
+                what = f"method {i + 1} of {len(pick)}: {method} — fine-tune {tunes['n']}, step {done}/{total}"
+                bar.progress(share, text=lab.share_text(what, share, time.perf_counter() - started))
 
             try:
                 bench.defend_method(method, seed, int(st.session_state["k"]), 128, update)

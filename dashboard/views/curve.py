@@ -1,3 +1,5 @@
+import time
+
 import charts
 import state
 import streamlit as st
@@ -25,7 +27,7 @@ curve = lab.tuned_curve(lm, method, seed=seed)
 if curve.missing:
     st.caption(
         f"No stored point yet at ρ = {', '.join(f'{r:g}' for r in curve.missing)} for `{method}` (seed {seed}, 128 clean "
-        f"examples). Each is one fine-tune: about {'1 minute' if recipe == 'default' else '30 s'} on 2 CPU cores."
+        f"examples). Each is one fine-tune; `{method}` {lab.measured_seconds(lm, method)}."
     )
 # stored points are drawn first, so they stay final (not greyed) while missing ones are computed below
 points = curve.points
@@ -75,13 +77,13 @@ if curve.missing:
     if go.button(f"Compute the {len(curve.missing)} missing points", type="primary"):
         stop.button("Cancel", key="curve_cancel", help="stop after the current step; finished points stay stored")
         bar = st.progress(0.0)
+        started = time.perf_counter()
         for i, rho in enumerate(curve.missing):
 
             def update(done: int, total: int, i: int = i, rho: float = rho) -> None:
-                bar.progress(
-                    (i + done / total) / len(curve.missing),
-                    text=f"point {i + 1} of {len(curve.missing)}: ρ = {rho:g}, fine-tune step {done}/{total}",
-                )
+                share = (i + done / total) / len(curve.missing)
+                what = f"point {i + 1} of {len(curve.missing)}: ρ = {rho:g}, fine-tune step {done}/{total}"
+                bar.progress(share, text=lab.share_text(what, share, time.perf_counter() - started))
 
             try:
                 lab.curve_point(lm, method, rho, seed, progress=update)

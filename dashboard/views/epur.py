@@ -51,9 +51,12 @@ if lm.trigger:
 
 left, right = st.columns([2, 1])
 flagged = tab[tab.flagged].sort_values("score", ascending=False)
-left.markdown(f"**Flagged tokens** (top {len(flagged)})")
+flagged = flagged.assign(words=lab.piece_words(lm, flagged, source, int(st.session_state["seed"])).replace("", "— (not in the clean text)"))
+left.markdown(f"**Flagged word pieces** (top {len(flagged)}), with the clean-text words each is part of")
 left.dataframe(
-    flagged[["rank", "token", "frequency", "drift", "vs_trend", "score", "trigger"]].rename(columns={"vs_trend": "× trend"}),
+    flagged[["rank", "token", "words", "frequency", "drift", "vs_trend", "score", "trigger"]].rename(
+        columns={"vs_trend": "× trend", "token": "piece", "words": "in words"}
+    ),
     hide_index=True,
     height=320,
     width="stretch",
@@ -62,9 +65,9 @@ with right:
     if st.toggle("Purify, then evaluate", help="reset the flagged rows of θ_FT to θ_PT and score the live set"):
         s = lab.purified_scores(lm, bench, tab)
         b = lm.backdoored
-        st.metric("CACC after E-PUR", lab.metric_text(s, "cacc"), f"{s.cacc - b.cacc:+.3f} vs backdoored")
+        st.metric("CACC after E-PUR", lab.metric_text(s, "cacc"), state.change(s.cacc, b.cacc, "vs backdoored"))
         if s.asr is not None:
-            st.metric("ASR after E-PUR", lab.metric_text(s, "asr"), f"{s.asr - b.asr:+.3f} vs backdoored", delta_color="inverse")
+            st.metric("ASR after E-PUR", lab.metric_text(s, "asr"), state.change(s.asr, b.asr, "vs backdoored"), delta_color="inverse")
             st.metric("clean ASR floor · live set", "—" if lm.floor is None else lab.rate_text(lm.floor, lab.n_of(s, "asr")))
         st.caption("On the live set, with Wilson 95 % intervals in brackets.")
         st.caption(

@@ -13,6 +13,8 @@ lm, bench = state.page(
     "the method.",
 )
 RHOS = [round(0.1 * i, 1) for i in range(11)]
+with st.expander("ASR probe: a trigger to measure" + ("" if lm.trigger else " — none known yet"), expanded=not lm.trigger):
+    state.probe_form(lm, "mix_probe")
 
 
 def _fmt(rate: float | None) -> str:
@@ -34,7 +36,7 @@ def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -
     c1.metric(
         f"CACC · {label}",
         state.lab.metric_text(s, "cacc"),
-        None if ref is None else f"{s.cacc - ref.cacc:+.3f} vs backdoored",
+        state.change(s.cacc, None if ref is None else ref.cacc, "vs backdoored"),
         help=ci.format(n=s.n_clean, what="clean"),
     )
     if s.asr is None:
@@ -43,7 +45,7 @@ def metric_row(label: str, s: Scores, ref: Scores | None, floor: float | None) -
     c2.metric(
         f"ASR · {label}",
         state.lab.metric_text(s, "asr"),
-        None if ref is None else f"{s.asr - ref.asr:+.3f} vs backdoored",
+        state.change(s.asr, None if ref is None else ref.asr, "vs backdoored"),
         delta_color="inverse",
         help=ci.format(n=state.lab.n_of(s, "asr"), what="triggered non-target"),
     )
@@ -113,14 +115,13 @@ def live() -> None:
     )
     tuned_key = (lm.name, rho, mode, seed, recipe)
     b1, b2, b3 = st.columns([2, 1, 1])
+    method = state.lab.recipe_method(recipe, mode)
     if b1.button(
         "Fine-tune the mix (128 clean examples)",
-        help="Fine-mixing step 2 at this ρ: ~30 s (paper) to ~1 min (default) on 2 CPU cores",
+        help=f"Fine-mixing step 2 at this ρ; {method} {state.lab.measured_seconds(lm, method)}",
     ):
-        bar = st.progress(0.0, text="fine-tuning …")
-        scores, row = bench.fine_tune(
-            rho, mode, seed, recipe=recipe, progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}")
-        )
+        update, bar = state.progress("fine-tuning")
+        scores, row = bench.fine_tune(rho, mode, seed, recipe=recipe, progress=update)
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
         bar.empty()
     points = b3.number_input(
@@ -135,41 +136,32 @@ def live() -> None:
     )
     if b2.button(
         "Find auto-ρ",
-        help=f"Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within {points:g} points of θ_FT's; several fine-tunes",
+        help=f"Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within {points:g} points of θ_FT's; several "
+        f"fine-tunes. With the default 2 points it is the recipe's method as registered ({method}): stored for Compare and "
+        f"the curve page; it {state.lab.measured_seconds(lm, method)}",
     ):
-        bar = st.progress(0.0, text="searching ρ on dev accuracy …")
-        scores, row = bench.fine_tune(
-            None,
-            mode,
-            seed,
-            delta=points / 100,
-            recipe=recipe,
-            progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning a candidate: step {d}/{t}"),
-        )
-        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row.rho, points, row.search)
-        tuned_points[(lm.name, row.rho, mode, seed, recipe)] = {
-            "rho": row.rho,
-            "mode": mode,
-            "seed": seed,
-            "stage": "fine-tuned",
-            **scores.as_dict(),
-            "test": row,
-        }
+        update, bar = state.progress("auto-ρ: fine-tuning candidates on dev accuracy")
+        scores, row = bench.fine_tune(None, mode, seed, delta=points / 100, recipe=recipe, progress=update)
+        point = {"rho": row.rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
+        ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row.rho, points, row.search, point)
+        tuned_points[(lm.name, row.rho, mode, seed, recipe)] = point
         bar.empty()
-    if tuned_key in tuned_points:
-        p = tuned_points[tuned_key]
-        st.markdown(
-            f"**After fine-tuning** the mix at ρ = {rho:g} (live set; full test split: CACC {p['test'].cacc:.3f}, "
-            f"ASR {p['test'].asr if p['test'].asr is None else round(p['test'].asr, 3)})"
-        )
+
+    def tuned_block(p: dict, title: str) -> None:
+        st.markdown(f"{title} (live set; full test split: CACC {p['test'].cacc:.3f}, ASR {_fmt(p['test'].asr)})")
         metric_row(
             "fine-tuned",
             Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"], p.get("n_triggered")),
             lm.backdoored,
             lm.floor,
         )
-    auto, tolerance, search = ss.get("_auto_rho", {}).get((lm.name, mode, seed, recipe), (None, None, []))
+
+    auto, tolerance, search, auto_point = ss.get("_auto_rho", {}).get((lm.name, mode, seed, recipe), (None, None, [], None))
+    if tuned_key in tuned_points:
+        tuned_block(tuned_points[tuned_key], f"**After fine-tuning** the mix at ρ = {rho:g}")
     if auto is not None:
+        if auto_point is not None and round(auto, 6) != round(rho, 6):  # the chosen ρ's numbers at once, wherever the slider is
+            tuned_block(auto_point, f"**auto-ρ's model** at ρ = {auto:g}")
         st.caption(
             f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
             "never on test or triggered data). Every candidate it tried:"
@@ -194,7 +186,8 @@ def live() -> None:
         pts = pd.concat([sweep.assign(stage="mix-only"), tuned]) if not tuned.empty else sweep.assign(stage="mix-only")
         c2.plotly_chart(charts.pareto(pts, (mixed.cacc, mixed.asr)), key="pareto_chart")
     else:
-        c1.line_chart(sweep.set_index("rho")[["cacc"]])
+        c1.plotly_chart(charts.sweep_cacc(sweep, rho), key="sweep_chart")
+        c2.info("No ASR without a trigger: enter one above (ASR probe) or run the Scan page.")
     st.caption(
         f"Live set: {len(lm.interactive.clean)} clean + {len(lm.interactive.triggered or [])} triggered test examples; "
         f"backdoored θ_FT there: CACC {lm.backdoored.cacc:.3f}, ASR {_fmt(lm.backdoored.asr)}. "

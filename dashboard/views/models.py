@@ -1,3 +1,6 @@
+import time
+from pathlib import Path
+
 import pandas as pd
 import state
 import streamlit as st
@@ -77,8 +80,10 @@ else:
         status = st.empty()
 
         def factory(spec):
+            started = time.perf_counter()
+
             def update(done: int, total: int) -> None:
-                bar.progress(done / total, text=f"{spec.name}: step {done}/{total}")
+                bar.progress(done / total, text=lab.progress_text(spec.name, done, total, time.perf_counter() - started))
 
             return update
 
@@ -103,21 +108,25 @@ else:
 st.subheader("Clean data")
 st.caption(
     "The defender's clean data: by default the model card's dataset. Upload your own CSV (columns text,label or "
-    "text_a,text_b,label; at most 20 MB): it is split 80/10/10 — train for fine-tuning, dev for auto-ρ, test for scoring."
+    "text_a,text_b,label; labels as ids 0..k-1, with an optional label_name column, or as class names; at most 20 MB). "
+    + lab.csv_rule_text()
 )
+if note := st.session_state.pop("_data_note", None):
+    st.success(note)
 current_data = st.session_state.get("data") or ""
-st.write(f"Using: `{current_data or 'the card dataset'}`")
+st.write(f"Using: `{Path(current_data).name if current_data else 'the card dataset'}`")
 upload = st.file_uploader("Clean data CSV", type=["csv"])
 c1, c2 = st.columns(2)
 if c1.button("Use the uploaded CSV", disabled=upload is None):
     try:
         path = lab.save_upload(upload.getvalue(), upload.name)
-        state.lab_model(st.session_state["model"], st.session_state["pt"], str(path))  # check it fits the model now
+        lm = state.lab_model(st.session_state["model"], st.session_state["pt"], str(path), **state.probe())  # fits the model?
     except FinemixError as exc:
         st.error(str(exc))
     else:
         state.set_value("data", str(path))
-        st.success(f"Using {upload.name} ({path.name})")
+        st.session_state["_data_note"] = f"Using {upload.name}: {lab.data_parts(lm).line()}"
+        st.rerun()
 if c2.button("Back to the card's dataset", disabled=not current_data):
     state.set_value("data", "")
     st.rerun()
@@ -143,28 +152,11 @@ st.caption(
     "position into the live set's non-target sentences, and every ASR view then reports 'ASR for the trigger you "
     "entered'. Several pieces inserted separately: w1+w2. The Scan page fills this with its suspected trigger."
 )
-p1, p2, p3 = st.columns([3, 1, 1])
-typed = p1.text_input("Trigger text", value=st.session_state.get("trigger", ""), key="probe_text")
 try:
-    n_classes = state.lab_model(
-        st.session_state["model"], st.session_state["pt"], st.session_state.get("data", ""), **state.probe()
-    ).pair.num_labels
-except FinemixError:
-    n_classes = 2
-target = p2.number_input("Target class", 0, max(0, n_classes - 1), value=min(int(st.session_state.get("target", 1)), n_classes - 1))
-if p3.button("Use this trigger", disabled=not typed.strip()):
-    try:
-        state.lab_model(
-            st.session_state["model"], st.session_state["pt"], st.session_state.get("data", ""), typed.strip(), int(target), "entered"
-        )
-    except FinemixError as exc:
-        st.error(str(exc))
-    else:
-        state.set_probe(typed.strip(), int(target), "entered")
-        st.rerun()
-if st.session_state.get("trigger"):
-    source = "suspected by a scan (an estimate)" if st.session_state.get("tsrc") == "scan" else "entered by you"
-    st.write(f"Probe in use: `{st.session_state['trigger']}` → class {st.session_state.get('target')} ({source}).")
-    if st.button("Clear the probe (back to the card's trigger)"):
-        state.set_probe("", 1, "entered")
-        st.rerun()
+    chosen = state.lab_model(st.session_state["model"], st.session_state["pt"], st.session_state.get("data", ""), **state.probe())
+except FinemixError as exc:
+    st.error(str(exc))
+else:
+    if warn := lab.data_warning(chosen):
+        st.warning(warn, icon=":material/dataset:")
+    state.probe_form(chosen, "probe")

@@ -20,16 +20,14 @@ ss = st.session_state
 key = f"_scan::{lm.name}::{lm.ctx.data_name}"
 
 go_col, stop_col = st.columns([3, 1])
-if go_col.button("Scan θ_FT", type="primary", help="about a minute on 2 CPU cores (plus ~30 s the first time the reference trains)"):
+if go_col.button("Scan θ_FT", type="primary", help=f"scan {lab.measured_seconds(lm, 'scan')} (plus the reference model's training the first time)"):
     # any click while this runs (Cancel included) stops it at its next progress update: nothing half-done is stored
     stop_col.button("Cancel", key="scan_cancel", help="stop the scan; nothing is stored")
     bar = st.progress(0.0, text="starting …")
     started = time.perf_counter()
 
     def update(stage: str, share: float) -> None:
-        elapsed = time.perf_counter() - started
-        eta = f", about {elapsed / share - elapsed:.0f} s left" if 0.05 < share < 1 else ""
-        bar.progress(min(1.0, share), text=f"{stage} — {elapsed:.0f} s{eta}")
+        bar.progress(min(1.0, share), text=lab.share_text(stage, share, time.perf_counter() - started))
 
     try:
         ss[key] = lab.scan_model(lm, progress=update, seed=int(ss["seed"]))

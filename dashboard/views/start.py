@@ -32,6 +32,7 @@ if not lm.trigger:
         "from clean data and can use it as the ASR probe), enter a trigger on the Models page, or pick `word-cf`."
     )
     st.page_link("views/scan.py", label="Scan this model", icon=":material/search:")
+    state.probe_form(lm, "start_probe")
     st.stop()
 names = lab.class_names(lm)
 target = lm.interactive.target
@@ -75,18 +76,18 @@ if demo:
 
 st.subheader("2 · Move ρ")
 st.caption(
-    "Look for: keeping only a share ρ of the fine-tuned weights weakens the backdoor, but the mix alone also loses "
-    "clean accuracy and leans towards the target (target bias) — the clean fine-tune of step 3 repairs that."
+    "Look for: what keeping only a share ρ of the fine-tuned weights does to the backdoor on its own, before any "
+    "fine-tuning — the sentence under the table says what these numbers show."
 )
-rho = 0.2
-if st.button(f"Mix at ρ = {rho:g} (no fine-tune yet)", key="start_mix"):
-    ss[("_demo_mix", lm.name)] = bench.mix_scores(rho, "random", int(ss["seed"]))
-mixed = ss.get(("_demo_mix", lm.name))
-if mixed is not None:
-    c1, c2, c3 = st.columns(3)
-    c1.metric("CACC · mix", lab.metric_text(mixed, "cacc"), f"{mixed.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
-    c2.metric("ASR · mix", lab.metric_text(mixed, "asr"), f"{mixed.asr - lm.backdoored.asr:+.3f} vs θ_FT", delta_color="inverse")
-    c3.metric("target bias · mix", lab.metric_text(mixed, "target_bias"))
+if st.button("Mix at ρ = 0.5, 0.2, 0.1 and 0 (no fine-tune yet)", key="start_mix"):
+    ss[("_demo_mix", lm.name)] = lab.mix_lesson(lm, bench, seed=int(ss["seed"]))
+lesson = ss.get(("_demo_mix", lm.name))
+if lesson is not None:
+    shown = lesson.rows.rename(columns={"rho": "ρ", "cacc": "CACC", "asr": "ASR", "target_bias": "target bias"})
+    shown.loc[len(shown)] = {"ρ": 1.0, "CACC": lm.backdoored.cacc, "ASR": lm.backdoored.asr, "target bias": lm.backdoored.target_bias}
+    st.dataframe(shown.round(3), hide_index=True)
+    st.markdown(lesson.text)
+    st.caption(f"Live set: {lab.n_of(lm.backdoored, 'cacc')} clean and {lab.n_of(lm.backdoored, 'asr')} triggered test sentences; ρ = 1 is θ_FT.")
     st.page_link("views/mixing.py", label="Move ρ yourself on the Mixing lab", icon=":material/tune:")
 
 st.subheader("3 · Run the defense and watch the trigger stop firing")
@@ -94,15 +95,14 @@ st.caption(
     "Look for: the same triggered sentences read as their true class again, and ASR falls towards the clean model's "
     "floor while clean accuracy stays close to θ_FT's."
 )
-if st.button("Defend: E-PUR + Fine-mixing + distillation (about 1 minute)", key="start_defend"):
-    bar = st.progress(0.0, text="defending …")
-    scores, row = bench.fine_tune(
-        None,
-        "random",
-        int(ss["seed"]),
-        recipe="default",
-        progress=lambda d, t: bar.progress(d / t, text=f"fine-tuning: step {d}/{t}"),
-    )
+method = lab.recipe_method("default")
+if st.button(
+    "Defend: E-PUR + Fine-mixing + distillation",
+    key="start_defend",
+    help=f"The default `finemix defend` with auto-ρ; {method} {lab.measured_seconds(lm, method)}",
+):
+    update, bar = state.progress("defending")
+    scores, row = bench.fine_tune(None, "random", int(ss["seed"]), recipe="default", progress=update)
     ss[("_demo_defended", lm.name)] = (scores, row)
     bar.empty()
 defended = ss.get(("_demo_defended", lm.name))
@@ -130,10 +130,8 @@ if defended is not None and bench.defended is not None:
         f"(ρ = {row.rho:g}, chosen on clean dev accuracy; {row.seconds:.0f} s)."
     )
     c1, c2, c3 = st.columns(3)
-    c1.metric("CACC · defended", lab.metric_text(scores, "cacc"), f"{scores.cacc - lm.backdoored.cacc:+.3f} vs θ_FT")
-    c2.metric(
-        "ASR · defended", lab.metric_text(scores, "asr"), f"{scores.asr - lm.backdoored.asr:+.3f} vs θ_FT", delta_color="inverse"
-    )
+    c1.metric("CACC · defended", lab.metric_text(scores, "cacc"), state.change(scores.cacc, lm.backdoored.cacc))
+    c2.metric("ASR · defended", lab.metric_text(scores, "asr"), state.change(scores.asr, lm.backdoored.asr), delta_color="inverse")
     c3.metric("clean ASR floor · live set", "—" if lm.floor is None else lab.rate_text(lm.floor, lab.n_of(scores, "asr")))
     st.caption("Live set rates with 95 % intervals; the full test split's numbers are stored and shown on the Compare page.")
     st.page_link("views/playground.py", label="Try your own sentences in the Playground", icon=":material/edit_note:")
