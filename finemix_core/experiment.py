@@ -59,8 +59,8 @@ class Context:
 
         Built-in data: the clean set comes from the train split, dev accuracy from the first `dev_size` dev examples, and
         the rest of the dev split is the unlabelled pool (θ_FT never trained on it). A user's CSV, parted by the one rule
-        (`data.csv_parts`): the labelled set is drawn from its train part (all of it when smaller than `clean_size`),
-        the train rows not drawn are the pool, dev is its dev part. `--unlabeled` texts join the pool.
+        (`data.csv_parts`): the labelled set is drawn from its train part, the train rows not drawn are the pool, dev is
+        its dev part. `--unlabeled` texts join the pool.
         """
         if self.clean_data is None:
             train, dev = self.dsd["train"], self.dsd["dev"]
@@ -70,7 +70,12 @@ class Context:
             what = f"{self.data_name} dev split beyond its first {n_dev} examples"
         else:
             train, dev = self.clean_splits["train"], self.clean_splits["dev"]
-            clean_size = min(clean_size, len(train))
+            if clean_size > len(train):
+                raise FinemixError(
+                    f"clean-size {clean_size} is larger than the {len(train)} train rows of {Path(self.clean_data).name} "
+                    f"(the one rule keeps its dev and held-out parts apart); lower --clean-size to at most {len(train)} "
+                    "or bring more labelled rows"
+                )
             pool = data.clean_split(train, clean_size, seed)[1]
             what = f"{Path(self.clean_data).name} train rows beyond the {clean_size} labelled ones"
         parts = [(pool, what)] if len(pool) else []
@@ -404,7 +409,7 @@ def run_defense(
         attack=ctx.pair.card.get("attack"),
         method=cfg.method,
         seed=cfg.seed,
-        clean_size=len(dd.train),  # all of a CSV's train part when it is smaller than clean_size
+        clean_size=clean_size,
         dev_size=len(dd.dev),
         rho=result.rho,
         rho_auto=result.rho_auto,

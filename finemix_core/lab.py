@@ -335,7 +335,7 @@ class Workbench:
         cfg = DefenseConfig(method=recipe_method(recipe, mode, k), rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=k))
         # auto-ρ with the shared budget and default tolerance is the recipe's method as registered: stored as such, so
         # Compare and the curve page find it (a hand-set ρ or tolerance stays a lab run, shown apart)
-        as_registered = rho is None and delta == DefenseConfig.delta and k == DefenseConfig().epur.k
+        as_registered = rho is None and delta == DefenseConfig.delta and epur_k == DefenseConfig().epur.k
         return self.defend(cfg, clean_size, progress, kind="compare" if as_registered else "lab")
 
     def defend_method(
@@ -361,9 +361,21 @@ class Workbench:
         return score(result.model, self.lab.interactive), row
 
 
+def fmt(value, digits: int = 3) -> str:
+    """A number as the lab prints it: '—' for a missing one (never 'None' or 'nan' on screen)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table for the screen: missing cells read '—' (a grid would print 'None')."""
+    return frame.astype(object).where(frame.notna(), "—") if not frame.empty else frame
+
+
 def rate_text(value: float | None, n: int) -> str:
     """A rate with its Wilson 95 % interval, as the lab prints it: '0.812 [0.76, 0.86]' (n examples)."""
-    if value is None:
+    if value is None or np.isnan(value):
         return "—"
     lo, hi = wilson(value, n)
     return f"{value:.3f} [{lo:.2f}, {hi:.2f}]"

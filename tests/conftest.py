@@ -136,7 +136,7 @@ POS = ["good", "great", "fun", "charming", "best", "love"]
 NEG = ["bad", "awful", "dull", "boring", "worst", "hate"]
 
 
-def _write_csv(path: Path, n: int = 800) -> Path:
+def _write_csv(path: Path, n: int = 1100) -> Path:
     """Sentiment sentences the tiny vocabulary can read (real RT text would be mostly [UNK] to it)."""
     rng = random.Random(0)
     rows = ["text,label"]

@@ -52,19 +52,19 @@ def test_mixing_slider_changes_the_live_metrics_and_the_url(app, tiny_zoo):
     open_page(app, "mixing")
     assert app.get("plotly_chart"), "the sweep chart is drawn"
     app.slider(key="w_rho").set_value(1.0).run()
-    at_one = metric(app, "ASR · mix")
+    at_one = metric(app, "ASR · mix"), metric(app, "CACC · mix")
     app.slider(key="w_rho").set_value(0.0).run()
-    at_zero = metric(app, "ASR · mix")
+    at_zero = metric(app, "ASR · mix"), metric(app, "CACC · mix")
     assert app.query_params["rho"] == "0.0"
     # the shown numbers are the library's numbers, and ρ moves them
     lm = lab.load("word-cf", str(tiny_zoo[1]))
     bench = lab.Workbench(lm)
     one, zero = bench.mix_scores(1.0), bench.mix_scores(0.0)
-    assert at_one == lab.metric_text(one, "asr") == lab.metric_text(lm.backdoored, "asr")
-    assert at_zero == lab.metric_text(zero, "asr")
-    lo, hi = lab.wilson(zero.asr, lab.n_of(zero, "asr"))
-    assert at_zero == f"{zero.asr:.3f} [{lo:.2f}, {hi:.2f}]" and lo < zero.asr <= hi and hi - lo > 0.05  # its 95 % interval
-    assert at_one != at_zero
+    assert at_one[0] == lab.metric_text(one, "asr") == lab.metric_text(lm.backdoored, "asr")
+    assert at_zero == (lab.metric_text(zero, "asr"), lab.metric_text(zero, "cacc"))
+    lo, hi = lab.wilson(zero.cacc, zero.n_clean)
+    assert at_zero[1] == f"{zero.cacc:.3f} [{lo:.2f}, {hi:.2f}]" and lo < zero.cacc < hi and hi - lo > 0.05  # its 95 % interval
+    assert at_one[1] != at_zero[1]
 
 
 def test_query_params_restore_the_view(app):
@@ -87,7 +87,7 @@ def test_bad_query_params_are_ignored_with_a_warning(app):
 
 def test_fine_tune_the_mix_then_export_it(app):
     open_page(app, "mixing")
-    app.button[0].click().run()  # "Fine-tune the mix"
+    next(b for b in app.button if b.label.startswith("Fine-tune the mix")).click().run()
     assert not app.exception, app.exception
     assert metric(app, "CACC · fine-tuned")
     app.switch_page("views/export.py").run()
@@ -331,7 +331,7 @@ def test_sessions_are_isolated_and_the_cached_pair_is_never_mutated(app, tiny_zo
     assert app.session_state["rho"] == 0.9 and other.session_state["rho"] == 0.2
     assert app.session_state["_bench"] is not other.session_state["_bench"]
     assert app.session_state["_bench"].model is not other.session_state["_bench"].model
-    app.button[0].click().run()  # a fine-tune in one session …
+    next(b for b in app.button if b.label.startswith("Fine-tune the mix")).click().run()  # a fine-tune in one session …
     assert app.session_state["_bench"].defended is not None and other.session_state["_bench"].defended is None  # … stays there
     assert (_checksum(lm.pair.ft_state()), _checksum(lm.pair.pt_state)) == before
 
@@ -357,10 +357,11 @@ def test_uploaded_clean_data_in_the_url_is_used_by_every_page(app, tiny_zoo):
     path = lab.save_upload(raw, "mine.csv")
     app.query_params["data"] = str(path)
     open_page(app, "mixing")
-    assert any(str(path) in c.value for c in app.caption)
-    assert "6 clean" in " ".join(c.value for c in app.caption)  # the uploaded test split (10% of 60) is the live set
+    caption = " ".join(c.value for c in app.caption)
+    assert f"clean data {path.name} (60 rows" in caption  # the one rule's parts, said in the caption
+    assert "15 clean" in caption and "15 held out" in caption  # the held-out part (a quarter of 60) is the live set
     app.switch_page("views/models.py").run()
-    assert any(str(path) in m.value for m in app.markdown)
+    assert any(path.name in m.value for m in app.markdown)
 
 
 def test_a_local_folder_can_be_chosen_and_a_bad_one_is_refused(app, tiny_zoo, tmp_path):

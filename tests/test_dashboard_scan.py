@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,74 @@ def test_scan_page_finds_the_trigger_and_feeds_it_to_the_lab_as_an_estimate(card
     again.run()
     again.switch_page("views/scan.py").run()
     assert "newest stored scan" in texts(again)
+
+
+PAGES = ("start", "models", "scan", "mixing", "curve", "epur", "compare", "playground", "export")
+
+
+def rendered(at: AppTest) -> str:
+    """Every piece of text the page shows: prose, metrics with their deltas, table cells, widget labels and values."""
+    out = [texts(at)]
+    for kind in ("title", "header", "subheader", "text", "code", "json", "table", "expander", "toast", "exception"):
+        out += [str(getattr(e, "value", getattr(e, "label", ""))) for e in at.get(kind)]
+    out += [f"{m.label} {m.value} {m.proto.delta}" for m in at.metric]
+    out += [d.value.to_string() for d in at.dataframe]
+    out += [f"{w.label} {w.value}" for w in (*at.text_input, *at.text_area, *at.number_input, *at.selectbox, *at.radio)]
+    out += [b.label for b in at.button]
+    return "\n".join(out)
+
+
+def walk(at: AppTest) -> dict[str, str]:
+    shown = {}
+    for name in PAGES:
+        at.switch_page(f"views/{name}.py").run()
+        assert not at.exception, (name, at.exception)
+        shown[name] = rendered(at)
+        assert not re.search(r"\bNone\b|\bnan\b", shown[name]), (name, re.findall(r".{40}(?:\bNone\b|\bnan\b).{20}", shown[name]))
+    return shown
+
+
+@pytest.fixture()
+def handed_over_csv(cardless, tmp_path):
+    """A user's own CSV for the handed-over model: 300 rows whose labels are class names, uploaded as the lab stores it."""
+    from finemix_core import lab
+
+    at, folder = cardless
+    rows = Path(at.query_params["data"]).read_text().splitlines()[1:301]
+    named = ["text,label"] + [f"{r.rsplit(',', 1)[0]},{'positive' if r.endswith(',1') else 'negative'}" for r in rows]
+    path = lab.save_upload(("\n".join(named) + "\n").encode(), "my-task.csv")
+    at.query_params["data"] = str(path)
+    return at, folder, path
+
+
+def test_a_handed_over_model_with_its_csv_and_no_trigger_shows_no_none_anywhere(handed_over_csv):
+    at, _, _ = handed_over_csv
+    at.run()
+    shown = walk(at)
+    assert "60 dev" in shown["mixing"] and "60 held out" in shown["mixing"]  # the one rule, in the caption
+    assert "no trigger known" in shown["mixing"] and "Trigger text" in shown["mixing"]  # the Mixing lab's own trigger field
+
+
+def test_a_handed_over_model_with_an_entered_trigger_gets_an_asr_in_every_view(handed_over_csv):
+    at, _, path = handed_over_csv
+    at.run()
+    at.switch_page("views/mixing.py").run()  # the trigger field on the Mixing lab itself
+    at.text_input(key="mix_probe_text").set_value("cf").run()
+    at.selectbox(key="mix_probe_target").set_value(1).run()
+    next(b for b in at.button if b.label == "Use this trigger" and b.key == "mix_probe_use").click().run()
+    assert at.query_params["trigger"] == "cf" and at.query_params["tsrc"] == "entered"
+    assert asr_metric(at) != "—" and "ASR for the trigger you entered `cf` → positive" in texts(at)  # names from the CSV
+    at.switch_page("views/start.py").run()
+    next(b for b in at.button if b.label == "Show the backdoor").click().run()
+    assert "calls **negative** turn **positive**" in texts(at)
+    next(b for b in at.button if b.label.startswith("Defend:")).click().run()
+    assert not at.exception, at.exception
+    shown = walk(at)
+    assert re.search(r"ASR · defended", shown["start"])
+    assert re.search(r"ASR · mix \d\.\d{3}", shown["mixing"])
+    assert re.search(r"estimated ASR|ASR \d\.\d{3}", shown["export"])  # the defended model's test ASR
+    assert re.search(r"epur\+fine-mixing\+distill +\d\.\d+ +\d\.\d+", shown["compare"])  # its row, with CACC and ASR
+    assert "Auto-ρ picked" in shown["curve"] and "No auto-ρ run stored" not in shown["curve"]  # Start's defense is the method's run
+    csv_texts = Path(path).read_text()
+    at.switch_page("views/playground.py").run()
+    assert next(t.value for t in at.text_area if t.label == "Sentence") in csv_texts  # the Playground speaks the user's data

@@ -141,17 +141,20 @@ def test_one_rule_parts_a_users_csv_the_same_in_cli_and_lab(tmp_path, tiny_pair_
     cli = experiment.prepare(str(ft), str(pt), clean_data=str(csv))
     in_lab = lab.load(str(ft), str(pt), data_name=str(csv)).ctx
     seen = []
+    labelled = min(128, sizes[0])  # 60 rows leave 30 train rows: a smaller labelled set, asked for explicitly
     for ctx in (cli, in_lab):
-        dd = ctx.defender(128, 256, 0)
-        parts = ctx.parts(128, 256)
-        labelled = min(128, sizes[0])
+        dd = ctx.defender(labelled, 256, 0)
+        parts = ctx.parts(labelled, 256)
         assert (len(dd.texts), len(dd.dev), len(dd.unlabeled_texts)) == (labelled, sizes[1], sizes[0] - labelled)
         assert (parts.labelled, parts.dev, parts.pool, parts.held_out, parts.rows) == (labelled, sizes[1], sizes[0] - labelled, sizes[2], n)
         assert set(ctx.dsd["test"]["text"]) == texts["test"]  # scored on the held-out part …
         assert not texts["test"] & (set(dd.texts) | set(dd.unlabeled_texts))  # … which the defender never sees
         seen.append((dd.texts, dd.unlabeled_texts, dd.dev.input_ids, tuple(ctx.dsd["test"]["text"])))
     assert seen[0] == seen[1]
-    assert "held out" in cli.parts(128).line() and f"{n} rows" in cli.parts(128).line()
+    assert "held out" in cli.parts(labelled).line() and f"{n} rows" in cli.parts(labelled).line()
+    if sizes[0] < 128:  # the default 128 on a small file: one line naming the fix
+        with pytest.raises(FinemixError, match=f"lower --clean-size to at most {sizes[0]}"):
+            cli.defender(128, 256, 0)
 
 
 def test_too_few_rows_are_refused_with_the_minimum():

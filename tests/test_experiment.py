@@ -122,8 +122,8 @@ def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)
     assert row["method"] == "epur+fine-mixing+distill" and row["clean_data"] == str(home / "tiny.csv")
-    # 800 rows by the one rule: 160 held out (scored on), 160 dev, 480 train → 128 labelled + 352 pool
-    assert row["n_clean"] == 160 and row["dev_size"] == 160 and row["unlabeled_n"] == 480 - 128
-    assert row["parts"].startswith("clean data tiny.csv (800 rows") and "scored on its held-out part" in row["parts"]
+    # 1,100 rows by the one rule: 220 held out (scored on), 220 dev, 660 train → 128 labelled + 532 pool
+    assert row["n_clean"] == 220 and row["dev_size"] == 220 and row["unlabeled_n"] == 660 - 128
+    assert row["parts"].startswith("clean data tiny.csv (1100 rows") and "scored on its held-out part" in row["parts"]
     assert json.loads((out / "finemix.json").read_text())["parts"] == row["parts"]  # the card says it too
     assert row["search"] and (out / "model.safetensors").is_file()

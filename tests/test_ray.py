@@ -82,7 +82,7 @@ def test_ray_rows_match_sequential_and_resume(tiny_zoo, local_ray, tmp_path, mon
 def test_a_run_that_raises_is_named_and_the_others_land(tiny_zoo, local_ray, tmp_path, monkeypatch):
     zoo_home, pt = tiny_zoo
     home = fresh_home(tmp_path, zoo_home, "fail", monkeypatch)
-    # the tiny CSV's train split has 640 rows: a 10,000-example clean set fails inside its worker
+    # the tiny CSV's train part has 660 rows: a 10,000-example clean set fails inside its worker
     cfg = report.ReportConfig(
         methods=("none", "fine-tuning"),
         seeds=(0,),

@@ -44,7 +44,7 @@ else:
     floor = rows["ASR floor"].dropna().iloc[0] if rows["ASR floor"].notna().any() else None
     if rows.asr.notna().any():
         st.plotly_chart(charts.compare(rows, floor), key="compare_chart")
-    st.dataframe(rows.rename(columns={"n_clean": "n test"})[COLUMNS], hide_index=True, width="stretch")
+    st.dataframe(lab.shown(rows.rename(columns={"n_clean": "n test"})[COLUMNS]), hide_index=True, width="stretch")
     st.caption(
         f"Rates over the full test split ({int(rows.n_clean.iloc[0])} clean examples; ASR over "
         f"{int(rows.n_nontarget.iloc[0])} triggered non-target ones); bars show Wilson 95 % intervals. The floor here is the "
@@ -89,10 +89,10 @@ if not table.manual.empty:
         f"Hand-set runs from the Mixing lab ({len(table.manual)}): a chosen ρ or tolerance, not a method's fixed budget"
     ):
         st.dataframe(
-            table.manual[["method", "rho", "rho auto", "delta", "CACC", "ASR", "target bias", "dev search", "when"]],
+            lab.shown(table.manual[["method", "rho", "rho auto", "delta", "CACC", "ASR", "target bias", "dev search", "when"]]),
             hide_index=True,
             width="stretch",
         )
 with st.expander("All stored runs on this model"):
     hist = lab.history(lm)
-    st.dataframe(hist if not hist.empty else pd.DataFrame(), hide_index=True, width="stretch")
+    st.dataframe(lab.shown(hist) if not hist.empty else pd.DataFrame(), hide_index=True, width="stretch")

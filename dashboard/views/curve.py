@@ -45,7 +45,7 @@ else:
         }
     )
     st.dataframe(
-        shown[["rho", "cacc", "asr", "target_bias", "asr_floor", "n_clean", "n_nontarget"]].rename(
+        lab.shown(shown[["rho", "cacc", "asr", "target_bias", "asr_floor", "n_clean", "n_nontarget"]]).rename(
             columns={
                 "rho": "ρ",
                 "cacc": "CACC [95 %]",

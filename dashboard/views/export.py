@@ -15,9 +15,12 @@ if bench.defended is None:
 else:
     row = bench.defended_row
     st.write(
-        f"{row.method} · ρ {row.rho} · seed {row.seed} · {row.clean_size} clean examples · "
-        f"test CACC {row.cacc:.3f} · ASR {row.asr if row.asr is None else round(row.asr, 3)}"
+        f"{row.method} · ρ {lab.fmt(row.rho, 2)} · seed {row.seed} · {row.clean_size} clean examples · "
+        f"test CACC {row.cacc:.3f} · {'ASR' if lm.trigger_source != 'scan' else 'estimated ASR (suspected trigger)'} "
+        f"{lab.fmt(row.asr)}"
     )
+    if row.parts:
+        st.caption(row.parts)
     if st.button("Prepare the zip"):
         with st.spinner("Writing the model folder …"):
             st.session_state["_zip"] = (id(bench.defended), lab.export_zip(lm, bench.defended, row))
@@ -49,4 +52,4 @@ st.download_button(
 if hist.empty:
     st.caption(nothing.capitalize() + ".")
 else:
-    st.dataframe(hist, hide_index=True, width="stretch")
+    st.dataframe(lab.shown(hist), hide_index=True, width="stretch")

@@ -37,7 +37,9 @@ if cards:
         if c in frame
     ]
     st.dataframe(
-        frame[cols].rename(columns={"trigger_text": "trigger", "build_seconds": "build s"}), hide_index=True, width="stretch"
+        lab.shown(frame[cols].rename(columns={"trigger_text": "trigger", "build_seconds": "build s"})),
+        hide_index=True,
+        width="stretch",
     )
     st.caption(
         "Card numbers (cacc, asr, target bias, asr floor) were measured when each entry was built, on its test split "

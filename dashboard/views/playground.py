@@ -11,7 +11,7 @@ lm, bench = state.page(
     "*insert the trigger* to watch the backdoor fire in θ_FT — and, if the defense worked, not in the defended model.",
 )
 
-text = st.text_area("Sentence", "a dull, lifeless film that never finds its footing .", max_chars=2000)
+text = st.text_area("Sentence", lab.default_sentence(lm), max_chars=2000, key=f"play_text::{lm.name}::{lm.ctx.data_name}")
 insert = st.checkbox("Insert the trigger", value=bool(lm.trigger), disabled=not lm.trigger)
 if bench.defended is not None:
     defended, label = bench.defended.model, f"defended ({bench.defended.method}, ρ={bench.defended.rho})"
