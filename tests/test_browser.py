@@ -176,19 +176,46 @@ def test_live_lab_in_a_real_browser(server, tmp_path):
         shutil.copy(shot, assets / shot.name)
 
 
-def test_a_model_without_a_card_gets_an_asr_from_the_scan(server, quick_word_backdoor, tmp_path):
-    """A model folder someone handed over (no card: nothing says `cf`): the Scan page suspects a trigger from clean data,
-    'use as the ASR probe' turns on the Mixing lab's ASR, labelled as the scan's estimate."""
+def test_a_model_without_a_card_gets_an_asr_from_its_csv_and_a_trigger_or_the_scan(server, quick_word_backdoor, tmp_path):
+    """A model folder someone handed over (no card: nothing says `cf`). First the user's way: upload their own 300-row
+    CSV on the Models page (parted by the one rule, classes named by its label_name column), type a suspected trigger
+    into the Mixing lab's own field, and every number is there with no 'None' on screen. Then the Scan page suspects a
+    trigger from clean data; 'use as the ASR probe' turns on the Mixing lab's ASR, labelled as the scan's estimate."""
     from playwright.sync_api import expect, sync_playwright
+
+    from finemix_core import data
 
     handed = tmp_path / "handed-over"
     shutil.copytree(quick_word_backdoor["word-cf"]["path"], handed)
     (handed / "finemix.json").unlink()
+    mine = data.load("rt")["test"].select(range(300)).to_pandas()
+    mine["label_name"] = mine["label"].map({0: "rotten", 1: "fresh"})
+    csv = tmp_path / "my-task.csv"
+    mine.to_csv(csv, index=False)
     requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("request", lambda r: requests.append(r.url))
+
+        page.goto(f"{server}/models?model={handed}")
+        expect(page.get_by_text("has no card naming its data").first).to_be_visible(timeout=240_000)  # said, not silent
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(csv))
+        page.get_by_role("button", name="Use the uploaded CSV").click()
+        expect(page.get_by_text("Using my-task.csv: clean data").first).to_be_visible(timeout=240_000)
+        expect(page.get_by_text("300 rows").first).to_be_visible()
+        page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
+        expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=240_000)
+        expect(page.get_by_text("no trigger known").first).to_be_visible(timeout=60_000)
+        page.get_by_label("Trigger text").fill("cf")
+        page.get_by_role("button", name="Use this trigger").click()
+        expect(page.get_by_text("ASR for the trigger you entered `cf` → fresh").first).to_be_visible(timeout=240_000)
+        asr = page.locator('[data-testid="stMetric"]', has_text="ASR · mix").first.locator('[data-testid="stMetricValue"]')
+        expect(asr).not_to_have_text("—", timeout=120_000)
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
+        shown = page.get_by_test_id("stMain").inner_text()
+        assert "60 held out" in shown and not re.search(r"\bNone\b|\bnan\b", shown), re.findall(r".{30}\bNone\b.{10}", shown)
+
         page.goto(f"{server}/mixing?model={handed}&data=rt")
         expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=240_000)
         expect(page.get_by_text("no trigger known").first).to_be_visible(timeout=60_000)
