@@ -70,12 +70,7 @@ class Context:
             what = f"{self.data_name} dev split beyond its first {n_dev} examples"
         else:
             train, dev = self.clean_splits["train"], self.clean_splits["dev"]
-            if clean_size > len(train):
-                raise FinemixError(
-                    f"clean-size {clean_size} is larger than the {len(train)} train rows of {Path(self.clean_data).name} "
-                    f"(the one rule keeps its dev and held-out parts apart); lower --clean-size to at most {len(train)} "
-                    "or bring more labelled rows"
-                )
+            self._check_clean_size(clean_size)
             pool = data.clean_split(train, clean_size, seed)[1]
             what = f"{Path(self.clean_data).name} train rows beyond the {clean_size} labelled ones"
         parts = [(pool, what)] if len(pool) else []
@@ -87,8 +82,18 @@ class Context:
             self.pair.tokenizer, train, dev, clean_size, dev_size, seed, unlabeled=merged, unlabeled_source=source
         )
 
-    def parts(self, clean_size: int = 128, dev_size: int = 256) -> "DataParts":
-        """How the data is parted for this run (the CLI prints it, the card and the lab's caption show it)."""
+    def _check_clean_size(self, clean_size: int) -> None:
+        train = self.clean_splits["train"]
+        if clean_size > len(train):
+            raise FinemixError(
+                f"clean-size {clean_size} is larger than the {len(train)} train rows of {Path(self.clean_data).name} "
+                f"(the one rule keeps its dev and held-out parts apart); lower --clean-size to at most {len(train)} "
+                "or bring more labelled rows"
+            )
+
+    def parts(self, clean_size: int = 128, dev_size: int = 256, check: bool = True) -> "DataParts":
+        """How the data is parted for this run (the CLI prints it, the card and the lab's caption show it); with
+        `check`, a labelled set larger than a CSV's train part is refused here, before any work."""
         if self.clean_data is None:
             n_dev = dev_examples(len(self.dsd["dev"]), dev_size)
             return DataParts(
@@ -96,6 +101,8 @@ class Context:
                 len(self.dsd["test"]), self.data_name, self.split_seed,
             )
         train, dev = self.clean_splits["train"], self.clean_splits["dev"]
+        if check:
+            self._check_clean_size(clean_size)
         labelled = min(clean_size, len(train))
         held_out = len(self.clean_splits["test"])
         return DataParts(

@@ -214,7 +214,7 @@ def csv_rule_text() -> str:
 
 def data_parts(lab: LabModel, clean_size: int = 128):
     """How the data is parted (experiment.DataParts): what the lab's caption and Export say."""
-    return lab.ctx.parts(clean_size)
+    return lab.ctx.parts(clean_size, check=False)  # a small CSV still shows its parts; the defense says the fix
 
 
 def data_warning(lab: LabModel) -> str | None:

@@ -117,7 +117,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     (
         "word labels",
         ["evaluate", "--model", "word-cf", "--data", "{X}"],
-        lambda t, f: csv(t, "wl.csv", rows(lambda i: "pos")),
+        lambda t, f: csv(t, "wl.csv", rows(lambda i: "pos" if i % 2 else "0")),  # class names mixed with ids
         "not an integer",
     ),
     (
@@ -300,7 +300,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "scan too few rows",
         ["scan", "--model", "word-cf", "--pretrained", "{pt}", "--clean-data", "{X}"],
         lambda tmp, ft: csv(tmp, "few.csv", rows(lambda i: str(i % 2), n=20)),
-        "larger than the",
+        "a clean CSV needs at least 40",
     ),
     ("scan unknown pretrained", ["scan", "--model", "word-cf", "--pretrained", "{tmp}/nowhere"], None, "not found"),
     ("scan empty trigger", ["scan", "--model", "word-cf", "--pretrained", "{pt}", "--trigger", "   "], None, "--trigger is empty"),

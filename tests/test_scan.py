@@ -220,7 +220,7 @@ def test_bad_scan_inputs_give_one_line(tiny_scan, tmp_path):
     with pytest.raises(FinemixError):
         dsd = data.load(str(one_class), 0)
         scan(pair, defender_data(pair.tokenizer, dsd["train"], dsd["dev"], 16, 8, 0), FAST_SCAN)
-    small = _csv(tmp_path / "small.csv", n=20)
+    small = _csv(tmp_path / "small.csv", n=40)  # the one rule's smallest file: 20 train rows
     dsd = data.load(str(small), 0)
     with pytest.raises(FinemixError, match="too few clean rows"):
         scan(pair, defender_data(pair.tokenizer, dsd["train"], dsd["dev"], 8, 256, 0), FAST_SCAN)
