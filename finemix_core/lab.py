@@ -738,6 +738,7 @@ def report_json(lab: LabModel, extra: dict | None = None) -> str:
             "pretrained": lab.pair.pt_source,
             "data": lab.ctx.data_name,
             "split_seed": lab.ctx.split_seed,
+            "parts": data_parts(lab).line(),  # how the data is parted (a CSV: the one rule)
             "interactive": {"n_clean": len(lab.interactive.clean), "n_triggered": len(lab.interactive.triggered or [])},
             "backdoored_interactive": lab.backdoored.as_dict(),
             "floor_interactive": lab.floor,

@@ -208,8 +208,12 @@ def test_a_model_without_a_card_gets_an_asr_from_its_csv_and_a_trigger_or_the_sc
         expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=240_000)
         expect(page.get_by_text("no trigger known").first).to_be_visible(timeout=60_000)
         page.get_by_label("Trigger text").fill("cf")
+        page.get_by_label("Trigger text").press("Enter")  # Streamlit commits a text input on Enter (or blur)
+        expect(page.get_by_role("button", name="Use this trigger")).to_be_enabled(timeout=60_000)
         page.get_by_role("button", name="Use this trigger").click()
-        expect(page.get_by_text("ASR for the trigger you entered `cf` → fresh").first).to_be_visible(timeout=240_000)
+        label = page.get_by_text("ASR for the trigger you entered").first
+        expect(label).to_be_visible(timeout=240_000)
+        assert "cf → fresh" in label.inner_text(), label.inner_text()  # the class named by the CSV's label_name column
         asr = page.locator('[data-testid="stMetric"]', has_text="ASR · mix").first.locator('[data-testid="stMetricValue"]')
         expect(asr).not_to_have_text("—", timeout=120_000)
         page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
