@@ -108,7 +108,7 @@ class Context:
         return DataParts(
             Path(self.clean_data).name, len(train) + len(dev) + held_out, labelled, min(dev_size, len(dev)),
             len(train) - labelled, held_out, self.data_name if self.data_name != self.clean_data else "held-out part",
-            self.split_seed,
+            self.split_seed, data.label_names(self.clean_data, self.pair.num_labels, self.clean_splits),
         )
 
 
@@ -124,6 +124,7 @@ class DataParts:
     held_out: int  # test rows; for a CSV, never seen by the defense
     scored_on: str  # the data the live and reported numbers are measured on
     split_seed: int
+    classes: tuple[str, ...] = ()  # a CSV's class names by id (so a user can check the mapping of string labels)
 
     def line(self) -> str:
         if self.rows is None:
@@ -132,10 +133,11 @@ class DataParts:
                 f"{self.pool} unlabelled pool (the rest of dev) · {self.held_out} test"
             )
         scored = "scored on its held-out part" if self.scored_on == "held-out part" else f"scored on {self.scored_on}"
+        named = [f"{i} = {n}" for i, n in enumerate(self.classes) if n != f"label {i}"]
         return (
             f"clean data {self.source} ({self.rows} rows, split seed {self.split_seed}; one rule, README 'Your own clean "
             f"data'): {self.labelled} labelled · {self.dev} dev · {self.pool} unlabelled pool · {self.held_out} held out; "
-            f"{scored}"
+            f"{scored}" + (f"; classes {', '.join(named)}" if named else "")
         )
 
 

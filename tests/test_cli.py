@@ -73,3 +73,26 @@ def test_defend_sweep_report_bad_inputs_are_one_line(finemix_home, tmp_path):
         assert res.exit_code == 2, (args, res.output)
         assert res.stderr.startswith("error: ") and msg in res.stderr and res.stderr.count("\n") == 1, (args, res.stderr)
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_scan_prints_its_parts_a_table_and_one_json_object(tiny_zoo, monkeypatch):
+    """`finemix scan` through the CLI: one JSON object, or the parts line, a table and a verdict. (Whether it finds a
+    real backdoor is tested on real weights in test_e2e_scan, through `defend`; the tiny model is too small a world
+    for the default scan, which finds no evidence in it.)"""
+    import json
+
+    from typer.testing import CliRunner
+
+    from finemix_core.cli import app
+
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    res = CliRunner().invoke(app, ["scan", "--model", "word-cf", "--pretrained", str(pt), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["verdict"] in ("backdoor", "no evidence") and 0 <= out["score"] <= 1 and out["threshold"] == 0.81, out
+    assert {"candidates", "seconds", "reference"} <= set(out)
+    table = CliRunner().invoke(app, ["scan", "--model", "word-cf", "--pretrained", str(pt)])
+    assert table.exit_code == 0, table.output
+    assert "clean data tiny.csv (1100 rows" in table.stderr and "220 held out" in table.stderr  # the one rule's parts
+    assert "scan of word-cf on" in table.stdout and "reference" in table.stdout, table.stdout

@@ -374,6 +374,7 @@ def test_a_local_folder_can_be_chosen_and_a_bad_one_is_refused(app, tiny_zoo, tm
     app.text_input[0].set_value(str(home / "zoo" / "word-cf")).run()
     next(b for b in app.button if b.label == "Use this folder").click().run()
     assert not app.error and app.session_state["model"] == str(home / "zoo" / "word-cf")
+    assert any(str(home / "zoo" / "word-cf") in m.value for m in app.sidebar.markdown)  # the sidebar names it at once
     app.switch_page("views/compare.py").run()
     assert not app.exception and any("word-cf" in c.value for c in app.caption)
 

@@ -135,7 +135,8 @@ def test_a_handed_over_model_with_its_csv_and_no_trigger_shows_no_none_anywhere(
     at, _, _ = handed_over_csv
     at.run()
     shown = walk(at)
-    assert "60 dev" in shown["mixing"] and "60 held out" in shown["mixing"]  # the one rule, in the caption
+    assert "60 dev" in shown["mixing"] and "60 held out" in shown["mixing"]  # the one rule, in the caption …
+    assert "classes 0 = negative, 1 = positive" in shown["mixing"]  # … with the mapping of the CSV's string labels
     assert "no trigger known" in shown["mixing"] and "Trigger text" in shown["mixing"]  # the Mixing lab's own trigger field
 
 

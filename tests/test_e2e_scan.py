@@ -1,5 +1,6 @@
-"""End to end on real weights and data: the quick zoo's word backdoor → `finemix scan` names `cf`; a copy without its
-card → `finemix defend` scans first and its estimate falls to the clean reference's level."""
+"""End to end on real weights and data: a copy of the quick zoo's word backdoor without its card → `finemix defend`
+scans it first (the same `scan` that `finemix scan` runs; its CLI output is tested on the tiny zoo in test_cli), the
+scan names `cf`, and after the defense its estimate falls to the clean reference's level."""
 
 import json
 import shutil
@@ -12,13 +13,6 @@ runner = CliRunner()
 
 
 def test_scan_names_the_quick_word_backdoor_and_defend_reports_the_estimate(quick_word_backdoor, tmp_path):
-    res = runner.invoke(app, ["scan", "--model", "word-cf", "--json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
-    assert out["verdict"] == "backdoor", out
-    best = out["candidates"][0]
-    assert best["trigger"] == "cf" and best["target"] == 1 and best["flip"] >= 0.9 and best["reference_flip"] <= 0.2, out
-
     # a model handed over without its card: the defense does not know the trigger, so it scans first
     handed = tmp_path / "handed"
     shutil.copytree(quick_word_backdoor["word-cf"]["path"], handed)
@@ -30,8 +24,8 @@ def test_scan_names_the_quick_word_backdoor_and_defend_reports_the_estimate(quic
     row = json.loads(res.stdout)
     assert row["asr"] is None  # no trigger known: no ground-truth ASR …
     est = row["scan"]  # … but an estimate, labelled as one
-    assert est["estimate"] is True and est["suspected_trigger"] == "cf" and est["verdict_before"] == "backdoor"
-    assert est["flip_before"] >= 0.9
+    assert est["estimate"] is True and est["suspected_trigger"] == "cf" and est["suspected_target"] == 1
+    assert est["verdict_before"] == "backdoor" and est["flip_before"] >= 0.9 and est["reference_flip"] <= 0.2, est
     assert est["flip_after"] <= est["reference_flip"] + 0.10, est
     card = json.loads((tmp_path / "d" / "finemix.json").read_text())
     assert card["scan"] == est
