@@ -717,6 +717,14 @@ def zoo_cards() -> list[dict]:
     return zoo.read_entries()
 
 
+def build_time_text(cards: list[dict]) -> str:
+    """How long zoo entries took to build on this machine, from their cards (no fixed claim)."""
+    times = sorted(c["build_seconds"] for c in cards if c.get("build_seconds"))
+    if not times:
+        return "no entry built on this machine yet: the progress bar estimates each build from its first steps"
+    return f"entries built here took {_duration(times[0])}–{_duration(times[-1])} each"
+
+
 def zoo_specs() -> list[ZooEntrySpec]:
     """The default zoo's entries (what the Models page can build)."""
     return zoo.default_specs()

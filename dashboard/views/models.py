@@ -74,7 +74,7 @@ missing = [s.name for s in specs if s.name not in built]
 if not missing:
     st.success("Every default entry is built.")
 else:
-    quick = st.toggle("Quick mode (1,200 training examples: ~1 min per entry on 2 cores; full: ~5 min per entry)", value=True)
+    quick = st.toggle(f"Quick mode (1,200 training examples; {lab.build_time_text(cards)})", value=True)
     default_pick = [n for n in ("clean", "word-cf") if n in missing] or missing[:1]
     wanted = st.multiselect("Entries to build", missing, default=default_pick)
     if st.button("Build", disabled=not wanted):
