@@ -26,8 +26,10 @@ def _err(frame: pd.DataFrame, metric: str) -> dict | None:
 def sweep(
     mix_only: pd.DataFrame, tuned: pd.DataFrame | None, rho: float, auto_rho: float | None, floor: float | None
 ) -> go.Figure:
-    """CACC and ASR vs ρ (error bars: Wilson 95 %): mix-only lines, fine-tuned markers, current ρ and auto-ρ marked."""
+    """CACC and ASR vs ρ (error bars: Wilson 95 %): mix-only lines, fine-tuned markers, current ρ and auto-ρ marked.
+    Without a trigger (no ASR) only CACC is drawn, with the same titled axes and legend."""
     fig = go.Figure()
+    has_asr = "asr" in mix_only and mix_only.asr.notna().any()
     fig.add_scatter(
         x=mix_only.rho,
         y=mix_only.cacc,
@@ -35,35 +37,29 @@ def sweep(
         mode="lines+markers",
         line={"color": CACC_COLOR},
         error_y=_err(mix_only, "cacc"),
+        showlegend=True,
     )
-    fig.add_scatter(
-        x=mix_only.rho,
-        y=mix_only.asr,
-        name="ASR (mix only)",
-        mode="lines+markers",
-        line={"color": ASR_COLOR},
-        error_y=_err(mix_only, "asr"),
-    )
+    if has_asr:
+        fig.add_scatter(
+            x=mix_only.rho,
+            y=mix_only.asr,
+            name="ASR (mix only)",
+            mode="lines+markers",
+            line={"color": ASR_COLOR},
+            error_y=_err(mix_only, "asr"),
+        )
     if tuned is not None and not tuned.empty:
         t = tuned.sort_values("rho")
-        fig.add_scatter(
-            x=t.rho,
-            y=t.cacc,
-            name="CACC (fine-tuned)",
-            mode="lines+markers",
-            error_y=_err(t, "cacc"),
-            line={"color": CACC_COLOR, "dash": "dot"},
-            marker={"symbol": "diamond", "size": 10},
-        )
-        fig.add_scatter(
-            x=t.rho,
-            y=t.asr,
-            name="ASR (fine-tuned)",
-            mode="lines+markers",
-            error_y=_err(t, "asr"),
-            line={"color": ASR_COLOR, "dash": "dot"},
-            marker={"symbol": "diamond", "size": 10},
-        )
+        for metric, color in (("cacc", CACC_COLOR), ("asr", ASR_COLOR))[: 2 if has_asr else 1]:
+            fig.add_scatter(
+                x=t.rho,
+                y=t[metric],
+                name=f"{metric.upper()} (fine-tuned)",
+                mode="lines+markers",
+                error_y=_err(t, metric),
+                line={"color": color, "dash": "dot"},
+                marker={"symbol": "diamond", "size": 10},
+            )
     if floor is not None:
         fig.add_hline(
             y=floor,
@@ -89,31 +85,7 @@ def sweep(
         )
     fig.update_layout(
         xaxis_title="ρ (share of fine-tuned weights kept)",
-        yaxis_title="rate",
-        yaxis_range=[0, 1.05],
-        height=380,
-        margin={"t": 30, "b": 40},
-        legend={"orientation": "h", "y": -0.25},
-    )
-    return fig
-
-
-def sweep_cacc(mix_only: pd.DataFrame, rho: float) -> go.Figure:
-    """CACC vs ρ for a model without a known trigger (no ASR to draw): titled axes, a legend, the current ρ."""
-    fig = go.Figure()
-    fig.add_scatter(
-        x=mix_only.rho,
-        y=mix_only.cacc,
-        name="CACC (mix only)",
-        mode="lines+markers",
-        line={"color": CACC_COLOR},
-        error_y=_err(mix_only, "cacc"),
-        showlegend=True,
-    )
-    fig.add_vline(x=rho, line={"color": "black"}, annotation_text=f"ρ={rho:g}", annotation_position="top")
-    fig.update_layout(
-        xaxis_title="ρ (share of fine-tuned weights kept)",
-        yaxis_title="clean accuracy",
+        yaxis_title="rate" if has_asr else "clean accuracy",
         xaxis_range=[-0.05, 1.05],
         yaxis_range=[0, 1.05],
         height=380,

@@ -186,7 +186,7 @@ def live() -> None:
         pts = pd.concat([sweep.assign(stage="mix-only"), tuned]) if not tuned.empty else sweep.assign(stage="mix-only")
         c2.plotly_chart(charts.pareto(pts, (mixed.cacc, mixed.asr)), key="pareto_chart")
     else:
-        c1.plotly_chart(charts.sweep_cacc(sweep, rho), key="sweep_chart")
+        c1.plotly_chart(charts.sweep(sweep, tuned, rho, auto, None), key="sweep_chart")
         c2.info("No ASR without a trigger: enter one above (ASR probe) or run the Scan page.")
     st.caption(
         f"Live set: {len(lm.interactive.clean)} clean + {len(lm.interactive.triggered or [])} triggered test examples; "
