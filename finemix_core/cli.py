@@ -366,6 +366,8 @@ def defend_cmd(
         )
     say = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
     say(ctx.parts(clean_size).line())
+    if warn := experiment.label_warning(ctx):
+        say(f"warning: {warn}")
     before = None
     if ctx.eval_set.trigger is None and not no_scan:
         # no trigger known: scan θ_FT from the defender's clean data first, so the defense ends with an estimate
@@ -459,6 +461,8 @@ def scan_cmd(
     say = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
     if not as_json:
         say(ctx.parts(clean_size).line())
+    if warn := experiment.label_warning(ctx):
+        say(f"warning: {warn}")
     result = experiment.run_scan(ctx, cfg, clean_size, seed=seed, given=given, log=None if as_json else say)
     name = ctx.pair.card.get("name", ctx.pair.ft_source)
     experiment.record_scan(name, result, {"model": name, "clean_data": clean_data or ctx.data_name, "seed": seed})

@@ -149,6 +149,25 @@ def data_warning(card: dict, model: str, data_name: str, fix: str = "pass your t
     return f"{model} has no card naming its data, so it is scored on '{data_name}' (the default); if that is not its task, {fix}"
 
 
+def label_warning(ctx: Context) -> str | None:
+    """One line when θ_FT scores below chance on a CSV's dev part: the file's label ids (or the order its class names
+    were mapped in) probably do not match the model's, and every number would be measured against wrong labels."""
+    from finemix_core.encoding import encode
+
+    if ctx.clean_data is None:
+        return None
+    dev = ctx.clean_splits["dev"]
+    k = ctx.pair.num_labels
+    acc = float((predict(ctx.pair.ft, encode(ctx.pair.tokenizer, dev)).argmax(1) == np.asarray(dev["label"])).mean())
+    if acc >= 1 / k:
+        return None
+    classes = ", ".join(f"{i} = {n}" for i, n in enumerate(data.label_names(ctx.clean_data, k, ctx.clean_splits)))
+    return (
+        f"θ_FT gets {acc:.2f} on the {len(dev)} dev rows of {Path(ctx.clean_data).name}, below chance (1/{k}): its labels "
+        f"probably do not match the model's ids ({classes}); give integer ids in the model's order or a label_name column"
+    )
+
+
 def dev_examples(n_dev_split: int, dev_size: int) -> int:
     """How many dev-split examples measure dev accuracy: up to `dev_size`, and never more than half of a small split,
     so the other half can serve as the unlabelled pool (Rotten Tomatoes: 256 of 1,275, the other 1,019 are the pool)."""

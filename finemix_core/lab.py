@@ -218,10 +218,16 @@ def data_parts(lab: LabModel, clean_size: int = 128):
 
 
 def data_warning(lab: LabModel) -> str | None:
-    """Said on every page when a model without a card naming its data is scored on the default set."""
+    """Said on every page when a model without a card naming its data is scored on the default set, or when θ_FT scores
+    below chance on a CSV's dev rows (its labels probably do not match the model's ids)."""
     from finemix_core.experiment import data_warning as warning
+    from finemix_core.experiment import label_warning
 
-    return warning(lab.card, lab.name, lab.ctx.data_name, fix="upload your task's CSV on the Models page first")
+    if "label_warning" not in lab.cache:  # one pass of θ_FT over the CSV's dev part, once per model and data
+        lab.cache["label_warning"] = label_warning(lab.ctx)
+    return warning(lab.card, lab.name, lab.ctx.data_name, fix="upload your task's CSV on the Models page first") or lab.cache[
+        "label_warning"
+    ]
 
 
 def asr_label(lab: LabModel) -> str:

@@ -127,3 +127,18 @@ def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path
     assert row["parts"].startswith("clean data tiny.csv (1100 rows") and "scored on its held-out part" in row["parts"]
     assert json.loads((out / "finemix.json").read_text())["parts"] == row["parts"]  # the card says it too
     assert row["search"] and (out / "model.safetensors").is_file()
+
+
+def test_labels_that_do_not_match_the_models_ids_are_said(ctx, tiny_zoo, tmp_path):
+    """θ_FT below chance on a CSV's dev part: the file's ids (or the sorted order of its class names) are not the
+    model's. Named negative/positive, the tiny sentiment rows sort into the model's order (0 negative) and pass; named
+    pos/zneg they sort the other way round and are flagged, with the mapping and the fix."""
+    home, _ = tiny_zoo
+    rows = (home / "tiny.csv").read_text().splitlines()[1:301]
+    right = tmp_path / "right.csv"
+    right.write_text("text,label\n" + "\n".join(f"{r[:-2]},{'positive' if r.endswith(',1') else 'negative'}" for r in rows) + "\n")
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("text,label\n" + "\n".join(f"{r[:-2]},{'pos' if r.endswith(',1') else 'zneg'}" for r in rows) + "\n")
+    assert experiment.label_warning(ctx(clean_data=str(right))) is None
+    warn = experiment.label_warning(ctx(clean_data=str(wrong)))
+    assert warn and "below chance (1/2)" in warn and "0 = pos, 1 = zneg" in warn and "label_name column" in warn
