@@ -130,6 +130,21 @@ def quick_word_backdoor(finemix_home) -> dict:
     return {c["name"]: c for c in cards}
 
 
+@pytest.fixture(scope="session")
+def quick_defended(quick_word_backdoor, tmp_path_factory) -> tuple[dict, Path, str]:
+    """The default `finemix defend` on the quick word backdoor, run once (the slowest real job in the suite): its JSON
+    row, its output folder and its stderr. test_e2e_defend checks the defense, test_e2e_scan measures the result."""
+    from typer.testing import CliRunner
+
+    from finemix_core.cli import app
+
+    out = tmp_path_factory.mktemp("defended") / "word-cf-defended"
+    # no --method, no --rho: the default recipe with its dev-only auto-ρ, as a user would run it
+    res = CliRunner().invoke(app, ["defend", "--model", "word-cf", "--limit", "400", "--seed", "0", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout), out, res.stderr
+
+
 # ---- a tiny zoo (tiny BERT, tiny sentiment CSV, a trained `cf` backdoor) for the lab's tests ----
 
 POS = ["good", "great", "fun", "charming", "best", "love"]

@@ -96,3 +96,31 @@ def test_scan_prints_its_parts_a_table_and_one_json_object(tiny_zoo, monkeypatch
     assert table.exit_code == 0, table.output
     assert "clean data tiny.csv (1100 rows" in table.stderr and "220 held out" in table.stderr  # the one rule's parts
     assert "scan of word-cf on" in table.stdout and "reference" in table.stdout, table.stdout
+
+
+def test_defend_on_a_cardless_model_scans_first_and_the_card_keeps_the_estimate(tiny_zoo, tmp_path, monkeypatch):
+    """No trigger known: `defend` scans θ_FT from the clean data before defending, and an estimate (never a ground-truth
+    ASR) lands in the row and the card."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from finemix_core.cli import app
+
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    folder = tmp_path / "handed"
+    shutil.copytree(home / "zoo" / "word-cf", folder)
+    (folder / "finemix.json").unlink()
+    out = tmp_path / "d"
+    args = ["defend", "--model", str(folder), "--pretrained", str(pt), "--clean-data", str(home / "tiny.csv")]
+    res = CliRunner().invoke(app, [*args, "--epur-k", "5", "--epochs", "1", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "scanning θ_FT from the clean data first" in res.stderr and "scan (" in res.stderr
+    row = json.loads(res.stdout)
+    est = row["scan"]
+    assert row["asr"] is None and row["trigger"] is None  # no trigger known: no ground-truth ASR …
+    assert est["estimate"] is True and est["suspected_trigger"] and est["flip_after"] is not None  # … an estimate
+    assert {"verdict_before", "score_before", "flip_before", "reference_flip", "note"} <= set(est)
+    assert json.loads((out / "finemix.json").read_text())["scan"] == est

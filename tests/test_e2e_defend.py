@@ -13,13 +13,10 @@ from finemix_core.defenses import DEFAULT_METHOD
 runner = CliRunner()
 
 
-def test_default_defend_removes_the_quick_word_backdoor_and_keeps_clean_accuracy(quick_word_backdoor, tmp_path):
-    out = tmp_path / "defended"
-    # no --method, no --rho: the default recipe with its dev-only auto-ρ, as a user would run it
-    res = runner.invoke(app, ["defend", "--model", "word-cf", "--limit", "400", "--seed", "0", "--out", str(out), "--json"])
-    assert res.exit_code == 0, res.output
-    row = json.loads(res.stdout)
+def test_default_defend_removes_the_quick_word_backdoor_and_keeps_clean_accuracy(quick_word_backdoor, quick_defended):
+    row, out, stderr = quick_defended  # `finemix defend --model word-cf --limit 400 --seed 0 --out … --json`
     card = quick_word_backdoor["word-cf"]
+    assert stderr.startswith("data rt (split seed 0): 128 labelled from train · 256 dev")  # the parts, said first
     assert row["method"] == DEFAULT_METHOD and row["rho_auto"] and row["search"], row
     assert row["n_clean"] == card["n_test"] and row["trigger"] == "cf" and row["clean_size"] == 128
     assert row["unlabeled_n"] > 500 and "dev split" in row["unlabeled_source"]  # the rt dev split beyond the dev examples
@@ -34,10 +31,11 @@ def test_default_defend_removes_the_quick_word_backdoor_and_keeps_clean_accuracy
     saved = json.loads((out / "finemix.json").read_text())
     for key in ("method", "rho", "clean_size", "seed", "seconds", "cacc", "asr", "asr_floor", "search", "defended_from"):
         assert key in saved
-    assert saved["rho"] == row["rho"] and saved["search"] == row["search"] and not list(Path(tmp_path).glob(".tmp-*"))
+    assert saved["rho"] == row["rho"] and saved["search"] == row["search"] and not list(Path(out.parent).glob(".tmp-*"))
+    assert saved["parts"] == row["parts"]
 
     # one row in the results database
-    runs = store.runs(kind="defend")
+    runs = [r for r in store.runs(kind="defend") if r["config"]["out"] == str(out)]
     assert runs and runs[0]["config"]["out"] == str(out) and runs[0]["metrics"]["asr"] == row["asr"]
 
     # defending again into the same folder is refused, the folder stays intact

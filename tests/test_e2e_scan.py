@@ -1,9 +1,9 @@
-"""End to end on real weights and data: a copy of the quick zoo's word backdoor without its card → `finemix defend`
-scans it first (the same `scan` that `finemix scan` runs; its CLI output is tested on the tiny zoo in test_cli), the
-scan names `cf`, and after the defense its estimate falls to the clean reference's level."""
+"""End to end on real weights and data: `finemix scan` names the quick zoo's word backdoor `cf` from clean data alone,
+and measured on the default defense's model (the run shared with test_e2e_defend) the same trigger flips no more
+sentences than on the clean reference. `defend`'s scan-first path for a card-less model is tested on the tiny zoo
+(test_cli), where it costs seconds rather than a second real defense."""
 
 import json
-import shutil
 
 from typer.testing import CliRunner
 
@@ -12,20 +12,17 @@ from finemix_core.cli import app
 runner = CliRunner()
 
 
-def test_scan_names_the_quick_word_backdoor_and_defend_reports_the_estimate(quick_word_backdoor, tmp_path):
-    # a model handed over without its card: the defense does not know the trigger, so it scans first
-    handed = tmp_path / "handed"
-    shutil.copytree(quick_word_backdoor["word-cf"]["path"], handed)
-    (handed / "finemix.json").unlink()
-    res = runner.invoke(
-        app, ["defend", "--model", str(handed), "--clean-data", "rt", "--limit", "200", "--out", str(tmp_path / "d"), "--json"]
-    )
+def test_scan_names_the_quick_word_backdoor_and_the_defended_model_no_longer_flips(quick_word_backdoor, quick_defended):
+    res = runner.invoke(app, ["scan", "--model", "word-cf", "--json"])
     assert res.exit_code == 0, res.output
-    row = json.loads(res.stdout)
-    assert row["asr"] is None  # no trigger known: no ground-truth ASR …
-    est = row["scan"]  # … but an estimate, labelled as one
-    assert est["estimate"] is True and est["suspected_trigger"] == "cf" and est["suspected_target"] == 1
-    assert est["verdict_before"] == "backdoor" and est["flip_before"] >= 0.9 and est["reference_flip"] <= 0.2, est
-    assert est["flip_after"] <= est["reference_flip"] + 0.10, est
-    card = json.loads((tmp_path / "d" / "finemix.json").read_text())
-    assert card["scan"] == est
+    out = json.loads(res.stdout)
+    assert out["verdict"] == "backdoor", out
+    best = out["candidates"][0]
+    assert best["trigger"] == "cf" and best["target"] == 1 and best["flip"] >= 0.9 and best["reference_flip"] <= 0.2, out
+
+    _row, defended, _ = quick_defended
+    res = runner.invoke(app, ["scan", "--model", str(defended), "--clean-data", "rt", "--trigger", "cf", "--target", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    after = json.loads(res.stdout)["candidates"][0]
+    assert after["trigger"] == "cf" and after["source"] == "given"
+    assert after["flip"] <= after["reference_flip"] + 0.10, after  # at the clean reference's level after the defense
