@@ -174,6 +174,14 @@ def _split(ds: Dataset, n_test: int, seed: int) -> DatasetDict:
         return ds.train_test_split(test_size=n_test, seed=seed)
 
 
+def display_name(path: str | Path) -> str:
+    """A CSV's name as its owner knows it: an upload stored under its content hash keeps the uploaded file's name in a
+    `<hash>.name` file beside it; any other file is its own name."""
+    path = Path(path)
+    label = path.with_suffix(".name")
+    return label.read_text(encoding="utf-8").strip() or path.name if label.is_file() else path.name
+
+
 def read_labelled(path: str | Path, label2id: dict[str, int] | None = None) -> Dataset:
     """A user's labelled CSV, validated, as one Dataset; its class names (label_name column or string labels) ride in
     the label feature (see `class_names`)."""

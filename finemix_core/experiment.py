@@ -72,7 +72,7 @@ class Context:
             train, dev = self.clean_splits["train"], self.clean_splits["dev"]
             self._check_clean_size(clean_size)
             pool = data.clean_split(train, clean_size, seed)[1]
-            what = f"{Path(self.clean_data).name} train rows beyond the {clean_size} labelled ones"
+            what = f"{data.display_name(self.clean_data)} train rows beyond the {clean_size} labelled ones"
         parts = [(pool, what)] if len(pool) else []
         if self.extra_unlabeled is not None:
             parts.append((self.extra_unlabeled, self.extra_unlabeled_source))
@@ -86,7 +86,7 @@ class Context:
         train = self.clean_splits["train"]
         if clean_size > len(train):
             raise FinemixError(
-                f"clean-size {clean_size} is larger than the {len(train)} train rows of {Path(self.clean_data).name} "
+                f"clean-size {clean_size} is larger than the {len(train)} train rows of {data.display_name(self.clean_data)} "
                 f"(the one rule keeps its dev and held-out parts apart); lower --clean-size to at most {len(train)} "
                 "or bring more labelled rows"
             )
@@ -106,7 +106,7 @@ class Context:
         labelled = min(clean_size, len(train))
         held_out = len(self.clean_splits["test"])
         return DataParts(
-            Path(self.clean_data).name, len(train) + len(dev) + held_out, labelled, min(dev_size, len(dev)),
+            data.display_name(self.clean_data), len(train) + len(dev) + held_out, labelled, min(dev_size, len(dev)),
             len(train) - labelled, held_out, self.data_name if self.data_name != self.clean_data else "held-out part",
             self.split_seed, data.label_names(self.clean_data, self.pair.num_labels, self.clean_splits),
         )
@@ -163,7 +163,7 @@ def label_warning(ctx: Context) -> str | None:
         return None
     classes = ", ".join(f"{i} = {n}" for i, n in enumerate(data.label_names(ctx.clean_data, k, ctx.clean_splits)))
     return (
-        f"θ_FT gets {acc:.2f} on the {len(dev)} dev rows of {Path(ctx.clean_data).name}, below chance (1/{k}): its labels "
+        f"θ_FT gets {acc:.2f} on the {len(dev)} dev rows of {data.display_name(ctx.clean_data)}, below chance (1/{k}): its labels "
         f"probably do not match the model's ids ({classes}); give integer ids in the model's order or a label_name column"
     )
 

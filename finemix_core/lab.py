@@ -716,7 +716,17 @@ def save_upload(raw: bytes, filename: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise FinemixError(str(exc).replace(str(tmp), filename)) from None
     tmp.replace(dest)
+    label = folder / f".tmp-{dest.stem}.name"
+    label.write_text(Path(filename).name, encoding="utf-8")  # the name the user knows it by (captions say it)
+    label.replace(dest.with_suffix(".name"))
     return dest
+
+
+def display_name(path: str) -> str:
+    """A data file's name as the user knows it (an upload's original file name)."""
+    from finemix_core.data import display_name as name
+
+    return name(path)
 
 
 def zoo_cards() -> list[dict]:

@@ -358,10 +358,10 @@ def test_uploaded_clean_data_in_the_url_is_used_by_every_page(app, tiny_zoo):
     app.query_params["data"] = str(path)
     open_page(app, "mixing")
     caption = " ".join(c.value for c in app.caption)
-    assert f"clean data {path.name} (60 rows" in caption  # the one rule's parts, said in the caption
+    assert "clean data mine.csv (60 rows" in caption  # the one rule's parts, said in the caption, under the user's name
     assert "15 clean" in caption and "15 held out" in caption  # the held-out part (a quarter of 60) is the live set
     app.switch_page("views/models.py").run()
-    assert any(path.name in m.value for m in app.markdown)
+    assert any("Using: `mine.csv`" in m.value for m in app.markdown)  # not the content hash it is stored under
 
 
 def test_a_local_folder_can_be_chosen_and_a_bad_one_is_refused(app, tiny_zoo, tmp_path):

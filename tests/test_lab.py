@@ -160,7 +160,8 @@ def test_an_uploaded_csv_becomes_the_labs_data(tiny_zoo, monkeypatch):
         "latin-1"
     )
     path = lab.save_upload(raw, "mine.csv")
-    assert path.parent == home / "uploads" and lab.save_upload(raw, "again.csv") == path  # content-addressed
+    assert path.parent == home / "uploads" and lab.save_upload(raw, "again.csv") == path  # content-addressed …
+    assert lab.display_name(str(path)) == "again.csv" and not list(path.parent.glob(".tmp-*"))  # … shown by its name
     lm = lab.load("word-cf", str(pt), n_interactive=8, data_name=str(path))
     assert lm.ctx.data_name == str(path) and len(lm.ctx.dsd["test"]) == 15 and len(lm.interactive.clean) == 8  # the one rule
 

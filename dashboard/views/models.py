@@ -1,5 +1,4 @@
 import time
-from pathlib import Path
 
 import pandas as pd
 import state
@@ -116,7 +115,7 @@ st.caption(
 if note := st.session_state.pop("_data_note", None):
     st.success(note)
 current_data = st.session_state.get("data") or ""
-st.write(f"Using: `{Path(current_data).name if current_data else 'the card dataset'}`")
+st.write(f"Using: `{lab.display_name(current_data) if current_data else 'the card dataset'}`")
 upload = st.file_uploader("Clean data CSV", type=["csv"])
 c1, c2 = st.columns(2)
 if c1.button("Use the uploaded CSV", disabled=upload is None):
