@@ -249,6 +249,7 @@ def scan_model(lab: LabModel, progress=None, cancelled=None, seed: int = 0, clea
 
     result = run_scan(lab.ctx, clean_size=clean_size, seed=seed, progress=progress, cancelled=cancelled)
     record_scan(lab.name, result, {"model": lab.name, "clean_data": lab.ctx.data_name, "seed": seed, "from": "lab"})
+    lab.cache.pop(("timing", "scan"), None)
     return result
 
 
@@ -363,6 +364,7 @@ class Workbench:
         Mixing lab's hand-set runs, "compare" for a method run as registered with the shared budget."""
         result, row = run_defense(self.lab.ctx, cfg, clean_size, progress=progress)
         record(kind, {**row.as_dict(), "source": kind})
+        self.lab.cache.pop(("timing", row.method), None)  # the next duration claim reads this run
         self.defended, self.defended_row = result, row
         return score(result.model, self.lab.interactive), row
 
@@ -806,7 +808,14 @@ def _duration(seconds: float) -> str:
 
 
 def measured_seconds(lab: LabModel, method: str) -> str:
-    """What a defense took on this machine, from the history ('took 74 s here last time'), or that it is untimed."""
+    """What a defense took on this machine, from the history ('took 74 s here last time'), or that it is untimed.
+    Read once per model and method (pages call it on every slider move); a new run in this lab clears it."""
+    if ("timing", method) not in lab.cache:
+        lab.cache[("timing", method)] = _measured_seconds(lab, method)
+    return lab.cache[("timing", method)]
+
+
+def _measured_seconds(lab: LabModel, method: str) -> str:
     runs = [r["config"].get("seconds") for r in store.runs(model=lab.name) if r["method"] == method]
     runs = [s for s in runs if s]
     if not runs:
