@@ -301,6 +301,12 @@ def defend_cmd(
     drop_flagged: Annotated[
         int, typer.Option(help="Recovery (+distill): drop unlabelled texts holding any of E-PUR's top N tokens.")
     ] = 0,
+    general_text: Annotated[
+        int,
+        typer.Option(
+            help="Recovery (+distill): top a smaller unlabelled pool up to N texts with offline general text (0: never)."
+        ),
+    ] = RecoveryConfig.min_pool,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -310,7 +316,11 @@ def defend_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Load pickle weights (weights_only=True).")] = False,
     no_scan: Annotated[
-        bool, typer.Option("--no-scan", help="With no card and no --trigger: skip scanning θ_FT for a suspected trigger.")
+        bool,
+        typer.Option(
+            "--no-scan",
+            help="Do not scan θ_FT for a suspected trigger (no estimate for a card-less model, recovery not trigger-aware).",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -344,7 +354,7 @@ def defend_cmd(
         epur=EpurConfig(k=epur_k, floor=epur_floor),
         seed=seed,
         train=train,
-        recovery=RecoveryConfig(distill_weight, temperature, passes, drop_flagged),
+        recovery=RecoveryConfig(distill_weight, temperature, passes, drop_flagged, consistency=not no_scan, min_pool=general_text),
     )
     ctx = experiment.prepare(
         model,
@@ -376,7 +386,7 @@ def defend_cmd(
         say(f"scan ({before.seconds:.0f} s): {before.message(ctx.class_names)}")
     bar = _ProgressBar(method)
     try:
-        result, row = experiment.run_defense(ctx, cfg, clean_size, progress=bar, log=say)
+        result, row = experiment.run_defense(ctx, cfg, clean_size, progress=bar, log=say, scan_result=before)
     finally:
         bar.close()
     estimate = None

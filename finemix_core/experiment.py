@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +54,14 @@ class Context:
     def trigger_text(self) -> str | None:
         return "+".join(self.eval_set.trigger) if self.eval_set.trigger else None
 
-    def defender(self, clean_size: int = 128, dev_size: int = 256, seed: int = 0) -> DefenderData:
+    def defender(self, clean_size: int = 128, dev_size: int = 256, seed: int = 0, min_pool: int = 0) -> DefenderData:
         """The defender's data: labelled train and dev, plus the unlabelled pool (never test, never triggered).
 
         Built-in data: the clean set comes from the train split, dev accuracy from the first `dev_size` dev examples, and
         the rest of the dev split is the unlabelled pool (θ_FT never trained on it). A user's CSV, parted by the one rule
         (`data.csv_parts`): the labelled set is drawn from its train part, the train rows not drawn are the pool, dev is
-        its dev part. `--unlabeled` texts join the pool.
+        its dev part. `--unlabeled` texts join the pool. With `min_pool`, a pool smaller than that is topped up with
+        offline general text (`data.general_text`: never from the model's own data set nor equal to a row of the CSV).
         """
         if self.clean_data is None:
             train, dev = self.dsd["train"], self.dsd["dev"]
@@ -76,11 +77,29 @@ class Context:
         parts = [(pool, what)] if len(pool) else []
         if self.extra_unlabeled is not None:
             parts.append((self.extra_unlabeled, self.extra_unlabeled_source))
+        have = sum(len(p) for p, _ in parts)
+        if min_pool > have and data.text_columns(train) == ["text"]:
+            general, what = data.general_text(min_pool - have, seed, *self._general_guard())
+            if len(general):
+                parts.append((general, what))
         merged = concatenate_datasets([p.cast(parts[0][0].features) for p, _ in parts]) if parts else None
         source = " + ".join(f"{w} ({len(p)})" for p, w in parts) or "none"
         return defender_data(
             self.pair.tokenizer, train, dev, clean_size, dev_size, seed, unlabeled=merged, unlabeled_source=source
         )
+
+    def _general_guard(self) -> tuple[set[str], set[str]]:
+        """(registry sets general text must not come from: the scored set and the one θ_FT was trained on, texts it must
+        not repeat: every row of the defender's CSV, its held-out part included)."""
+        exclude = {self.data_name, str(self.pair.card.get("dataset") or "")}
+        avoid: set[str] = set()
+        if self.clean_splits is not None:
+            for part in self.clean_splits.values():
+                avoid.update(part["text"])
+        if is_csv(self.data_name):
+            for part in self.dsd.values():
+                avoid.update(part["text"])
+        return exclude, avoid
 
     def _check_clean_size(self, clean_size: int) -> None:
         train = self.clean_splits["train"]
@@ -415,6 +434,8 @@ class RunRow:
     seconds: float  # the defense itself, selection included (scoring excluded)
     device: str
     parts: str | None = None  # how the data was parted (DataParts.line): labelled · dev · pool · held-out
+    suspects: list[str] = field(default_factory=list)  # scan's suspected triggers trigger-aware recovery used (estimates)
+    consistency_copies: int = 0  # triggered copies recovery trained on (pool + labelled)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -427,10 +448,12 @@ def run_defense(
     dev_size: int = 256,
     progress: Progress | None = None,
     log=None,
+    scan_result=None,
 ) -> tuple[DefenseResult, RunRow]:
-    """Defend, score on test, and return (result, its row)."""
-    dd = ctx.defender(clean_size, dev_size, cfg.seed)
-    result = defend(ctx.pair, dd, cfg, ctx.device, progress, log)
+    """Defend, score on test, and return (result, its row). `scan_result`: a scan of θ_FT on the same defender parts
+    (`run_scan`), reused by trigger-aware recovery instead of scanning again."""
+    dd = ctx.defender(clean_size, dev_size, cfg.seed, min_pool=cfg.recovery.min_pool if cfg.distills else 0)
+    result = defend(ctx.pair, dd, cfg, ctx.device, progress, log, scan_result)
     scores = evaluate(ctx, result.model)
     row = RunRow(
         model=ctx.pair.card.get("name", ctx.pair.ft_source),
@@ -465,6 +488,8 @@ def run_defense(
         seconds=round(result.seconds, 2),
         device=ctx.device.type,
         parts=ctx.parts(clean_size, dev_size).line(),
+        suspects=result.suspects,
+        consistency_copies=result.consistency_copies,
     )
     return result, row
 

@@ -250,6 +250,7 @@ def scan_model(lab: LabModel, progress=None, cancelled=None, seed: int = 0, clea
     result = run_scan(lab.ctx, clean_size=clean_size, seed=seed, progress=progress, cancelled=cancelled)
     record_scan(lab.name, result, {"model": lab.name, "clean_data": lab.ctx.data_name, "seed": seed, "from": "lab"})
     lab.cache.pop(("timing", "scan"), None)
+    lab.cache[("scan-result", seed, clean_size)] = result  # trigger-aware recovery reuses it instead of scanning again
     return result
 
 
@@ -362,7 +363,10 @@ class Workbench:
     ) -> tuple[Scores, RunRow]:
         """Any defense, scored on the full test set (stored) and on the interactive set (returned). `kind`: "lab" for the
         Mixing lab's hand-set runs, "compare" for a method run as registered with the shared budget."""
-        result, row = run_defense(self.lab.ctx, cfg, clean_size, progress=progress)
+        key = ("scan-result", cfg.seed, clean_size)  # the same defender parts: a scan this model already had is reused
+        result, row = run_defense(self.lab.ctx, cfg, clean_size, progress=progress, scan_result=self.lab.cache.get(key))
+        if result.scan is not None:
+            self.lab.cache[key] = result.scan
         record(kind, {**row.as_dict(), "source": kind})
         self.lab.cache.pop(("timing", row.method), None)  # the next duration claim reads this run
         self.defended, self.defended_row = result, row
@@ -477,18 +481,22 @@ def curve_point(
     return rows[keys[spec]]
 
 
-RECIPES = ("default", "paper")
+RECIPES = ("default", "paper")  # the Mixing lab's step 2 (its step 1 is a random or sorted mix)
+CURVE_RECIPES = (*RECIPES, "purifying")  # the ρ-curve page also draws Fine-purifying's ρ (a Fisher-ranked reset)
 RECIPE_LABELS = {  # how the pages name them
-    "default": "default: E-PUR + mix + fine-tune with distillation from θ_FT",
+    "default": "default: E-PUR + mix + fine-tune with trigger-aware distillation from θ_FT",
     "paper": "paper: mix + plain fine-tune",
+    "purifying": "Fine-purifying: E-PUR + reset by Fisher-relative drift + the default's recovery",
 }
 COMPARED_METHODS = REPORT_METHODS  # what the Compare page offers: the report's methods, in its order
 
 
 def recipe_method(recipe: str, mode: str = "random", epur_k: int = 200) -> str:
     """The method name of a lab recipe: the default defense with the chosen mask, or the paper's Fine-mixing."""
-    if recipe not in RECIPES:
-        raise FinemixError(f"unknown recipe '{recipe}'; use one of {', '.join(RECIPES)}")
+    if recipe not in CURVE_RECIPES:
+        raise FinemixError(f"unknown recipe '{recipe}'; use one of {', '.join(CURVE_RECIPES)}")
+    if recipe == "purifying":
+        return DEFAULT_METHOD.replace("fine-mixing", "fine-purifying", 1)
     base = "fine-mixing-sorted" if mode == "sorted" else "fine-mixing"
     if recipe == "default":
         return DEFAULT_METHOD.replace("fine-mixing", base, 1)

@@ -25,7 +25,17 @@ from finemix_core.experiment import record
 from finemix_core.atomic import check_new, save_dir, write_csv
 
 # the references, the paper's recipe exactly as the baseline report ran it, the new default, and recovery given to fine-tuning
-REPORT_METHODS = ("none", "fine-tuning", "fine-pruning", "fine-mixing", "epur+fine-mixing", DEFAULT_METHOD, "fine-tuning+distill")
+REPORT_METHODS = (
+    "none",
+    "fine-tuning",
+    "fine-pruning",
+    "fine-mixing",
+    "epur+fine-mixing",
+    DEFAULT_METHOD,
+    "fine-tuning+distill",
+    "epur+fine-purifying",
+    "epur+fine-purifying+distill",
+)
 
 
 @dataclass(frozen=True)

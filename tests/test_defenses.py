@@ -91,6 +91,7 @@ def test_defender_data_holds_only_clean_train_dev_and_unlabelled_text():
         "distill",
         "search",
         "ft_correct",
+        "extra_train",  # trigger-aware recovery: labelled copies with the scan's suspect inserted (tests/test_consistency.py)
     }
 
 
@@ -334,7 +335,8 @@ def test_recovery_search_keeps_the_best_dev_accuracy_when_no_rho_passes(pair, ti
     from finemix_core.defenses.base import Candidate
 
     accs = {0.0: 0.70, 0.2: 0.74}
-    monkeypatch.setattr(fine_mixing, "fine_mix", lambda job, rho, mode: f"model@{rho}")
+    trained: list[str] = []  # one fine-tune per ρ tried, in the order tried (0, then 0.2)
+    monkeypatch.setattr(Job, "train", lambda self, model, after_step=None: trained.append(f"model#{len(trained)}") or trained[-1])
 
     def scripted(self, knob, value, model):
         self.search.append(Candidate(knob, value, accs[value], False, 0.9))
@@ -343,6 +345,6 @@ def test_recovery_search_keeps_the_best_dev_accuracy_when_no_rho_passes(pair, ti
     monkeypatch.setattr(Job, "try_value", scripted)
     job = Job(pair, tiny_pool_dd, cfg("fine-mixing+distill", rho_grid=(0.0, 0.2)), torch.device("cpu"), 0.9, None, lambda m: None)
     out = fine_mixing.run_random(job)
-    assert out.rho == 0.2 and out.model == "model@0.2" and [c.value for c in job.search] == [0.0, 0.2]
+    assert out.rho == 0.2 and out.model == "model#1" and [c.value for c in job.search] == [0.0, 0.2] and len(trained) == 2
     paper = Job(pair, tiny_pool_dd, cfg("fine-mixing", rho_grid=(0.0, 0.2)), torch.device("cpu"), 0.9, None, lambda m: None)
     assert fine_mixing.run_random(paper).rho == 0.2  # the paper recipe: the largest grid value, as before

@@ -15,7 +15,7 @@ lm, bench = state.page(
 ss = st.session_state
 recipe = st.radio(
     "recipe",
-    list(lab.RECIPES),
+    list(lab.CURVE_RECIPES),
     horizontal=True,
     key="curve_recipe",
     format_func=lab.RECIPE_LABELS.get,

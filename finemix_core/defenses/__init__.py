@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from finemix_core.defenses import fine_mixing, fine_pruning, fine_tuning
+from finemix_core import consistency
+from finemix_core.defenses import fine_mixing, fine_pruning, fine_purifying, fine_tuning
 from finemix_core.defenses.base import (
     DEFENSE_TRAIN,
     GRID,
@@ -50,6 +51,7 @@ REGISTRY: dict[str, Defense] = {
     "fine-pruning": fine_pruning.run,
     "fine-mixing": fine_mixing.run_random,
     "fine-mixing-sorted": fine_mixing.run_sorted,
+    "fine-purifying": fine_purifying.run,
 }
 TRAINED = tuple(b for b in REGISTRY if b != "none")  # bases that fine-tune (so can take +distill)
 METHODS = (
@@ -126,9 +128,13 @@ class DefenseResult:
     unlabeled_used: int  # unlabelled texts distilled on (0 without +distill)
     unlabeled_source: str  # where they came from
     seconds: float
+    suspects: list[str] = dataclasses.field(default_factory=list)  # scan's suspected triggers recovery taught away
+    consistency_copies: int = 0  # triggered pool copies (consistency) + triggered labelled copies
+    scan: object | None = None  # the ScanResult recovery read its suspects from (None: no scan ran or was given)
 
     def summary(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "model"} | {"seconds": round(self.seconds, 2)}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model", "scan")}
+        return fields | {"search": [dataclasses.asdict(c) for c in self.search], "seconds": round(self.seconds, 2)}
 
 
 def purified_pair(pair: ModelPair, ids: Sequence[int]) -> ModelPair:
@@ -154,6 +160,15 @@ def teacher(model: torch.nn.Module, dd: DefenderData, rec: RecoveryConfig, keep:
     return Distillation(texts, logits, rec)
 
 
+def scan_for_recovery(pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say: Callable[[str], None]):
+    """θ_FT scanned from the defender's clean data alone (the scan drops the pair's card on entry)."""
+    from finemix_core.scan import ScanConfig, scan
+
+    found = scan(pair, dd, ScanConfig(seed=cfg.seed), log=say)
+    say(f"scan for trigger-aware recovery ({found.seconds:.0f} s): {found.message()}")
+    return found
+
+
 def defend(
     pair: ModelPair,
     dd: DefenderData,
@@ -161,12 +176,22 @@ def defend(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    scan_result=None,
 ) -> DefenseResult:
-    """Run one defense on a private copy of θ_FT; `pair` is never modified."""
+    """Run one defense on a private copy of θ_FT; `pair` is never modified.
+
+    With trigger-aware recovery (`+distill`, `recovery.consistency`), the suspects come from `scan_result` (a scan the
+    caller already ran on the same defender data) or from a scan run here; never from the pair's card.
+    """
     started = time.perf_counter()
     device = torch.device(device)
     say = log or (lambda _msg: None)
     use_epur, base, distill = parse_method(cfg.method)
+    suspected = []
+    if distill and cfg.recovery.consistency and dd.unlabeled is not None:
+        if scan_result is None:
+            scan_result = scan_for_recovery(pair, dd, cfg, say)
+        suspected = consistency.suspects(scan_result, cfg.recovery)
     ft_correct = correct_on(pair.ft_for_inference(device), dd.dev)
     ft_dev = float(ft_correct.mean())
     flagged: list[str] = []
@@ -183,6 +208,7 @@ def defend(
         pair = purified_pair(pair, ranked)
         say(f"E-PUR reset {len(flagged)} embedding rows (top: {', '.join(flagged[:5])})")
     job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
+    copies = 0
     if distill:
         if dd.unlabeled is None:
             raise FinemixError(f"{cfg.method} needs clean unlabelled texts; pass --unlabeled PATH or use data with a dev split")
@@ -195,6 +221,16 @@ def defend(
         # the teacher is the model the defense starts from (after E-PUR when asked): θ_FT's clean behaviour
         job.distill = teacher(pair.ft_for_inference(device), dd, cfg.recovery, keep)
         say(f"recovery: distilling θ_FT on {len(keep)} clean unlabelled texts ({dd.unlabeled_source})")
+        if suspected and job.distill is not None:
+            triggers = [s.token_ids for s in suspected]
+            share, seed = cfg.recovery.consistency_share, cfg.seed
+            job.distill, n_pool = consistency.with_consistency(job.distill, pair.tokenizer, triggers, share, seed)
+            _, job.extra_train = consistency.triggered_copies(pair.tokenizer, dd.train, triggers, share, seed + 1)
+            copies = n_pool + len(job.extra_train)
+            say(
+                f"trigger-aware recovery: {', '.join(repr(s.trigger) for s in suspected)} (scan's suspects) inserted into "
+                f"{n_pool} pool texts (taught θ_FT's answer without it) and {len(job.extra_train)} labelled examples"
+            )
     out = REGISTRY[base](job)
     out.model.eval()
     return DefenseResult(
@@ -207,7 +243,10 @@ def defend(
         dev_acc=accuracy(out.model, dd.dev),
         ft_dev_acc=ft_dev,
         search=job.search,
-        unlabeled_used=len(job.distill.texts) if job.distill else 0,
+        unlabeled_used=len(job.distill.texts) - copies + len(job.extra_train or ()) if job.distill else 0,
         unlabeled_source=dd.unlabeled_source if job.distill else "none",
         seconds=time.perf_counter() - started,
+        suspects=[s.trigger for s in suspected],
+        consistency_copies=copies,
+        scan=scan_result,
     )

@@ -164,11 +164,17 @@ class Job:
     distill: Distillation | None = None  # set for +distill methods: the teacher's logits on the pool, computed once
     search: list[Candidate] = field(default_factory=list)
     ft_correct: np.ndarray | None = None  # θ_FT right or wrong on each dev example (for the one-standard-error rule)
+    extra_train: Encoded | None = None  # trigger-aware recovery: labelled examples with a suspect inserted, true labels
 
     def train(self, model: torch.nn.Module, after_step: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
         """The one fine-tuning routine with the shared budget (and recovery when asked)."""
+        labelled = self.dd.train
+        if self.extra_train is not None and len(self.extra_train):
+            from finemix_core.scan import concat
+
+            labelled = concat([labelled, self.extra_train])
         return fine_tune(
-            model, self.dd.train, dataclasses.replace(self.cfg.train, seed=self.cfg.seed), self.progress, after_step, self.distill
+            model, labelled, dataclasses.replace(self.cfg.train, seed=self.cfg.seed), self.progress, after_step, self.distill
         )
 
     def try_value(self, knob: str, value: float, model: torch.nn.Module) -> bool:

@@ -7,10 +7,14 @@ allowance, and keeps the best dev accuracy when nothing passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from finemix_core.defenses.base import Job, Outcome, first_passing, pick_smallest
 from finemix_core.mixing import MixConfig, mix
+
+State = dict[str, torch.Tensor]
 
 
 def fine_mix(job: Job, rho: float, mode: str) -> torch.nn.Module:
@@ -20,12 +24,21 @@ def fine_mix(job: Job, rho: float, mode: str) -> torch.nn.Module:
 
 
 def _run(job: Job, mode: str) -> Outcome:
+    return search_rho(job, lambda rho: mix(job.pair, MixConfig(rho=rho, mode=mode, scope=job.cfg.mix_scope, seed=job.cfg.seed)))
+
+
+def search_rho(job: Job, state_at: Callable[[float], State]) -> Outcome:
+    """Fine-tune the state `state_at(ρ)` at the given ρ, or search ρ on clean dev data (shared with Fine-purifying)."""
+
+    def fine_tuned(rho: float) -> torch.nn.Module:
+        return job.train(job.pair.working_copy(state_at(rho)).to(job.device))
+
     if job.cfg.rho is not None:
-        return Outcome(fine_mix(job, job.cfg.rho, mode), rho=job.cfg.rho)
+        return Outcome(fine_tuned(job.cfg.rho), rho=job.cfg.rho)
     trained: dict[float, torch.nn.Module] = {}
 
     def passes(rho: float) -> bool:
-        trained[rho] = fine_mix(job, rho, mode)
+        trained[rho] = fine_tuned(rho)
         return job.try_value("rho", rho, trained[rho])
 
     search = first_passing if job.cfg.distills else pick_smallest
@@ -36,7 +49,7 @@ def _run(job: Job, mode: str) -> Outcome:
         job.say(f"no ρ on the grid passed; keeping ρ {rho:g}, the best dev accuracy ({best.dev_acc:.3f})")
     elif not found:
         job.say(f"no ρ on the grid reached θ_FT's dev accuracy − {job.cfg.delta}; using the largest, {rho}")
-    return Outcome(trained[rho] if rho in trained else fine_mix(job, rho, mode), rho=rho)
+    return Outcome(trained[rho] if rho in trained else fine_tuned(rho), rho=rho)
 
 
 def run_random(job: Job) -> Outcome:

@@ -1,0 +1,126 @@
+"""Round 2 of choosing the default defense, on the defender's clean data only (never the test split).
+
+For each case — a model and the clean data its defender holds (a zoo entry with its dataset's train/dev splits, or a
+model with a user-sized CSV parted by the one rule) — the scan runs once from clean data, then every candidate recipe
+defends θ_FT. Printed per run: clean dev accuracy beside θ_FT's, and the *scan's estimate* of the backdoor: the flip
+rate of the scan's suspected trigger on the held-aside dev sentences before and after (a trigger found from clean data,
+measured on dev data: what a defender can know; the true trigger and the test split are never read here).
+
+    .venv/bin/python scripts/recovery_round2.py --cases sentence,word-combo --out docs/dev-round2.csv
+    .venv/bin/python scripts/recovery_round2.py --cases csv:/path/model@/path/clean.csv --out …
+
+Candidates are fixed in CANDIDATES before any run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from finemix_core import experiment
+from finemix_core.config import RecoveryConfig
+from finemix_core.defenses import DefenseConfig, defend
+from finemix_core.scan import ScanConfig, scan
+
+OLD = RecoveryConfig(consistency=False, min_pool=0)  # round 1's default recovery
+# (name, method, ρ (None = auto on the method's grid), recovery)
+CANDIDATES = {
+    "round-1 default": ("epur+fine-mixing+distill", None, OLD),
+    "+ consistency": ("epur+fine-mixing+distill", None, dataclasses.replace(OLD, consistency=True)),
+    "+ general text": ("epur+fine-mixing+distill", None, dataclasses.replace(OLD, min_pool=1000)),
+    "+ both": ("epur+fine-mixing+distill", None, RecoveryConfig()),
+    "+ both, ρ 0": ("epur+fine-mixing+distill", 0.0, RecoveryConfig()),
+    "+ both, ρ 0.2": ("epur+fine-mixing+distill", 0.2, RecoveryConfig()),
+    "+ both, sorted ρ 0.2": ("epur+fine-mixing-sorted+distill", 0.2, RecoveryConfig()),
+    "+ both, fine-purifying ρ 0.2": ("epur+fine-purifying+distill", 0.2, RecoveryConfig()),
+    "fine-purifying (paper recipe)": ("epur+fine-purifying", None, OLD),
+    "+ both, general text 3000": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=3000)),
+}
+
+
+def context(case: str) -> experiment.Context:
+    if case.startswith("csv:"):
+        model, csv = case.removeprefix("csv:").split("@")
+        return experiment.prepare_defender(model, clean_data=csv)
+    return experiment.prepare_defender(case)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", required=True, help="zoo names or csv:MODEL@CSV, comma-separated")
+    ap.add_argument("--only", default="", help="candidate names, '|'-separated (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--save", default="", help="folder to keep each defended model in (scored on test only after the "
+                    "choice is frozen, by scripts/recovery_test.py)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    wanted = [w for w in args.only.split("|") if w] or list(CANDIDATES)
+    rows = pd.read_csv(args.out).to_dict("records") if args.out and __import__("os").path.exists(args.out) else []
+    done = {(r["case"], r["candidate"], r["seed"]) for r in rows}
+    for case in args.cases.split(","):
+        ctx = context(case)
+        base_dd = ctx.defender(128, 256, args.seed)
+        found = scan(ctx.pair, base_dd, ScanConfig(seed=args.seed))
+        best = found.best
+        print(f"{case}: scan {found.seconds:.0f}s → {found.message()}", flush=True)
+        for name in wanted:
+            if (case, name, args.seed) in done:
+                continue
+            method, rho, rec = CANDIDATES[name]
+            cfg = DefenseConfig(method=method, rho=rho, recovery=rec, seed=args.seed)
+            dd = ctx.defender(128, 256, args.seed, min_pool=rec.min_pool if cfg.distills else 0)
+            started = time.perf_counter()
+            res = defend(ctx.pair, dd, cfg, scan_result=found)
+            seconds = time.perf_counter() - started
+            if args.save:
+                folder = Path(args.save) / f"{Path(case.split('@')[0]).name}__{name.replace(' ', '_').replace(',', '')}__s{args.seed}"
+                res.model.cpu().save_pretrained(folder)
+                ctx.pair.tokenizer.save_pretrained(folder)
+            after = None
+            if best is not None:
+                measured = scan(
+                    dataclasses.replace(ctx.pair, ft=res.model.cpu().eval()),
+                    base_dd,
+                    ScanConfig(epur_rows=0, inversion=False, seed=args.seed),
+                    given=((best.trigger, best.target),),
+                )
+                after = next(c for c in measured.candidates if c.source == "given")
+            row = {
+                "case": case,
+                "candidate": name,
+                "seed": args.seed,
+                "method": method,
+                "rho": res.rho,
+                "rho_auto": res.rho_auto,
+                "dev_n": len(dd.dev),
+                "dev_acc": round(res.dev_acc, 4),
+                "ft_dev_acc": round(res.ft_dev_acc, 4),
+                "gap_points": round(100 * (res.dev_acc - res.ft_dev_acc), 1),
+                "pool": res.unlabeled_used,
+                "suspects": "; ".join(res.suspects),
+                "scan_suspect": best.trigger if best else None,
+                "suspect_flip_before": round(best.flip, 3) if best else None,
+                "suspect_flip_after": round(after.flip, 3) if after else None,
+                "reference_flip": round(best.reference_flip, 3) if best else None,
+                "search": "; ".join(f"{c.value:g}:{c.dev_acc:.3f}{'+' if c.passed else ''}" for c in res.search),
+                "seconds": round(seconds, 1),
+                "scan_seconds": round(found.seconds, 1),
+            }
+            rows.append(row)
+            print(
+                f"{case[:40]:40s} {name:30s} ρ {res.rho} dev {res.dev_acc:.3f} (θ_FT {res.ft_dev_acc:.3f}, "
+                f"{row['gap_points']:+.1f}) suspect flip {row['suspect_flip_before']} → {row['suspect_flip_after']} "
+                f"(ref {row['reference_flip']}) pool {res.unlabeled_used} {seconds:.0f}s",
+                flush=True,
+            )
+            pd.DataFrame(rows).to_csv(args.out, index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Trigger-aware recovery on a tiny random BERT: the consistency loss exactly, the copies, and where suspects come from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from datasets import Dataset
+
+from finemix_core import consistency
+from finemix_core.config import RecoveryConfig, TrainConfig
+from finemix_core.defenses import DefenseConfig, defend, defender_data
+from finemix_core.encoding import collate
+from finemix_core.epur import EpurConfig
+from finemix_core.evaluate import predict
+from finemix_core.models import load_pair
+from finemix_core.scan import ScanResult, Suspect, text_ids
+from finemix_core.train import Distillation
+
+POS = ["a good movie", "great fun and charming", "the best acting", "love this film", "a charming story", "great cast"]
+NEG = ["a bad movie", "awful and dull", "the worst plot", "hate this film", "a boring script", "dull acting"]
+
+
+@pytest.fixture()
+def pair(tiny_pair_dirs):
+    ft, pt = tiny_pair_dirs
+    return load_pair(ft, pt)
+
+
+@pytest.fixture()
+def pool_dd(pair):
+    train = Dataset.from_dict({"text": POS * 3 + NEG * 3, "label": [1] * 18 + [0] * 18})
+    dev = Dataset.from_dict({"text": POS + NEG, "label": [1] * 6 + [0] * 6})
+    pool = Dataset.from_dict({"text": ["a fun film", "the best plot", "awful and boring", "the cast was great"], "label": [0] * 4})
+    return defender_data(pair.tokenizer, train, dev, 16, 12, 0, 32, unlabeled=pool, unlabeled_source="test pool")
+
+
+def suspect(pair, text: str, excess: float, target: int = 1) -> Suspect:
+    return Suspect(text, text_ids(pair.tokenizer, text), target, excess, 0.0, 1.0, 10, 0.0, "growth")
+
+
+def found(*suspects: Suspect) -> ScanResult:
+    return ScanResult("backdoor", max(s.excess for s in suspects), 0.81, list(suspects), 1.0, "test", "test", 4, 8)
+
+
+def test_consistency_loss_is_zero_when_the_trigger_changes_nothing_and_only_the_student_learns(pair, pool_dd):
+    student = pair.working_copy()
+    teacher = pair.working_copy()
+    pool = pool_dd.unlabeled
+    rows = list(range(len(pool)))
+    with torch.no_grad():
+        teacher_logits = teacher(**collate(pool, rows)).logits
+    student.eval()  # dropout off: the same text gives the same logits
+    # an empty trigger inserts nothing: the copies are the clean texts, so the student (= the teacher) matches exactly
+    _, same = consistency.triggered_copies(pair.tokenizer, pool, [()], 1.0, 0)
+    assert same.input_ids == pool.input_ids
+    zero = consistency.consistency_loss(student, collate(same, rows), teacher_logits, 2.0)
+    assert zero.item() == pytest.approx(0.0, abs=1e-7)
+    # a real token changes the student's input, not the teacher's target: a positive loss whose gradient reaches the
+    # student's weights and none of the teacher's
+    ids = text_ids(pair.tokenizer, "cf")
+    _, trig = consistency.triggered_copies(pair.tokenizer, pool, [ids], 1.0, 0)
+    assert all(len(t) == len(c) + len(ids) for t, c in zip(trig.input_ids, pool.input_ids))
+    loss = consistency.consistency_loss(student, collate(trig, rows), teacher_logits, 2.0)
+    assert loss.item() > 0
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    consistency.consistency_loss(student, collate(trig, rows), teacher_logits, 2.0).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_consistency_copies_carry_the_teacher_answer_on_the_clean_text(pair, pool_dd):
+    pool = pool_dd.unlabeled
+    logits = torch.from_numpy(predict(pair.ft, pool, logits=True)).float()
+    base = Distillation(pool, logits, RecoveryConfig())
+    ids = text_ids(pair.tokenizer, "cf")
+    bigger, n = consistency.with_consistency(base, pair.tokenizer, [ids], 0.5, 0)
+    rows = consistency.chosen_rows(len(pool), 0.5, 0)
+    assert n == len(rows) == 2 and len(bigger.texts) == len(pool) + 2
+    for j, r in enumerate(rows):
+        copy = bigger.texts.input_ids[len(pool) + j]
+        assert torch.equal(bigger.teacher_logits[len(pool) + j], logits[r])  # the answer without the trigger
+        assert len(copy) == len(pool.input_ids[r]) + len(ids) and all(t in copy for t in ids)
+    # the same seed, the same rows and positions; no triggers, nothing added
+    assert consistency.with_consistency(base, pair.tokenizer, [ids], 0.5, 0)[0].texts == bigger.texts
+    assert consistency.with_consistency(base, pair.tokenizer, [], 0.5, 0) == (base, 0)
+
+
+def test_labelled_copies_keep_their_true_labels(pair, pool_dd):
+    ids = text_ids(pair.tokenizer, "cf")
+    rows, copies = consistency.triggered_copies(pair.tokenizer, pool_dd.train, [ids], 0.5, 1)
+    assert len(rows) == 8 and copies.labels == [pool_dd.train.labels[r] for r in rows]
+
+
+def test_only_strong_suspects_are_used_best_first(pair):
+    rec = RecoveryConfig(min_excess=0.5, max_suspects=2)
+    scan = found(suspect(pair, "cf", 0.9), suspect(pair, "mn", 0.6), suspect(pair, "good", 0.3), suspect(pair, "bb", 0.55))
+    assert [s.trigger for s in consistency.suspects(scan, rec)] == ["cf", "mn"]
+    assert consistency.suspects(None, rec) == []
+
+
+def _recovery_cfg(**kw) -> DefenseConfig:
+    return DefenseConfig(
+        method="fine-mixing+distill", rho=0.0, epur=EpurConfig(k=5), train=TrainConfig(lr=1e-3, epochs=1.0, batch_size=8), **kw
+    )
+
+
+def test_defend_teaches_the_given_scan_suspects(pair, pool_dd):
+    logs: list[str] = []
+    res = defend(pair, pool_dd, _recovery_cfg(), scan_result=found(suspect(pair, "cf", 0.9)), log=logs.append)
+    assert res.suspects == ["cf"] and res.consistency_copies == 2 + 8  # half the pool (4) and half the labelled set (16)
+    assert any("trigger-aware recovery" in m for m in logs)
+    off = defend(pair, pool_dd, _recovery_cfg(recovery=RecoveryConfig(consistency=False)), scan_result=found(suspect(pair, "cf", 0.9)))
+    assert off.suspects == [] and off.consistency_copies == 0
+
+
+def test_no_card_field_reaches_recovery(pair, pool_dd, monkeypatch):
+    # the suspects come from a scan of θ_FT on clean data; a card naming a trigger changes nothing recovery does
+    seen: list[list[tuple[int, ...]]] = []
+    real = consistency.with_consistency
+
+    def spy(base, tokenizer, triggers, share, seed):
+        seen.append(list(triggers))
+        return real(base, tokenizer, triggers, share, seed)
+
+    monkeypatch.setattr(consistency, "with_consistency", spy)
+    cfg = _recovery_cfg(recovery=RecoveryConfig(min_excess=-1.0))  # use whatever the scan finds, however weak
+    plain = defend(pair, pool_dd, cfg)
+    carded = dataclasses.replace(pair, card={"trigger": ["zebra"], "trigger_text": "zebra", "target": 1, "attack": "word"})
+    with_card = defend(carded, pool_dd, cfg)
+    assert plain.scan is not None and with_card.scan is not None
+    assert plain.suspects == with_card.suspects and seen[0] == seen[1] and seen[0]  # the scan found something to use
+    zebra = text_ids(pair.tokenizer, "zebra")
+    assert all(t != zebra for t in seen[1])
+    assert [c.trigger for c in with_card.scan.candidates] == [c.trigger for c in plain.scan.candidates]
