@@ -179,3 +179,31 @@ def test_class_names_come_from_string_labels_or_a_label_name_column(tmp_path):
     clash = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0, 0, 1, 1], "label_name": ["x", "y", "z", "z"]})
     with pytest.raises(FinemixError, match="label 0 has two names"):
         data.validate_frame(clash, "c.csv")
+
+
+def test_general_text_never_comes_from_the_models_own_set_nor_repeats_a_csv_row():
+    amazon = set(data.GENERAL_SOURCES["amazon"][0]().str.strip())
+    drawn, what = data.general_text(500, 0, exclude={"amazon"})
+    assert len(drawn) == 500 and "amazon" not in what and "nyt-editorials" in what
+    assert not set(drawn["text"]) & amazon and set(drawn["label"]) == {0}
+    again, _ = data.general_text(500, 0, exclude={"amazon"})
+    assert again["text"] == drawn["text"]  # seeded
+    avoid = set(drawn["text"][:100])
+    assert not set(data.general_text(500, 0, exclude={"amazon"}, avoid=avoid)[0]["text"]) & avoid
+    assert len(data.general_text(0, 0)[0]) == 0
+
+
+def test_a_small_pool_is_topped_up_with_general_text_only_when_asked(tmp_path, tiny_pair_dirs):
+    from finemix_core import experiment
+
+    csv = _user_csv(tmp_path / "mine.csv", 300)
+    ft, pt = tiny_pair_dirs
+    ctx = experiment.prepare(str(ft), str(pt), clean_data=str(csv))
+    plain = ctx.defender(128, 256, 0)
+    topped = ctx.defender(128, 256, 0, min_pool=400)
+    assert len(plain.unlabeled_texts) == 52 and len(topped.unlabeled_texts) == 400
+    assert topped.unlabeled_texts[:52] == plain.unlabeled_texts  # the defender's own pool first, then general text
+    assert "offline general text" in topped.unlabeled_source and topped.texts == plain.texts and topped.dev == plain.dev
+    rows = {t for part in ctx.clean_splits.values() for t in part["text"]}
+    assert not rows & set(topped.unlabeled_texts[52:])  # no row of the CSV, its held-out part included
+    assert len(ctx.defender(128, 256, 0, min_pool=40).unlabeled_texts) == 52  # a pool as large as asked: nothing added
