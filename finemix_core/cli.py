@@ -390,12 +390,13 @@ def defend_cmd(
     finally:
         bar.close()
     estimate = None
-    if before is not None and before.best is not None:
-        best = before.best
+    found = result.scan or before  # trigger-aware recovery scanned θ_FT (or reused the scan above)
+    if found is not None and found.best is not None:
+        best = found.best
         after = experiment.run_scan(
             ctx, experiment.measure_only(), clean_size, seed=seed, given=((best.trigger, best.target),), model=result.model
         )
-        estimate = experiment.scan_estimate(before, after)
+        estimate = experiment.scan_estimate(found, after)
     experiment.save_defended(ctx, result, row, out, overwrite, extra={"scan": estimate} if estimate else None)
     experiment.record("defend", {**row.as_dict(), "out": str(out), "scan": estimate})
     if as_json:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finemix_core.atomic import save_dir
+from finemix_core.atomic import save_dir, write_bytes
 from finemix_core.config import TrainConfig, finemix_home
 from finemix_core.defenses.base import DefenderData
 from finemix_core.encoding import Encoded
@@ -524,6 +524,16 @@ def scan(
     cfg = cfg or ScanConfig()
     check_inputs(pair, dd, cfg)
     pair = dataclasses.replace(pair, card={})  # by construction: nothing the model's maker wrote reaches the search
+    # an identical scan (same θ_FT weights, θ_PT, defender data, config, given triggers) is read back, not re-run: `finemix
+    # scan` and then `finemix defend` (whose trigger-aware recovery scans) cost one scan. The lab keeps its own in memory.
+    memo = None
+    if reference is None and progress is None and cancelled is None:
+        memo = finemix_home() / "cache" / "scan" / f"{scan_key(pair, dd, cfg, given)}.json"
+        if memo.is_file():
+            try:
+                return result_from_json(json.loads(memo.read_text()))
+            except (ValueError, KeyError, TypeError):
+                pass  # an unreadable cache entry is scanned again and rewritten
     started = time.perf_counter()
     timings: dict[str, float] = {}
     say = log or (lambda _m: None)
@@ -631,7 +641,7 @@ def scan(
         else f"the given trigger(s) on {len(verify)} held-aside sentences"
     )
     step("done", 1.0)
-    return ScanResult(
+    result = ScanResult(
         verdict,
         float(score_value),
         cfg.threshold,
@@ -643,3 +653,26 @@ def scan(
         len(verify),
         timings,
     )
+    if memo is not None:
+        try:
+            write_bytes(json.dumps(dataclasses.asdict(result)).encode(), memo)
+        except (OSError, FinemixError):
+            pass  # a read-only home only costs the next identical scan a re-run
+    return result
+
+
+def scan_key(pair: ModelPair, dd: DefenderData, cfg: ScanConfig, given: Sequence[tuple[str, int]]) -> str:
+    """What makes a scan's result: θ_FT's weights, θ_PT and the labelled set (the reference's key), dev, config, given."""
+    digest = hashlib.sha256(reference_key(pair, dd, cfg.reference_train).encode())
+    for k, v in pair.ft.state_dict().items():
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps([dd.dev.input_ids, dd.dev.labels, dataclasses.asdict(cfg), list(given)], default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+def result_from_json(raw: dict) -> ScanResult:
+    """A ScanResult as `dataclasses.asdict` wrote it."""
+    raw = dict(raw)
+    raw["candidates"] = [Suspect(**{**c, "token_ids": tuple(c["token_ids"])}) for c in raw["candidates"]]
+    return ScanResult(**raw)

@@ -290,3 +290,19 @@ def test_the_least_that_fires_ranks_first():
     ranked = prefer_minimal([other, weak, long, short])
     assert [s.trigger for s in ranked] == ["kitchen", "kitchenderic", "hilarious", "kit"]
     assert prefer_minimal([sus("a", (1,), 0.9, 0.0, target=0), long])[0] is long  # another class never moves up
+
+
+def test_an_identical_scan_is_read_back_and_a_changed_model_is_scanned_again(tiny_scan, monkeypatch):
+    from finemix_core import scan as scan_module
+
+    pt, csv, models = tiny_scan
+    pair = load_pair(models["cf"], pt)
+    dd = defender(pair, csv)
+    first = scan(pair, dd, FAST_SCAN)
+    monkeypatch.setattr(scan_module, "reference_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-ran")))
+    again = scan(pair, dd, FAST_SCAN)  # `finemix scan`, then `finemix defend`: one scan
+    assert again.candidates == first.candidates and (again.verdict, again.score) == (first.verdict, first.score)
+    assert all(isinstance(c.token_ids, tuple) for c in again.candidates)
+    other = load_pair(models["zorblat"], pt)  # other weights, the same data: not the same scan
+    with pytest.raises(AssertionError, match="re-ran"):
+        scan(other, defender(other, csv), FAST_SCAN)
