@@ -662,12 +662,14 @@ def scan(
 
 
 def scan_key(pair: ModelPair, dd: DefenderData, cfg: ScanConfig, given: Sequence[tuple[str, int]]) -> str:
-    """What makes a scan's result: θ_FT's weights, θ_PT and the labelled set (the reference's key), dev, config, given."""
+    """What makes a scan's result: θ_FT's weights, θ_PT and the labelled set (the reference's key), the pool (E-PUR's
+    counts), dev, config, given."""
     digest = hashlib.sha256(reference_key(pair, dd, cfg.reference_train).encode())
     for k, v in pair.ft.state_dict().items():
         digest.update(k.encode())
         digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     digest.update(json.dumps([dd.dev.input_ids, dd.dev.labels, dataclasses.asdict(cfg), list(given)], default=str).encode())
+    digest.update(json.dumps([dd.texts, dd.unlabeled_texts]).encode())
     return digest.hexdigest()[:20]
 
 
