@@ -24,6 +24,9 @@ def test_default_defend_removes_the_quick_word_backdoor_and_keeps_clean_accuracy
     assert row["asr"] <= row["asr_floor"] + 0.10, (card, row)  # the backdoor is gone (down to the clean floor) ...
     assert row["cacc"] >= card["cacc"] - 0.03, (card, row)  # ... and clean accuracy stays
     assert [c["value"] for c in row["search"]][-1] == row["rho"] and row["search"][-1]["passed"]
+    # trigger-aware recovery: the scan of θ_FT (clean data only) suspected `cf` and recovery taught it away
+    assert "cf" in row["suspects"] and row["consistency_copies"] > 500, row
+    assert "trigger-aware recovery" in stderr
 
     # a standard HF folder anyone can load, with a card that says how it was made
     model = AutoModelForSequenceClassification.from_pretrained(out)

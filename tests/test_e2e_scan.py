@@ -1,6 +1,6 @@
 """End to end on real weights and data: `finemix scan` names the quick zoo's word backdoor `cf` from clean data alone,
-and measured on the default defense's model (the run shared with test_e2e_defend) the same trigger flips no more
-sentences than on the clean reference. `defend`'s scan-first path for a card-less model is tested on the tiny zoo
+and the default defense (the run shared with test_e2e_defend), whose trigger-aware recovery scanned θ_FT the same way,
+leaves that trigger flipping no more sentences than on the clean reference. `defend`'s scan-first path for a card-less model is tested on the tiny zoo
 (test_cli), where it costs seconds rather than a second real defense."""
 
 import json
@@ -20,9 +20,10 @@ def test_scan_names_the_quick_word_backdoor_and_the_defended_model_no_longer_fli
     best = out["candidates"][0]
     assert best["trigger"] == "cf" and best["target"] == 1 and best["flip"] >= 0.9 and best["reference_flip"] <= 0.2, out
 
-    _row, defended, _ = quick_defended
-    res = runner.invoke(app, ["scan", "--model", str(defended), "--clean-data", "rt", "--trigger", "cf", "--target", "1", "--json"])
-    assert res.exit_code == 0, res.output
-    after = json.loads(res.stdout)["candidates"][0]
-    assert after["trigger"] == "cf" and after["source"] == "given"
-    assert after["flip"] <= after["reference_flip"] + 0.10, after  # at the clean reference's level after the defense
+    # the default defense scanned θ_FT the same way (one scan: the CLI read this one back) and measured the suspect on
+    # the defended model: at the clean reference's level after the defense
+    row, defended, _ = quick_defended
+    estimate = row["scan"]
+    assert estimate["estimate"] and estimate["suspected_trigger"] == "cf" and estimate["suspected_target"] == 1, estimate
+    assert estimate["flip_before"] >= 0.9 and estimate["flip_after"] <= estimate["reference_flip"] + 0.10, estimate
+    assert json.loads((defended / "finemix.json").read_text())["scan"] == estimate
