@@ -42,16 +42,16 @@ def chosen_rows(n: int, share: float, seed: int) -> list[int]:
 
 
 def triggered_copies(
-    tokenizer, enc: Encoded, triggers: Sequence[tuple[int, ...]], share: float, seed: int, max_length: int = 128
+    tokenizer, enc: Encoded, triggers: Sequence[tuple[int, ...]], share: float, seed: int
 ) -> tuple[list[int], Encoded]:
     """(rows, copies): a seeded share of `enc`'s rows with a trigger inserted at a word boundary (the triggers taken in
-    turn), labels kept. No triggers or no share: no rows."""
+    turn), labels kept, no copy longer than `enc`'s longest text (its cut fits the model). No triggers or share: none."""
     from finemix_core.scan import Inserter, concat  # scan imports the defenses' data types; import here, not at the top
 
     rows = chosen_rows(len(enc), share, seed) if triggers else []
     if not rows:
         return [], enc.subset([])
-    insert = Inserter(tokenizer, enc, seed, max_length)
+    insert = Inserter(tokenizer, enc, seed, max(len(ids) for ids in enc.input_ids))
     parts = [insert(triggers[j % len(triggers)], [r]) for j, r in enumerate(rows)]
     return rows, concat(parts)
 

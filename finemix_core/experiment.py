@@ -18,7 +18,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from finemix_core import data, store
 from finemix_core.atomic import save_dir
-from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, EvalConfig, zoo_dir
+from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, MAX_LENGTH, EvalConfig, zoo_dir
 from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, defend, defender_data
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
@@ -84,8 +84,10 @@ class Context:
                 parts.append((general, what))
         merged = concatenate_datasets([p.cast(parts[0][0].features) for p, _ in parts]) if parts else None
         source = " + ".join(f"{w} ({len(p)})" for p, w in parts) or "none"
+        # texts are cut to what the model can read (a small model's position table can be shorter than MAX_LENGTH)
+        max_length = min(MAX_LENGTH, getattr(self.pair.ft.config, "max_position_embeddings", MAX_LENGTH))
         return defender_data(
-            self.pair.tokenizer, train, dev, clean_size, dev_size, seed, unlabeled=merged, unlabeled_source=source
+            self.pair.tokenizer, train, dev, clean_size, dev_size, seed, max_length, unlabeled=merged, unlabeled_source=source
         )
 
     def _general_guard(self) -> tuple[set[str], set[str]]:

@@ -639,6 +639,7 @@ def history(lab: LabModel) -> pd.DataFrame:
                 "n test": c.get("n_clean"),
                 "n non-target": c.get("n_nontarget"),
                 "dev search": search_text(search),
+                "suspects taught away": ", ".join(c.get("suspects") or []),  # scan's estimates, never the card's
                 "seconds": c.get("seconds"),
                 "fixed budget": _fixed_budget(r["kind"], c),
             }

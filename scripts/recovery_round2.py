@@ -40,6 +40,7 @@ CANDIDATES = {
     "+ both, fine-purifying ρ 0.2": ("epur+fine-purifying+distill", 0.2, RecoveryConfig()),
     "fine-purifying (paper recipe)": ("epur+fine-purifying", None, OLD),
     "+ both, general text 3000": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=3000)),
+    "+ both, general text 300": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=300)),
 }
 
 

@@ -61,7 +61,9 @@ def test_consistency_loss_is_zero_when_the_trigger_changes_nothing_and_only_the_
     # student's weights and none of the teacher's
     ids = text_ids(pair.tokenizer, "cf")
     _, trig = consistency.triggered_copies(pair.tokenizer, pool, [ids], 1.0, 0)
-    assert all(len(t) == len(c) + len(ids) for t, c in zip(trig.input_ids, pool.input_ids))
+    longest = max(map(len, pool.input_ids))  # no copy outgrows the longest text (its cut fits the model)
+    assert all(len(t) == min(len(c) + len(ids), longest) for t, c in zip(trig.input_ids, pool.input_ids))
+    assert any(len(t) == len(c) + len(ids) for t, c in zip(trig.input_ids, pool.input_ids))
     loss = consistency.consistency_loss(student, collate(trig, rows), teacher_logits, 2.0)
     assert loss.item() > 0
     student.requires_grad_(True)
@@ -82,7 +84,8 @@ def test_consistency_copies_carry_the_teacher_answer_on_the_clean_text(pair, poo
     for j, r in enumerate(rows):
         copy = bigger.texts.input_ids[len(pool) + j]
         assert torch.equal(bigger.teacher_logits[len(pool) + j], logits[r])  # the answer without the trigger
-        assert len(copy) == len(pool.input_ids[r]) + len(ids) and all(t in copy for t in ids)
+        assert len(copy) == min(len(pool.input_ids[r]) + len(ids), max(map(len, pool.input_ids)))
+        assert all(t in copy for t in ids)
     # the same seed, the same rows and positions; no triggers, nothing added
     assert consistency.with_consistency(base, pair.tokenizer, [ids], 0.5, 0)[0].texts == bigger.texts
     assert consistency.with_consistency(base, pair.tokenizer, [], 0.5, 0) == (base, 0)

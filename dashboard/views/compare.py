@@ -26,6 +26,7 @@ COLUMNS = [
     "rho auto",
     "prune ratio",
     "dev search",
+    "suspects taught away",
     "seed",
     "clean n",
     "n test",
@@ -50,7 +51,9 @@ else:
         f"{int(rows.n_nontarget.iloc[0])} triggered non-target ones); bars show Wilson 95 % intervals. The floor here is the "
         "clean model on the full test split, so it differs slightly from the Mixing lab's live-set floor. "
         "'dev search' lists every ρ or prune ratio the defense tried on clean dev data, and says when none passed "
-        "and it fell back (ρ 0.9 or the best dev accuracy for Fine-mixing, prune ratio 0 for fine-pruning)."
+        "and it fell back (ρ 0.9 or the best dev accuracy for Fine-mixing, prune ratio 0 for fine-pruning). "
+        "'suspects taught away': the triggers `finemix scan` suspected from clean data alone, which trigger-aware "
+        "recovery (the `+distill` methods) taught the model to ignore — estimates, never the model card's trigger."
     )
 
 if table.missing:
