@@ -123,7 +123,9 @@ def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path
     row = json.loads(res.stdout)
     assert row["method"] == "epur+fine-mixing+distill" and row["clean_data"] == str(home / "tiny.csv")
     # 1,100 rows by the one rule: 220 held out (scored on), 220 dev, 660 train → 128 labelled + 532 pool
-    assert row["n_clean"] == 220 and row["dev_size"] == 220 and row["unlabeled_n"] == 660 - 128
+    assert row["n_clean"] == 220 and row["dev_size"] == 220
+    # the pool: the 532 train rows not labelled, topped up to 1,000 with offline general text (--general-text)
+    assert row["unlabeled_n"] == 1000 and "(532)" in row["unlabeled_source"] and "offline general text" in row["unlabeled_source"]
     assert row["parts"].startswith("clean data tiny.csv (1100 rows") and "scored on its held-out part" in row["parts"]
     assert json.loads((out / "finemix.json").read_text())["parts"] == row["parts"]  # the card says it too
     assert row["search"] and (out / "model.safetensors").is_file()
