@@ -481,6 +481,13 @@ def curve_point(
     return rows[keys[spec]]
 
 
+# said plainly on the curve page and in the Mixing lab (docs/recovery.md has the runs it counts)
+RHO_ZERO_NOTE = (
+    "With recovery, the dev data chose ρ = 0 (θ_PT everywhere but θ_FT's classifier head, then distilled) on nearly "
+    "every run measured: 12 of 12 report runs in round 1, RHO_ZERO_ROUND2 in round 2 (docs/recovery.md). Recovery, "
+    "not the mix, wins back the clean accuracy; a higher ρ kept more of θ_FT and, on a user's 300-row CSV, its backdoor "
+    "with it. The curve shows what each ρ costs or keeps on this model."
+)
 RECIPES = ("default", "paper")  # the Mixing lab's step 2 (its step 1 is a random or sorted mix)
 CURVE_RECIPES = (*RECIPES, "purifying")  # the ρ-curve page also draws Fine-purifying's ρ (a Fisher-ranked reset)
 RECIPE_LABELS = {  # how the pages name them

@@ -64,6 +64,8 @@ else:
         f"{int(points.n_nontarget.iloc[0])} triggered non-target ones), Wilson 95 % intervals; floor: the clean model "
         "on the same triggered test set."
     )
+if recipe != "paper":
+    st.caption(lab.RHO_ZERO_NOTE)
 if curve.auto_rho is not None:
     st.markdown(
         f"**Auto-ρ picked ρ = {curve.auto_rho:g}** (green line) from clean dev accuracy alone — never test or triggered data. "
