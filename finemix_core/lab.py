@@ -484,7 +484,7 @@ def curve_point(
 # said plainly on the curve page and in the Mixing lab (docs/recovery.md has the runs it counts)
 RHO_ZERO_NOTE = (
     "With recovery, the dev data chose ρ = 0 (θ_PT everywhere but θ_FT's classifier head, then distilled) on nearly "
-    "every run measured: 12 of 12 report runs in round 1, RHO_ZERO_ROUND2 in round 2 (docs/recovery.md). Recovery, "
+    "every run measured: 12 of 12 report runs in round 1, 17 of 19 auto-ρ runs of the round-2 dev study and all 8 with the new default (docs/recovery.md). Recovery, "
     "not the mix, wins back the clean accuracy; a higher ρ kept more of θ_FT and, on a user's 300-row CSV, its backdoor "
     "with it. The curve shows what each ρ costs or keeps on this model."
 )
