@@ -10,14 +10,13 @@ dataset, trigger and target; the floor is a clean model of the same dataset).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import pandas as pd
 
-from finemix_core import data, experiment
-from finemix_core.config import EvalConfig, finemix_home, zoo_dir
-from finemix_core.evaluate import make_eval_set, predict, score
+from finemix_core import experiment
+from finemix_core.config import finemix_home, zoo_dir
+from finemix_core.evaluate import score
 from finemix_core.models import load_classifier, read_card
 
 BENCH_CLEAN = {"rt": "rt-clean-0", "amazon": "amazon-clean-1", "tweets": "tweets-clean-2", "sms-spam": "sms-spam-clean-3"}
@@ -54,15 +53,6 @@ def main() -> None:
             ctx = experiment.prepare(
                 str(ft), data_name=card.get("dataset", "rt"), trigger=trig, target=card.get("target", 1), floor_model=floor
             )
-            if not card:
-                # a card-less model's defender cannot exclude its data set from the general text, and half of rt's test
-                # sentences are among the offline movie snippets: score on the test sentences no general source holds
-                general = set(pd.concat([load() for load, _ in data.GENERAL_SOURCES.values()]).str.strip())
-                test = ctx.dsd["test"].filter(lambda r: r["text"].strip() not in general)
-                es = make_eval_set(ctx.pair.tokenizer, test, trig, card.get("target", 1), EvalConfig())
-                clean, _ = load_classifier(floor)
-                hits = predict(clean, es.triggered).argmax(1) == es.target
-                ctx = dataclasses.replace(ctx, eval_set=es, floor=float(hits.mean()))
             contexts[model] = (ctx, score(ctx.pair.ft, ctx.eval_set))
         ctx, before = contexts[model]
         defended, _ = load_classifier(folder)
