@@ -265,11 +265,20 @@ def _recovery_text(pool: pd.DataFrame) -> str:
         return "not run"
     rec = pool["recovery"].iloc[0]
     rec = rec if isinstance(rec, dict) else {}
-    return (
+    text = (
         f"CE on the labelled batch + {rec.get('weight', '?'):g} · T²·KL(θ_FT ‖ student) at T = "
         f"{rec.get('temperature', '?'):g} on a "
         f"batch of clean unlabelled texts, {rec.get('passes', '?'):g} passes over the {pool['unlabeled_source'].iloc[0]}"
     )
+    if rec.get("consistency"):  # round 2: the scan's suspects (never the card's) taught to mean nothing
+        suspects = sorted({s for row in pool.get("suspects", pd.Series(dtype=object)).dropna() for s in row})
+        text += (
+            f"; trigger-aware: the scan's suspects with excess flip ≥ {rec.get('min_excess', '?'):g} (up to "
+            f"{rec.get('max_suspects', '?')}) inserted into {rec.get('consistency_share', 0):.0%} of the pool (taught θ_FT's "
+            f"answer without them) and of the labelled set (true labels); suspects used: "
+            + (", ".join(f"'{s}'" for s in suspects) or "none")
+        )
+    return text
 
 
 def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, device: str) -> str:

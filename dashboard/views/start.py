@@ -99,7 +99,8 @@ method = lab.recipe_method("default")
 if st.button(
     "Defend: E-PUR + Fine-mixing + distillation",
     key="start_defend",
-    help=f"The default `finemix defend` with auto-ρ; {method} {lab.measured_seconds(lm, method)}",
+    help=f"The default `finemix defend` with auto-ρ: it scans θ_FT for a suspected trigger from clean data first and "
+    f"teaches the suspect away while distilling; {method} {lab.measured_seconds(lm, method)}",
 ):
     update, bar = state.progress("defending")
     scores, row = bench.fine_tune(None, "random", int(ss["seed"]), recipe="default", progress=update)
