@@ -5,7 +5,9 @@ A method name is `[epur+]BASE[+distill]`:
   (adding a defense = adding a module and a line here; the CLI, report and lab read METHODS).
 - `epur+` first resets the embedding rows E-PUR flags (docs/design.md §3), then runs BASE on the purified model.
 - `+distill` adds recovery to the shared fine-tuning routine: distillation from θ_FT's own predictions on
-  the defender's clean unlabelled texts (train.Distillation), and makes auto-ρ scan up from a low ρ.
+  the defender's clean unlabelled texts (train.Distillation), and makes auto-ρ scan up from a low ρ. Recovery is
+  trigger-aware by default (consistency.py): the suspects of a scan of θ_FT from clean data — never the card's
+  trigger — are inserted into pool and labelled copies and taught to change nothing.
 
 Every method fine-tunes with the same routine and budget; every choice is made on clean dev data only.
 """
@@ -246,7 +248,7 @@ def defend(
         unlabeled_used=len(job.distill.texts) - copies + len(job.extra_train or ()) if job.distill else 0,
         unlabeled_source=dd.unlabeled_source if job.distill else "none",
         seconds=time.perf_counter() - started,
-        suspects=[s.trigger for s in suspected],
+        suspects=[s.trigger for s in suspected] if copies else [],
         consistency_copies=copies,
         scan=scan_result,
     )
