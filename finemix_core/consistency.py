@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from finemix_core.config import RecoveryConfig
-from finemix_core.encoding import Encoded
+from finemix_core.encoding import Encoded, concat
 from finemix_core.train import Distillation, distillation_loss
+from finemix_core.triggers import Inserter
 
 
 def suspects(found, rec: RecoveryConfig) -> list:
@@ -46,8 +47,6 @@ def triggered_copies(
 ) -> tuple[list[int], Encoded]:
     """(rows, copies): a seeded share of `enc`'s rows with a trigger inserted at a word boundary (the triggers taken in
     turn), labels kept, no copy longer than `enc`'s longest text (its cut fits the model). No triggers or share: none."""
-    from finemix_core.scan import Inserter, concat  # scan imports the defenses' data types; import here, not at the top
-
     rows = chosen_rows(len(enc), share, seed) if triggers else []
     if not rows:
         return [], enc.subset([])
@@ -64,8 +63,6 @@ def with_consistency(
 
     The run keeps its length: the passes are scaled so that passes × texts stays what it was (the copies take a share
     of the steps instead of adding steps; a defense with them costs the same time as one without)."""
-    from finemix_core.scan import concat
-
     rows, copies = triggered_copies(tokenizer, base.texts, triggers, share, seed)
     if not rows:
         return base, 0

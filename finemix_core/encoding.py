@@ -84,3 +84,19 @@ def shuffled_bucket_batches(enc: Encoded, batch_size: int, generator: torch.Gene
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     for b in torch.randperm(len(batches), generator=generator).tolist():
         yield batches[b]
+
+
+def cut(enc: Encoded, max_length: int) -> Encoded:
+    """Sentences cut to `max_length` tokens (the closing [SEP] kept): the search needs the gist, not every word."""
+    ids = [s if len(s) <= max_length else s[: max_length - 1] + s[-1:] for s in enc.input_ids]
+    types = [t if len(t) <= max_length else t[: max_length - 1] + t[-1:] for t in enc.token_type_ids]
+    return Encoded(ids, types, list(enc.labels), enc.pad_id)
+
+
+def concat(parts: Sequence[Encoded]) -> Encoded:
+    return Encoded(
+        [s for p in parts for s in p.input_ids],
+        [s for p in parts for s in p.token_type_ids],
+        [s for p in parts for s in p.labels],
+        parts[0].pad_id,
+    )

@@ -37,14 +37,14 @@ import torch
 
 from finemix_core.atomic import save_dir, write_bytes
 from finemix_core.config import TrainConfig, finemix_home
-from finemix_core.defenses.base import DefenderData
-from finemix_core.encoding import Encoded
+from finemix_core.defender import DefenderData
+from finemix_core.encoding import Encoded, concat, cut
 from finemix_core.epur import EpurConfig, embedding_key, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import predict, wilson
 from finemix_core.models import ModelPair, load_classifier
 from finemix_core.train import fine_tune
-from finemix_core.triggers import example_rng
+from finemix_core.triggers import Inserter
 
 VERDICTS = ("backdoor", "no evidence")
 # θ_PT fine-tuned on the labelled clean set alone: the reference's own budget (the defenses' lr, more epochs: 128 rows)
@@ -167,53 +167,6 @@ class ScanResult:
 
 
 # ---- token-level insertion -------------------------------------------------------------------------------------
-
-
-class Inserter:
-    """Inserts token-id triggers into tokenised sentences at word boundaries (the first segment of a pair), seeded per
-    sentence like `triggers.insert_all`; the sentences are tokenised once."""
-
-    def __init__(self, tokenizer, enc: Encoded, seed: int, max_length: int = 128):
-        self.enc = enc
-        self.max_length = max_length
-        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        self.continuation = np.array([str(t).startswith("##") for t in tokens], dtype=bool)
-        sep = tokenizer.sep_token_id
-        self.positions: list[int] = []
-        for i, ids in enumerate(enc.input_ids):
-            end = ids.index(sep) if sep in ids else len(ids)
-            gaps = [p for p in range(1, end + 1) if p == end or not self.continuation[ids[p]]]
-            self.positions.append(example_rng(seed, i).choice(gaps))
-
-    def __call__(self, trigger: Sequence[int], rows: Sequence[int] | None = None) -> Encoded:
-        rows = range(len(self.enc)) if rows is None else rows
-        trig = list(trigger)
-        ids, types, labels = [], [], []
-        for i in rows:
-            p, seq, tt = self.positions[i], self.enc.input_ids[i], self.enc.token_type_ids[i]
-            new, new_t = seq[:p] + trig + seq[p:], tt[:p] + [tt[p - 1]] * len(trig) + tt[p:]
-            if len(new) > self.max_length:  # keep the trigger and the closing [SEP]
-                new, new_t = new[: self.max_length - 1] + new[-1:], new_t[: self.max_length - 1] + new_t[-1:]
-            ids.append(new)
-            types.append(new_t)
-            labels.append(self.enc.labels[i])
-        return Encoded(ids, types, labels, self.enc.pad_id)
-
-
-def cut(enc: Encoded, max_length: int) -> Encoded:
-    """Sentences cut to `max_length` tokens (the closing [SEP] kept): the search needs the gist, not every word."""
-    ids = [s if len(s) <= max_length else s[: max_length - 1] + s[-1:] for s in enc.input_ids]
-    types = [t if len(t) <= max_length else t[: max_length - 1] + t[-1:] for t in enc.token_type_ids]
-    return Encoded(ids, types, list(enc.labels), enc.pad_id)
-
-
-def concat(parts: Sequence[Encoded]) -> Encoded:
-    return Encoded(
-        [s for p in parts for s in p.input_ids],
-        [s for p in parts for s in p.token_type_ids],
-        [s for p in parts for s in p.labels],
-        parts[0].pad_id,
-    )
 
 
 # ---- the reference ---------------------------------------------------------------------------------------------
