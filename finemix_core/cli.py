@@ -20,6 +20,7 @@ from finemix_core import data, zoo
 from finemix_core.atomic import check_new, check_writable, write_csv
 from finemix_core.config import RecoveryConfig, zoo_dir
 from finemix_core.errors import FinemixError
+from finemix_core.remembered import Remember
 
 app = typer.Typer(help="Fine-mixing and E-PUR: remove backdoors from fine-tuned language models.", no_args_is_help=True)
 zoo_app = typer.Typer(help="Build and list the zoo of backdoored models.", no_args_is_help=True)
@@ -383,10 +384,13 @@ def defend_cmd(
         # no trigger known: scan θ_FT from the defender's clean data first, so the defense ends with an estimate
         say("no trigger known for this model: scanning θ_FT from the clean data first (--no-scan skips)")
         before = experiment.run_scan(ctx, clean_size=clean_size, seed=seed, log=say)
-        say(f"scan ({before.seconds:.0f} s): {before.message(ctx.class_names)}")
+        say(f"scan ({before.time_text}): {before.message(ctx.class_names)}")
     bar = _ProgressBar(method)
     try:
-        result, row = experiment.run_defense(ctx, cfg, clean_size, progress=bar, log=say, scan_result=before)
+        # always a real run (its time and folder are this run's); stored so the lab's one-click defense can read it back
+        result, row = experiment.run_defense(
+            ctx, cfg, clean_size, progress=bar, log=say, scan_result=before, remember=Remember.STORE
+        )
     finally:
         bar.close()
     estimate = None
@@ -497,7 +501,7 @@ def scan_cmd(
         )
     console.print(table)
     typer.echo(result.message(names))
-    typer.echo(f"searched: {result.searched}; {result.seconds:.1f} s")
+    typer.echo(f"searched: {result.searched}; {result.time_text}")
 
 
 # ---- scale-out options shared by sweep and report (executor.py, ray_executor.py) ----

@@ -24,6 +24,7 @@ from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
 from finemix_core.mixing import MixConfig, mix_into
 from finemix_core.models import CARD_NAME, ModelPair, load_classifier, load_pair
+from finemix_core.remembered import Remember
 from finemix_core.train import Progress
 
 
@@ -451,11 +452,12 @@ def run_defense(
     progress: Progress | None = None,
     log=None,
     scan_result=None,
+    remember: Remember = Remember.OFF,
 ) -> tuple[DefenseResult, RunRow]:
     """Defend, score on test, and return (result, its row). `scan_result`: a scan of θ_FT on the same defender parts
-    (`run_scan`), reused by trigger-aware recovery instead of scanning again."""
+    (`run_scan`), reused by trigger-aware recovery instead of scanning again. `remember`: see finemix_core.remembered."""
     dd = ctx.defender(clean_size, dev_size, cfg.seed, min_pool=cfg.recovery.min_pool if cfg.distills else 0)
-    result = defend(ctx.pair, dd, cfg, ctx.device, progress, log, scan_result)
+    result = defend(ctx.pair, dd, cfg, ctx.device, progress, log, scan_result, remember)
     scores = evaluate(ctx, result.model)
     row = RunRow(
         model=ctx.pair.card.get("name", ctx.pair.ft_source),

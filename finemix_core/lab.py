@@ -42,6 +42,7 @@ from finemix_core.evaluate import (  # noqa: F401 — best_device, bf16_supporte
 from finemix_core.experiment import Context, RunRow, prepare, record, run_defense, save_defended
 from finemix_core.mixing import MODES, MixConfig, mix_into  # noqa: F401 — MODES re-exported for the dashboard
 from finemix_core.models import CARD_NAME, ModelPair, resolve
+from finemix_core.remembered import Remember
 from finemix_core.report import REPORT_METHODS
 from finemix_core.train import Progress
 from finemix_core.triggers import example_rng, insert_trigger, parse_trigger
@@ -333,6 +334,7 @@ class Workbench:
         progress: Progress | None = None,
         delta: float = 0.02,
         recipe: str = "default",
+        fresh: bool = False,
     ) -> tuple[Scores, RunRow]:
         """Fine-mixing at ρ (None: auto-ρ within `delta` of θ_FT's dev accuracy), scored on the interactive set.
 
@@ -344,7 +346,7 @@ class Workbench:
         # auto-ρ with the shared budget and default tolerance is the recipe's method as registered: stored as such, so
         # Compare and the curve page find it (a hand-set ρ or tolerance stays a lab run, shown apart)
         as_registered = rho is None and delta == DefenseConfig.delta and epur_k == DefenseConfig().epur.k
-        return self.defend(cfg, clean_size, progress, kind="compare" if as_registered else "lab")
+        return self.defend(cfg, clean_size, progress, kind="compare" if as_registered else "lab", fresh=fresh)
 
     def defend_method(
         self, method: str, seed: int = 0, epur_k: int = 200, clean_size: int = 128, progress: Progress | None = None
@@ -359,18 +361,37 @@ class Workbench:
         return min(max(k, 0), len(self.lab.pair.tokenizer))
 
     def defend(
-        self, cfg: DefenseConfig, clean_size: int = 128, progress: Progress | None = None, kind: str = "lab"
+        self,
+        cfg: DefenseConfig,
+        clean_size: int = 128,
+        progress: Progress | None = None,
+        kind: str = "lab",
+        fresh: bool = False,
     ) -> tuple[Scores, RunRow]:
         """Any defense, scored on the full test set (stored) and on the interactive set (returned). `kind`: "lab" for the
-        Mixing lab's hand-set runs, "compare" for a method run as registered with the shared budget."""
+        Mixing lab's hand-set runs, "compare" for a method run as registered with the shared budget. An identical
+        earlier defense (CLI or lab) is read back (`self.defended.read_back`) unless `fresh`."""
         key = ("scan-result", cfg.seed, clean_size)  # the same defender parts: a scan this model already had is reused
-        result, row = run_defense(self.lab.ctx, cfg, clean_size, progress=progress, scan_result=self.lab.cache.get(key))
+        remember = Remember.STORE if fresh else Remember.REUSE
+        result, row = run_defense(
+            self.lab.ctx, cfg, clean_size, progress=progress, scan_result=self.lab.cache.get(key), remember=remember
+        )
         if result.scan is not None:
             self.lab.cache[key] = result.scan
-        record(kind, {**row.as_dict(), "source": kind})
+        record(kind, {**row.as_dict(), "source": kind, "read_back": result.read_back})
         self.lab.cache.pop(("timing", row.method), None)  # the next duration claim reads this run
         self.defended, self.defended_row = result, row
         return score(result.model, self.lab.interactive), row
+
+
+def read_back_note(result: DefenseResult | None) -> str | None:
+    """What the lab says under a defense it read back instead of running (None for a new run)."""
+    if result is None or not result.read_back:
+        return None
+    return (
+        f"Read back from an identical earlier defense (CLI or lab: same weights, data and settings), which took "
+        f"{result.seconds:.0f} s; the numbers are that run's model scored here. Run it again for a new run."
+    )
 
 
 def fmt(value, digits: int = 3) -> str:

@@ -128,6 +128,7 @@ class ScanResult:
     n_search: int
     n_verify: int
     timings: dict = field(default_factory=dict)  # seconds per stage
+    read_back: bool = False  # True: an identical earlier scan's stored result, not a new search
 
     @property
     def best(self) -> Suspect | None:
@@ -151,9 +152,17 @@ class ScanResult:
             f"{best.excess * 100:+.0f} points over the reference (threshold {self.threshold * 100:.0f})"
         )
 
+    @property
+    def time_text(self) -> str:
+        """How long it took, or that it was read back (then: how long the stored scan took)."""
+        if self.read_back:
+            return f"read back from an identical earlier scan (same weights, data and settings; it took {self.seconds:.0f} s)"
+        return f"{self.seconds:.0f} s"
+
     def as_json(self) -> dict:
         return {
             "verdict": self.verdict,
+            "read_back": self.read_back,
             "score": round(self.score, 4),
             "threshold": self.threshold,
             "seconds": round(self.seconds, 2),
@@ -478,15 +487,19 @@ def scan(
     check_inputs(pair, dd, cfg)
     pair = dataclasses.replace(pair, card={})  # by construction: nothing the model's maker wrote reaches the search
     # an identical scan (same θ_FT weights, θ_PT, defender data, config, given triggers) is read back, not re-run: `finemix
-    # scan` and then `finemix defend` (whose trigger-aware recovery scans) cost one scan. The lab keeps its own in memory.
+    # scan`, `finemix defend` (whose trigger-aware recovery scans) and the lab's Scan page cost one scan between them.
     memo = None
-    if reference is None and progress is None and cancelled is None:
+    if reference is None:
         memo = finemix_home() / "cache" / "scan" / f"{scan_key(pair, dd, cfg, given)}.json"
         if memo.is_file():
             try:
-                return result_from_json(json.loads(memo.read_text()))
+                stored = dataclasses.replace(result_from_json(json.loads(memo.read_text())), read_back=True)
             except (ValueError, KeyError, TypeError):
-                pass  # an unreadable cache entry is scanned again and rewritten
+                stored = None  # an unreadable cache entry is scanned again and rewritten
+            if stored is not None:
+                if progress:
+                    progress("read back", 1.0)
+                return stored
     started = time.perf_counter()
     timings: dict[str, float] = {}
     say = log or (lambda _m: None)

@@ -96,9 +96,13 @@ def outside_hosts(urls: list[str]) -> list[str]:
     ]
 
 
-def test_live_lab_in_a_real_browser(server, tmp_path):
+def test_live_lab_in_a_real_browser(server, quick_defended, tmp_path):
     """Start here → the trigger fires → one-click defense → it stops firing; the live slider; sidebar navigation keeps the
-    URL state; and no request ever leaves the machine."""
+    URL state; and no request ever leaves the machine.
+
+    The one-click defense is the one `finemix defend` already ran in `quick_defended` (same model, data and settings), so
+    the lab reads it back and says so, as it would for a teacher who defended the model before class; the lab running a
+    defense itself is test_dashboard's Start here test (AppTest), the real default's run is test_e2e_defend."""
     from playwright.sync_api import expect, sync_playwright
 
     shots = tmp_path / "shots"
@@ -117,6 +121,7 @@ def test_live_lab_in_a_real_browser(server, tmp_path):
         page.get_by_role("button", name="Defend: E-PUR + Fine-mixing + distillation").click()
         verdict = page.get_by_text("The trigger fires on")
         expect(verdict).to_be_visible(timeout=420_000)
+        expect(page.get_by_text("Read back from an identical earlier defense")).to_be_visible(timeout=10_000)
         fired, shown = (int(w) for w in re.findall(r"fires on (\d+) of these (\d+)", verdict.inner_text())[0])
         asr = (
             page.locator('[data-testid="stMetric"]', has_text="ASR · defended")

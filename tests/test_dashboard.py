@@ -266,6 +266,11 @@ def test_start_here_is_the_landing_page_and_walks_the_three_steps(app):
     assert list(after["sentence (trigger inserted)"]) == list(demo["sentence (trigger inserted)"])
     assert any(m.value.startswith("**The trigger fires on") for m in app.markdown)
     assert metric(app, "ASR · defended").split(" [")[0] != ""
+    # the same defense again (as after a `finemix defend` of this model) is read back at once, and says so
+    next(b for b in app.button if b.label.startswith("Defend:")).click().run()
+    assert any(c.value.startswith("Read back from an identical earlier defense") for c in app.caption)
+    next(b for b in app.button if b.label == "Run it again").click().run()
+    assert not app.exception and not any(c.value.startswith("Read back") for c in app.caption)
     # the one-click defense is the default method as registered (auto-ρ, shared budget): Compare and the curve find it
     run = lab.store.runs(model="word-cf")[0]
     assert run["kind"] == "compare" and run["method"] == lab.DEFAULT_METHOD and run["config"]["rho_auto"]

@@ -303,6 +303,10 @@ def test_an_identical_scan_is_read_back_and_a_changed_model_is_scanned_again(tin
     again = scan(pair, dd, FAST_SCAN)  # `finemix scan`, then `finemix defend`: one scan
     assert again.candidates == first.candidates and (again.verdict, again.score) == (first.verdict, first.score)
     assert all(isinstance(c.token_ids, tuple) for c in again.candidates)
+    assert not first.read_back and again.read_back and "read back" in again.time_text and "read back" not in first.time_text
+    stages: list[tuple[str, float]] = []  # the lab's Scan page (progress and cancel given) reads it back too, and says so
+    from_lab = scan(pair, dd, FAST_SCAN, progress=lambda s, p: stages.append((s, p)), cancelled=lambda: False)
+    assert from_lab.read_back and stages == [("read back", 1.0)] and from_lab.candidates == first.candidates
     other = load_pair(models["zorblat"], pt)  # other weights, the same data: not the same scan
     with pytest.raises(AssertionError, match="re-ran"):
         scan(other, defender(other, csv), FAST_SCAN)

@@ -124,6 +124,7 @@ def live() -> None:
         update, bar = state.progress("fine-tuning")
         scores, row = bench.fine_tune(rho, mode, seed, recipe=recipe, progress=update)
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
+        tuned_points[tuned_key]["note"] = state.lab.read_back_note(bench.defended)
         bar.empty()
     points = b3.number_input(
         "tolerance (dev points)",
@@ -144,12 +145,15 @@ def live() -> None:
         update, bar = state.progress("auto-ρ: fine-tuning candidates on dev accuracy")
         scores, row = bench.fine_tune(None, mode, seed, delta=points / 100, recipe=recipe, progress=update)
         point = {"rho": row.rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
+        point["note"] = state.lab.read_back_note(bench.defended)
         ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row.rho, points, row.search, point)
         tuned_points[(lm.name, row.rho, mode, seed, recipe)] = point
         bar.empty()
 
     def tuned_block(p: dict, title: str) -> None:
         st.markdown(f"{title} (live set; full test split: CACC {p['test'].cacc:.3f}, ASR {_fmt(p['test'].asr)})")
+        if p.get("note"):
+            st.caption(p["note"])
         metric_row(
             "fine-tuned",
             Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"], p.get("n_triggered")),

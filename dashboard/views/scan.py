@@ -47,7 +47,10 @@ message = result.message(names)
 (st.error if result.verdict == "backdoor" else st.info)(message)
 st.caption(
     f"Searched: {result.searched}. Reference: {result.reference}. Score = the best candidate's flip rate minus the "
-    f"reference's; 'backdoor' from {result.threshold:.2f} (chosen on the scan benchmark). {result.seconds:.0f} s."
+    f"reference's; 'backdoor' from {result.threshold:.2f} (chosen on the scan benchmark). "
+    + result.time_text[:1].upper()
+    + result.time_text[1:]
+    + "."
 )
 if result.candidates:
     st.plotly_chart(charts.scan_candidates(result.candidates, names), key="scan_chart")

@@ -106,6 +106,14 @@ if st.button(
     scores, row = bench.fine_tune(None, "random", int(ss["seed"]), recipe="default", progress=update)
     ss[("_demo_defended", lm.name)] = (scores, row)
     bar.empty()
+if (note := lab.read_back_note(bench.defended)) and ss.get(("_demo_defended", lm.name)) is not None:
+    st.caption(note)
+    if st.button("Run it again", key="start_defend_again", help="a new run of the same defense (it replaces the stored one)"):
+        update, bar = state.progress("defending")
+        scores, row = bench.fine_tune(None, "random", int(ss["seed"]), recipe="default", progress=update, fresh=True)
+        ss[("_demo_defended", lm.name)] = (scores, row)
+        bar.empty()
+        st.rerun()
 defended = ss.get(("_demo_defended", lm.name))
 if defended is not None and bench.defended is not None:
     scores, row = defended

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from finemix_core import consistency
+from finemix_core import consistency, remembered
 from finemix_core.defenses import fine_mixing, fine_pruning, fine_purifying, fine_tuning
 from finemix_core.defenses.base import (
     DEFENSE_TRAIN,
@@ -45,6 +45,7 @@ from finemix_core.epur import flagged_ids, purify, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import predict
 from finemix_core.models import ModelPair
+from finemix_core.remembered import Remember
 from finemix_core.train import Distillation, Progress
 
 REGISTRY: dict[str, Defense] = {
@@ -133,6 +134,7 @@ class DefenseResult:
     suspects: list[str] = dataclasses.field(default_factory=list)  # scan's suspected triggers recovery taught away
     consistency_copies: int = 0  # triggered pool copies (consistency) + triggered labelled copies
     scan: object | None = None  # the ScanResult recovery read its suspects from (None: no scan ran or was given)
+    read_back: bool = False  # an identical earlier run's stored result (finemix_core.remembered), not a new run
 
     def summary(self) -> dict:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model", "scan")}
@@ -179,16 +181,26 @@ def defend(
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
     scan_result=None,
+    remember: Remember = Remember.OFF,
 ) -> DefenseResult:
     """Run one defense on a private copy of θ_FT; `pair` is never modified.
 
     With trigger-aware recovery (`+distill`, `recovery.consistency`), the suspects come from `scan_result` (a scan the
     caller already ran on the same defender data) or from a scan run here; never from the pair's card.
+    `remember`: store the result for an identical later defense, and/or read back an identical earlier one.
     """
     started = time.perf_counter()
     device = torch.device(device)
     say = log or (lambda _msg: None)
     use_epur, base, distill = parse_method(cfg.method)
+    key = None
+    if remember is not Remember.OFF:
+        handed = None if scan_result is None else [[list(s.token_ids), s.target] for s in consistency.suspects(scan_result, cfg.recovery)]
+        key = remembered.defense_key(pair, dd, cfg, device, handed)
+        stored = stored_result(key, pair) if remember is Remember.REUSE else None
+        if stored is not None:
+            say(f"read back an identical earlier defense (same weights, data and settings; it took {stored.seconds:.0f} s)")
+            return stored
     suspected = []
     if distill and cfg.recovery.consistency and dd.unlabeled is not None:
         if scan_result is None:
@@ -235,7 +247,7 @@ def defend(
             )
     out = REGISTRY[base](job)
     out.model.eval()
-    return DefenseResult(
+    result = DefenseResult(
         model=out.model,
         method=cfg.method,
         rho=out.rho,
@@ -252,3 +264,28 @@ def defend(
         consistency_copies=copies,
         scan=scan_result,
     )
+    if key is not None:
+        raw = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("model", "read_back")}
+        raw["search"] = [dataclasses.asdict(c) for c in result.search]
+        raw["scan"] = dataclasses.asdict(result.scan) if result.scan is not None else None
+        remembered.write(key, raw, result.model)
+    return result
+
+
+def stored_result(key: str, pair: ModelPair) -> DefenseResult | None:
+    """A remembered defense as a DefenseResult (its model a fresh copy of θ_FT with the stored weights), or None."""
+    from finemix_core.scan import result_from_json
+
+    found = remembered.read(key)
+    if found is None:
+        return None
+    raw, state = found
+    model = pair.working_copy()
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        raw["search"] = [Candidate(**c) for c in raw["search"]]
+        raw["scan"] = result_from_json(raw["scan"]) if raw.get("scan") else None
+        result = DefenseResult(model=model.eval(), **raw, read_back=True)
+    except (RuntimeError, KeyError, TypeError, ValueError):
+        return None  # a damaged entry is run again
+    return None if missing or unexpected else result

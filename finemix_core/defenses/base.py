@@ -145,7 +145,11 @@ class Job:
             need -= paired_se(self.ft_correct, correct)
         ok = acc >= need
         self.search.append(Candidate(knob, value, acc, ok, need))
-        self.say(f"{knob} {value:.2f}: dev accuracy {acc:.3f} (need ≥ {need:.3f}) → {'pass' if ok else 'fail'}")
+        # 4 decimals and the row count: on a 60-row dev part a miss by a fraction of a row must not read as a tie
+        self.say(
+            f"{knob} {value:.2f}: dev accuracy {acc:.4f} ({int(correct.sum())} of {len(correct)} rows; need ≥ {need:.4f}) "
+            f"→ {'pass' if ok else 'fail'}"
+        )
         return ok
 
 
