@@ -2,8 +2,8 @@
 
 A teacher defends a model with `finemix defend` before class; in class the lab's one-click defense of the same model
 shows that result at once instead of a two-minute wait. The key is everything a defense's output depends on — θ_FT's
-weights, θ_PT, the defender's data (labelled, dev and pool texts), the defense config, the scan suspects recovery was
-handed (or that it scans for itself) and the device type — so a read-back result is the one a new run would make. What
+weights, θ_PT, the defender's data (labelled, dev and pool texts), the defense config, the scan suspects recovery
+teaches away and the device type (the scan runs first; an identical one is read back from its own cache) — so a read-back result is the one a new run would make. What
 is read back says so (`DefenseResult.read_back`); its `seconds` are the stored run's.
 
 Who writes and who reads is the caller's choice (`Remember`): the CLI always runs and stores (its timing and folder
@@ -45,8 +45,8 @@ def folder() -> Path:
     return finemix_home() / "cache" / "defense"
 
 
-def defense_key(pair: ModelPair, dd: DefenderData, cfg, device: torch.device, suspects: list | None) -> str:
-    """`suspects`: the (token ids, target) pairs recovery was handed from a caller's scan; None when it scans itself."""
+def defense_key(pair: ModelPair, dd: DefenderData, cfg, device: torch.device, suspects: list) -> str:
+    """`suspects`: the (token ids, target) pairs trigger-aware recovery teaches away (from a scan handed in or run)."""
     digest = hashlib.sha256()
     for state in (pair.ft.state_dict(), pair.pt_state):
         for k, v in state.items():
@@ -54,7 +54,7 @@ def defense_key(pair: ModelPair, dd: DefenderData, cfg, device: torch.device, su
             digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     parts = [dd.train.input_ids, dd.train.labels, dd.dev.input_ids, dd.dev.labels, dd.texts, dd.unlabeled_texts]
     parts += [dd.unlabeled.input_ids if dd.unlabeled is not None else None, dd.unlabeled_source]
-    parts += [dataclasses.asdict(cfg), device.type, "scans itself" if suspects is None else suspects]
+    parts += [dataclasses.asdict(cfg), device.type, suspects]
     digest.update(json.dumps(parts, default=str).encode())
     return digest.hexdigest()[:20]
 

@@ -107,3 +107,15 @@ def test_a_damaged_entry_is_run_again(home, pair):
     (entry / "model.safetensors").write_bytes(b"not weights")
     again = defend(pair, dd, CFG, scan_result=no_scan(), remember=Remember.REUSE)
     assert not again.read_back
+
+
+def test_a_scan_run_inside_and_the_same_scan_handed_in_are_one_key(home, pair, monkeypatch):
+    """The lab's second click hands in the scan its first click ran: the same suspects, so the same stored defense."""
+    from finemix_core import defenses
+
+    monkeypatch.setattr(defenses, "scan_for_recovery", lambda *a: no_scan())
+    dd = parts(pair)
+    first = defend(pair, dd, CFG, remember=Remember.REUSE)  # scans (here: the stub), runs, stores
+    forbid_runs(monkeypatch)
+    again = defend(pair, dd, CFG, scan_result=first.scan, remember=Remember.REUSE)
+    assert again.read_back and again.rho == first.rho

@@ -8,13 +8,19 @@ import pandas as pd
 import pytest
 
 from finemix_core import executor, report
-from finemix_core.config import TrainConfig
+from finemix_core.config import RecoveryConfig, TrainConfig
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig
 from finemix_core.epur import EpurConfig
 
 
-# a one-epoch budget, a two-value ρ grid and K = 5 so the tiny report takes seconds (the real default is tested by the e2e test)
-CHEAP = DefenseConfig(train=TrainConfig(lr=1e-3, epochs=1.0, batch_size=16), rho_grid=(0.3, 0.7), epur=EpurConfig(k=5))
+# a one-epoch budget, a two-value ρ grid and K = 5 so the tiny report takes seconds; recovery without the scan and the
+# general-text top-up (a 1,000-text pool would be most of the time): the real default is tested by the e2e test
+CHEAP = DefenseConfig(
+    train=TrainConfig(lr=1e-3, epochs=1.0, batch_size=16),
+    rho_grid=(0.3, 0.7),
+    epur=EpurConfig(k=5),
+    recovery=RecoveryConfig(consistency=False, min_pool=0),
+)
 
 
 @pytest.fixture()

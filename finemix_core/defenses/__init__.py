@@ -193,19 +193,19 @@ def defend(
     device = torch.device(device)
     say = log or (lambda _msg: None)
     use_epur, base, distill = parse_method(cfg.method)
+    suspected = []
+    if distill and cfg.recovery.consistency and dd.unlabeled is not None:
+        if scan_result is None:
+            scan_result = scan_for_recovery(pair, dd, cfg, say)  # an identical earlier scan is read back at once
+        suspected = consistency.suspects(scan_result, cfg.recovery)
     key = None
     if remember is not Remember.OFF:
-        handed = None if scan_result is None else [[list(s.token_ids), s.target] for s in consistency.suspects(scan_result, cfg.recovery)]
-        key = remembered.defense_key(pair, dd, cfg, device, handed)
+        # keyed on the suspects recovery uses, whether the caller handed the scan in or it ran here
+        key = remembered.defense_key(pair, dd, cfg, device, [[list(s.token_ids), s.target] for s in suspected])
         stored = stored_result(key, pair) if remember is Remember.REUSE else None
         if stored is not None:
             say(f"read back an identical earlier defense (same weights, data and settings; it took {stored.seconds:.0f} s)")
             return stored
-    suspected = []
-    if distill and cfg.recovery.consistency and dd.unlabeled is not None:
-        if scan_result is None:
-            scan_result = scan_for_recovery(pair, dd, cfg, say)
-        suspected = consistency.suspects(scan_result, cfg.recovery)
     ft_correct = correct_on(pair.ft_for_inference(device), dd.dev)
     ft_dev = float(ft_correct.mean())
     flagged: list[str] = []
