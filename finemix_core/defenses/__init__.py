@@ -202,7 +202,7 @@ def defend(
     if remember is not Remember.OFF:
         # keyed on the suspects recovery uses, whether the caller handed the scan in or it ran here
         key = remembered.defense_key(pair, dd, cfg, device, [[list(s.token_ids), s.target] for s in suspected])
-        stored = stored_result(key, pair) if remember is Remember.REUSE else None
+        stored = stored_result(key, pair, device) if remember is Remember.REUSE else None
         if stored is not None:
             say(f"read back an identical earlier defense (same weights, data and settings; it took {stored.seconds:.0f} s)")
             return stored
@@ -272,8 +272,9 @@ def defend(
     return result
 
 
-def stored_result(key: str, pair: ModelPair) -> DefenseResult | None:
-    """A remembered defense as a DefenseResult (its model a fresh copy of θ_FT with the stored weights), or None."""
+def stored_result(key: str, pair: ModelPair, device: torch.device) -> DefenseResult | None:
+    """A remembered defense as a DefenseResult (its model a fresh copy of θ_FT with the stored weights, on `device`),
+    or None."""
     from finemix_core.scan import result_from_json
 
     found = remembered.read(key)
@@ -285,7 +286,7 @@ def stored_result(key: str, pair: ModelPair) -> DefenseResult | None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         raw["search"] = [Candidate(**c) for c in raw["search"]]
         raw["scan"] = result_from_json(raw["scan"]) if raw.get("scan") else None
-        result = DefenseResult(model=model.eval(), **raw, read_back=True)
+        result = DefenseResult(model=model.to(device).eval(), **raw, read_back=True)
     except (RuntimeError, KeyError, TypeError, ValueError):
         return None  # a damaged entry is run again
     return None if missing or unexpected else result
