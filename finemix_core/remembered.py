@@ -53,7 +53,7 @@ def defense_key(pair: ModelPair, dd: DefenderData, cfg, device: torch.device, su
             digest.update(k.encode())
             digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     parts = [dd.train.input_ids, dd.train.labels, dd.dev.input_ids, dd.dev.labels, dd.texts, dd.unlabeled_texts]
-    parts += [dd.unlabeled.input_ids if dd.unlabeled is not None else None, dd.unlabeled_source]
+    parts += [dd.unlabeled.input_ids if dd.unlabeled is not None else None]  # the texts, not their label (a file name)
     parts += [dataclasses.asdict(cfg), device.type, suspects]
     digest.update(json.dumps(parts, default=str).encode())
     return digest.hexdigest()[:20]
