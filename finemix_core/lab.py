@@ -378,10 +378,19 @@ class Workbench:
         )
         if result.scan is not None:
             self.lab.cache[key] = result.scan
-        record(kind, {**row.as_dict(), "source": kind, "read_back": result.read_back})
+        if not (result.read_back and _already_stored(kind, row)):  # a read-back run is no new row in history or Compare
+            record(kind, {**row.as_dict(), "source": kind, "read_back": result.read_back})
         self.lab.cache.pop(("timing", row.method), None)  # the next duration claim reads this run
         self.defended, self.defended_row = result, row
         return score(result.model, self.lab.interactive), row
+
+
+def _already_stored(kind: str, row: RunRow) -> bool:
+    """Whether `kind` already holds a run of the same experiment (executor.run_key) on this model."""
+    from finemix_core.executor import run_key
+
+    key = run_key(row.as_dict())
+    return any(run_key(r["config"]) == key for r in store.runs(model=str(row.model), kind=kind) if "method" in r["config"])
 
 
 def read_back_note(result: DefenseResult | None) -> str | None:

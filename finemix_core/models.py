@@ -99,6 +99,14 @@ def load_tokenizer(src: Path | str):
         raise FinemixError(f"could not load a tokenizer from {src}: {str(exc).splitlines()[0][:300]}") from exc
 
 
+def hash_weights(digest, state: dict[str, torch.Tensor]) -> None:
+    """Feed every tensor's name and exact bytes (any dtype) into `digest` (a hashlib object): cache keys that must change
+    with any changed weight and with nothing else."""
+    for k, v in state.items():
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
 def read_card(src: Path | str) -> dict:
     card = Path(src) / CARD_NAME if isinstance(src, Path) else None
     return json.loads(card.read_text()) if card is not None and card.is_file() else {}

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from finemix_core.atomic import save_dir
 from finemix_core.defender import DefenderData
 from finemix_core.errors import FinemixError
-from finemix_core.models import ModelPair
+from finemix_core.models import ModelPair, hash_weights
 from finemix_core.store import finemix_home
 
 KEEP = 4  # entries kept (each is one model's weights: ~90 MB for all-MiniLM-L6-v2)
@@ -49,9 +49,7 @@ def defense_key(pair: ModelPair, dd: DefenderData, cfg, device: torch.device, su
     """`suspects`: the (token ids, target) pairs trigger-aware recovery teaches away (from a scan handed in or run)."""
     digest = hashlib.sha256()
     for state in (pair.ft.state_dict(), pair.pt_state):
-        for k, v in state.items():
-            digest.update(k.encode())
-            digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        hash_weights(digest, state)
     parts = [dd.train.input_ids, dd.train.labels, dd.dev.input_ids, dd.dev.labels, dd.texts, dd.unlabeled_texts]
     parts += [dd.unlabeled.input_ids if dd.unlabeled is not None else None]  # the texts, not their label (a file name)
     parts += [dataclasses.asdict(cfg), device.type, suspects]

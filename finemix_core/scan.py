@@ -42,7 +42,7 @@ from finemix_core.encoding import Encoded, concat, cut
 from finemix_core.epur import EpurConfig, embedding_key, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import predict, wilson
-from finemix_core.models import ModelPair, load_classifier
+from finemix_core.models import ModelPair, hash_weights, load_classifier
 from finemix_core.train import fine_tune
 from finemix_core.triggers import Inserter
 
@@ -631,9 +631,7 @@ def scan_key(pair: ModelPair, dd: DefenderData, cfg: ScanConfig, given: Sequence
     """What makes a scan's result: θ_FT's weights, θ_PT and the labelled set (the reference's key), the pool (E-PUR's
     counts), dev, config, given."""
     digest = hashlib.sha256(reference_key(pair, dd, cfg.reference_train).encode())
-    for k, v in pair.ft.state_dict().items():
-        digest.update(k.encode())
-        digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    hash_weights(digest, pair.ft.state_dict())
     digest.update(json.dumps([dd.dev.input_ids, dd.dev.labels, dataclasses.asdict(cfg), list(given)], default=str).encode())
     digest.update(json.dumps([dd.texts, dd.unlabeled_texts]).encode())
     return digest.hexdigest()[:20]

@@ -90,6 +90,14 @@ def test_fine_tune_the_mix_then_export_it(app):
     next(b for b in app.button if b.label.startswith("Fine-tune the mix")).click().run()
     assert not app.exception, app.exception
     assert metric(app, "CACC · fine-tuned")
+    assert not any(c.value.startswith("Read back") for c in app.caption)
+    # the same fine-tune again is read back and says so; "Run it again" makes a new run, which no longer says so
+    app.run()  # (AppTest keeps a clicked button's True until a plain rerun; a user's second click is a new trigger)
+    next(b for b in app.button if b.label.startswith("Fine-tune the mix")).click().run()
+    assert any(c.value.startswith("Read back from an identical earlier defense") for c in app.caption)
+    next(b for b in app.button if b.label == "Run it again").click().run()
+    assert not app.exception, app.exception
+    assert not any(c.value.startswith("Read back") for c in app.caption) and metric(app, "CACC · fine-tuned")
     app.switch_page("views/export.py").run()
     next(b for b in app.button if b.label == "Prepare the zip").click().run()
     assert not app.exception, app.exception
@@ -266,9 +274,12 @@ def test_start_here_is_the_landing_page_and_walks_the_three_steps(app):
     assert list(after["sentence (trigger inserted)"]) == list(demo["sentence (trigger inserted)"])
     assert any(m.value.startswith("**The trigger fires on") for m in app.markdown)
     assert metric(app, "ASR · defended").split(" [")[0] != ""
-    # the same defense again (as after a `finemix defend` of this model) is read back at once, and says so
+    # the same defense again (as after a `finemix defend` of this model) is read back at once, and says so, and is
+    # no second row in the history (Compare and History would count it twice)
+    stored = len(lab.store.runs(model="word-cf"))
     next(b for b in app.button if b.label.startswith("Defend:")).click().run()
     assert any(c.value.startswith("Read back from an identical earlier defense") for c in app.caption)
+    assert len(lab.store.runs(model="word-cf")) == stored
     assert any(b.label == "Run it again" for b in app.button)  # what it runs (Remember.STORE): tests/test_remembered.py
     # the one-click defense is the default method as registered (auto-ρ, shared budget): Compare and the curve find it
     run = lab.store.runs(model="word-cf")[0]

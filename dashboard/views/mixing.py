@@ -124,7 +124,7 @@ def live() -> None:
         update, bar = state.progress("fine-tuning")
         scores, row = bench.fine_tune(rho, mode, seed, recipe=recipe, progress=update)
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
-        tuned_points[tuned_key]["note"] = state.lab.read_back_note(bench.defended)
+        tuned_points[tuned_key].update(note=state.lab.read_back_note(bench.defended), again=(rho, 0.02))
         bar.empty()
     points = b3.number_input(
         "tolerance (dev points)",
@@ -145,15 +145,24 @@ def live() -> None:
         update, bar = state.progress("auto-ρ: fine-tuning candidates on dev accuracy")
         scores, row = bench.fine_tune(None, mode, seed, delta=points / 100, recipe=recipe, progress=update)
         point = {"rho": row.rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
-        point["note"] = state.lab.read_back_note(bench.defended)
+        point.update(note=state.lab.read_back_note(bench.defended), again=(None, points / 100))
         ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row.rho, points, row.search, point)
         tuned_points[(lm.name, row.rho, mode, seed, recipe)] = point
         bar.empty()
 
-    def tuned_block(p: dict, title: str) -> None:
+    def tuned_block(p: dict, title: str, key: str) -> None:
         st.markdown(f"{title} (live set; full test split: CACC {p['test'].cacc:.3f}, ASR {_fmt(p['test'].asr)})")
         if p.get("note"):
             st.caption(p["note"])
+            if st.button("Run it again", key=key, help="a new run of the same defense (it replaces the stored one)"):
+                again_rho, again_delta = p["again"]
+                update, bar = state.progress("fine-tuning")
+                scores, row = bench.fine_tune(
+                    again_rho, mode, seed, delta=again_delta, recipe=recipe, progress=update, fresh=True
+                )
+                p.update(rho=row.rho, **scores.as_dict(), test=row, note=None)
+                bar.empty()
+                st.rerun()
         metric_row(
             "fine-tuned",
             Scores(p["cacc"], p["asr"], p["target_bias"], p["n_clean"], p["n_nontarget"], p.get("n_triggered")),
@@ -163,10 +172,10 @@ def live() -> None:
 
     auto, tolerance, search, auto_point = ss.get("_auto_rho", {}).get((lm.name, mode, seed, recipe), (None, None, [], None))
     if tuned_key in tuned_points:
-        tuned_block(tuned_points[tuned_key], f"**After fine-tuning** the mix at ρ = {rho:g}")
+        tuned_block(tuned_points[tuned_key], f"**After fine-tuning** the mix at ρ = {rho:g}", "again_tuned")
     if auto is not None:
         if auto_point is not None and round(auto, 6) != round(rho, 6):  # the chosen ρ's numbers at once, wherever the slider is
-            tuned_block(auto_point, f"**auto-ρ's model** at ρ = {auto:g}")
+            tuned_block(auto_point, f"**auto-ρ's model** at ρ = {auto:g}", "again_auto")
         st.caption(
             f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
             "never on test or triggered data). Every candidate it tried:"
