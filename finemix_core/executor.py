@@ -124,7 +124,8 @@ def run_key(row: dict) -> str:
     key = {f: row.get(f) for f in fields}
     # a run with a fixed ρ is another experiment than the auto-ρ run of the same method
     key["rho_fixed"] = row.get("rho_fixed", None if row.get("rho_auto", True) else row.get("rho"))
-    key["delta"] = row.get("delta", DefenseConfig.delta)  # rows stored before δ was recorded ran with the default
+    # rows stored before δ was recorded ran with the default (a runs.csv's empty cell reads back as None)
+    key["delta"] = DefenseConfig.delta if row.get("delta") is None else row["delta"]
     return json.dumps(key, sort_keys=True, default=str)
 
 

@@ -126,3 +126,14 @@ def test_checkpoint_then_import_resumes_on_a_fresh_database(tiny_zoo, monkeypatc
     a, b = pd.read_csv(first / "runs.csv"), pd.read_csv(again / "runs.csv")
     assert list(a.cacc) == list(b.cacc) and list(a.asr) == list(b.asr)
     assert "2 of them imported from" in (again / "report.md").read_text()
+
+
+def test_a_row_stored_before_delta_was_recorded_keys_as_the_default_delta():
+    """An old runs.csv has an empty δ cell (read back as None): its runs are the default δ's, reused on import."""
+    from finemix_core.defenses import DefenseConfig
+    from finemix_core.executor import run_key
+
+    row = {"model": "word-cf", "method": "fine-pruning", "seed": 1, "train": {"lr": 1e-4}, "rho_auto": True}
+    default = run_key({**row, "delta": DefenseConfig.delta})
+    assert run_key(row) == default and run_key({**row, "delta": None}) == default
+    assert run_key({**row, "delta": 0.05}) != default
