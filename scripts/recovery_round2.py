@@ -19,12 +19,14 @@ import dataclasses
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from finemix_core import experiment
 from finemix_core.config import RecoveryConfig
 from finemix_core.defenses import DefenseConfig, defend
+from finemix_core.evaluate import predict
 from finemix_core.scan import ScanConfig, scan
 
 OLD = RecoveryConfig(consistency=False, min_pool=0)  # round 1's default recovery
@@ -41,6 +43,11 @@ CANDIDATES = {
     "fine-purifying (paper recipe)": ("epur+fine-purifying", None, OLD),
     "+ both, general text 3000": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=3000)),
     "+ both, general text 300": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=300)),
+    # Round 5: more, more varied text at the same number of steps (passes × texts kept at ~3,000)
+    "+ both, general text 3000, 1 pass": (
+        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=3000, passes=1.0)),
+    "+ both, general text 2000, 1.5 passes": (
+        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=2000, passes=1.5)),
 }
 
 
@@ -76,6 +83,7 @@ def main() -> None:
             method, rho, rec = CANDIDATES[name]
             cfg = DefenseConfig(method=method, rho=rho, recovery=rec, seed=args.seed)
             dd = ctx.defender(128, 256, args.seed, min_pool=rec.min_pool if cfg.distills else 0)
+            labels = np.asarray(dd.dev.labels)
             started = time.perf_counter()
             res = defend(ctx.pair, dd, cfg, scan_result=found)
             seconds = time.perf_counter() - started
@@ -92,6 +100,9 @@ def main() -> None:
                     given=((best.trigger, best.target),),
                 )
                 after = next(c for c in measured.candidates if c.source == "given")
+            # the lean a defender can see on dev: the share of each class's dev rows called the other class
+            lean = {f"{who}_err_{a}to{b}": round(float((predict(m, dd.dev).argmax(1)[labels == a] == b).mean()), 3)
+                    for who, m in (("dev", res.model), ("ft_dev", ctx.pair.ft)) for a, b in ((0, 1), (1, 0))}
             row = {
                 "case": case,
                 "candidate": name,
@@ -110,6 +121,7 @@ def main() -> None:
                 "suspect_flip_after": round(after.flip, 3) if after else None,
                 "reference_flip": round(best.reference_flip, 3) if best else None,
                 "search": "; ".join(f"{c.value:g}:{c.dev_acc:.3f}{'+' if c.passed else ''}" for c in res.search),
+                **lean,
                 "seconds": round(seconds, 1),
                 "scan_seconds": round(found.seconds, 1),
             }
