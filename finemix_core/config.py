@@ -64,10 +64,14 @@ class RecoveryConfig:
     min_excess: float = 0.5  # a suspect's excess flip over the clean reference needed to be used
     max_suspects: int = 3  # suspects used at most (best first)
     min_pool: int = 1000  # a pool smaller than this is topped up with offline general text (0: never)
+    # cross-entropy on the labelled batch beside the KL term (0: the labels only choose ρ; recovery is pure distillation)
+    label_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
             raise FinemixError("recovery needs temperature > 0, weight ≥ 0, passes > 0 and drop-flagged ≥ 0")
+        if self.label_weight < 0:
+            raise FinemixError("recovery needs a label weight ≥ 0 (0: pure distillation)")
         if not 0 <= self.consistency_share <= 1 or self.max_suspects < 0 or self.min_pool < 0:
             raise FinemixError("recovery needs a consistency share in [0, 1], max suspects ≥ 0 and a min pool ≥ 0")
 

@@ -32,6 +32,9 @@ from finemix_core.train import Progress
 # experiment as a report's fixed-ρ run of the same method, a Compare-page run the same as the report's, so each can serve
 # the others (a `finemix defend` row may come from a user's own clean CSV, which the key does not hold: not reused)
 RUN_KINDS = ("report", "sweep", "compare")
+# RecoveryConfig fields added after runs were first stored, each with the value that reproduces the behaviour before it
+# (a stored row without the field ran that way): every field added to RecoveryConfig from now on goes here.
+RECOVERY_ADDED_LATER = {"label_weight": 1.0}
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ def run_key(row: dict) -> str:
         "recovery",
     )
     key = {f: row.get(f) for f in fields}
+    if isinstance(key["recovery"], dict):  # recovery fields added later: a row stored before one ran with its old behaviour
+        key["recovery"] = {**RECOVERY_ADDED_LATER, **key["recovery"]}
     # a run with a fixed ρ is another experiment than the auto-ρ run of the same method
     key["rho_fixed"] = row.get("rho_fixed", None if row.get("rho_auto", True) else row.get("rho"))
     # rows stored before δ was recorded ran with the default (a runs.csv's empty cell reads back as None)

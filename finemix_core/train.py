@@ -94,7 +94,8 @@ def fine_tune(
 
     `model` must be the caller's private copy. `after_step` runs after each optimiser step
     (fine-pruning uses it to keep pruned neurons at zero). With `distill`, every step adds
-    weight · T²·KL(teacher ‖ model) on a batch of the unlabelled texts (same batch size).
+    weight · T²·KL(teacher ‖ model) on a batch of the unlabelled texts (same batch size), the labelled cross-entropy
+    scaled by the recovery's label weight.
     """
     torch.manual_seed(cfg.seed)
     device = device_of(model)
@@ -116,7 +117,7 @@ def fine_tune(
             idx = next(unlabelled)
             logits = model(**_joint(batch, collate(distill.texts, idx, device))).logits
             n = len(labels)
-            loss = F.cross_entropy(logits[:n], labels) + rec.weight * distillation_loss(
+            loss = rec.label_weight * F.cross_entropy(logits[:n], labels) + rec.weight * distillation_loss(
                 logits[n:], distill.teacher_logits[idx].to(device), rec.temperature
             )
         loss.backward()

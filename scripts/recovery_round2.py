@@ -48,6 +48,8 @@ CANDIDATES = {
         "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=3000, passes=1.0)),
     "+ both, general text 2000, 1.5 passes": (
         "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=2000, passes=1.5)),
+    # Round 6: recovery without the labelled cross-entropy (the labels only choose ρ)
+    "+ both, label weight 0": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), label_weight=0.0)),
 }
 
 

@@ -314,6 +314,24 @@ def test_distillation_pulls_the_student_towards_the_teacher(pair, tiny_pool_dd):
     assert after < before * 0.5, (before, after)
 
 
+def test_label_weight_zero_makes_recovery_blind_to_the_labels(pair, tiny_pool_dd):
+    # label weight 0: recovery is pure distillation, so flipping every label changes no weight; weight 1 does change them
+    pool = tiny_pool_dd.unlabeled
+    target = torch.tensor([[1.0, -1.0]] * len(pool))
+    flipped = dataclasses.replace(tiny_pool_dd.train, labels=[1 - y for y in tiny_pool_dd.train.labels])
+
+    def trained(data, label_weight):
+        model = pair.working_copy()
+        rec = RecoveryConfig(passes=2, label_weight=label_weight)
+        fine_tune(model, data, TrainConfig(lr=1e-3, epochs=1.0, batch_size=4), distill=Distillation(pool, target, rec))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(trained(tiny_pool_dd.train, 0.0), trained(flipped, 0.0))
+    assert not torch.equal(trained(tiny_pool_dd.train, 1.0), trained(flipped, 1.0))
+    with pytest.raises(FinemixError, match="label weight"):
+        RecoveryConfig(label_weight=-1.0)
+
+
 def test_recovery_auto_rho_scans_up_from_the_bottom_and_stops_at_the_first_pass(pair, tiny_pool_dd):
     res = defend(pair, tiny_pool_dd, cfg("fine-mixing+distill", delta=1.0))  # everything passes
     assert res.rho == RECOVERY_GRID[0] == 0.0 and [c.value for c in res.search] == [0.0]

@@ -137,3 +137,17 @@ def test_a_row_stored_before_delta_was_recorded_keys_as_the_default_delta():
     default = run_key({**row, "delta": DefenseConfig.delta})
     assert run_key(row) == default and run_key({**row, "delta": None}) == default
     assert run_key({**row, "delta": 0.05}) != default
+
+
+def test_a_recovery_stored_before_its_label_weight_existed_keys_as_weight_one():
+    """A +distill row stored before RecoveryConfig had `label_weight` ran with the labelled loss at weight 1."""
+    import dataclasses
+
+    from finemix_core.config import RecoveryConfig
+    from finemix_core.executor import run_key
+
+    now = dataclasses.asdict(RecoveryConfig())
+    old = {k: v for k, v in now.items() if k != "label_weight"}
+    row = {"model": "word-cf", "method": "epur+fine-mixing+distill", "seed": 0, "train": {"lr": 1e-4}, "rho_auto": True}
+    assert run_key({**row, "recovery": old}) == run_key({**row, "recovery": now})
+    assert run_key({**row, "recovery": {**old, "label_weight": 0.0}}) != run_key({**row, "recovery": now})
