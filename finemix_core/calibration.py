@@ -43,6 +43,24 @@ def prior_shift(logits: np.ndarray, goal: np.ndarray, iterations: int = 200) -> 
     return b - b.mean()
 
 
+def decision_shift(logits: np.ndarray, goal_share: float) -> np.ndarray:
+    """b (zero mean, two classes) such that the share of rows whose argmax of logits + b is class 1 equals `goal_share`
+    as nearly as the rows allow: the decision threshold on the margin l1 − l0 moved to the midpoint between the rows
+    either side of the goal's quantile. Matches decisions, not mean probabilities (a student less sure than its teacher
+    can share its mean and still flip more rows to one class)."""
+    if logits.ndim != 2 or logits.shape[1] != 2 or not len(logits) or not 0.0 <= goal_share <= 1.0:
+        raise FinemixError(f"decision matching needs [texts, 2] logits and a share in [0, 1], got {logits.shape} and {goal_share}")
+    margins = np.sort(logits[:, 1].astype(np.float64) - logits[:, 0])[::-1]  # most class-1 first
+    k = int(round(goal_share * len(margins)))  # rows that should land in class 1
+    if k == 0:
+        threshold = margins[0] + 1e-3
+    elif k == len(margins):
+        threshold = margins[-1] - 1e-3
+    else:
+        threshold = (margins[k - 1] + margins[k]) / 2
+    return np.array([threshold / 2, -threshold / 2])
+
+
 def label_prior(labels, n_classes: int) -> np.ndarray:
     """The class distribution of labelled examples."""
     return np.bincount(np.asarray(labels), minlength=n_classes) / len(labels)

@@ -308,6 +308,10 @@ def defend_cmd(
             help="Recovery (+distill): top a smaller unlabelled pool up to N texts with offline general text (0: never)."
         ),
     ] = RecoveryConfig.min_pool,
+    label_weight: Annotated[
+        float,
+        typer.Option(help="Recovery (+distill): weight of the labelled cross-entropy beside distillation (0: labels only choose ρ)."),
+    ] = RecoveryConfig.label_weight,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -355,7 +359,15 @@ def defend_cmd(
         epur=EpurConfig(k=epur_k, floor=epur_floor),
         seed=seed,
         train=train,
-        recovery=RecoveryConfig(distill_weight, temperature, passes, drop_flagged, consistency=not no_scan, min_pool=general_text),
+        recovery=RecoveryConfig(
+            distill_weight,
+            temperature,
+            passes,
+            drop_flagged,
+            consistency=not no_scan,
+            min_pool=general_text,
+            label_weight=label_weight,
+        ),
     )
     ctx = experiment.prepare(
         model,

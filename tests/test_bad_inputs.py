@@ -218,6 +218,12 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "recovery needs",
     ),
     (
+        "label weight negative",
+        ["defend", "--model", "word-cf", "--label-weight", "-0.5", "--out", "{tmp}/o"],
+        None,
+        "label weight ≥ 0",
+    ),
+    (
         "drop-flagged negative",
         ["defend", "--model", "word-cf", "--drop-flagged", "-3", "--out", "{tmp}/o"],
         None,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from finemix_core.calibration import apply_shift, label_prior, prior_shift, softmax
+from finemix_core.calibration import apply_shift, decision_shift, label_prior, prior_shift, softmax
 from finemix_core.encoding import collate, encode
 from finemix_core.errors import FinemixError
 from finemix_core.models import load_pair
@@ -50,3 +50,18 @@ def test_the_shift_moves_exactly_the_output_logits_of_a_copy(tiny_pair_dirs):
         diff = shifted(**batch).logits - model(**batch).logits
     assert torch.allclose(diff, torch.tensor([[0.25, -0.25], [0.25, -0.25]]), atol=1e-6)
     assert torch.equal(model.classifier.bias, before_bias)  # the input model is untouched
+
+
+def test_decision_matching_reaches_the_teachers_share_of_class_1_exactly():
+    rng = np.random.default_rng(2)
+    teacher = rng.normal(size=(101, 2))
+    student = teacher * 0.5 + np.array([-0.4, 0.4])  # less sure and leaning to class 1
+    goal = float((teacher.argmax(1) == 1).mean())
+    b = decision_shift(student, goal)
+    assert b.sum() == pytest.approx(0.0, abs=1e-12)
+    assert ((student + b).argmax(1) == 1).mean() == pytest.approx(goal)  # the same number of class-1 rows
+    assert ((student + b).argmax(1) == teacher.argmax(1)).all()  # here a pure lean: every decision comes back
+    assert ((student + decision_shift(student, 0.0)).argmax(1) == 0).all()
+    assert ((student + decision_shift(student, 1.0)).argmax(1) == 1).all()
+    with pytest.raises(FinemixError, match="decision matching"):
+        decision_shift(rng.normal(size=(5, 3)), 0.5)
