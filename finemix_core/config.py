@@ -66,6 +66,9 @@ class RecoveryConfig:
     min_pool: int = 1000  # a pool smaller than this is topped up with offline general text (0: never)
     # cross-entropy on the labelled batch beside the KL term (0: the labels only choose ρ; recovery is pure distillation)
     label_weight: float = 1.0
+    # after recovery, one output bias so the defended model puts as many pool texts in class 1 as its teacher does
+    # (calibration.decision_shift; two-class models only): undoes the lean a distilled student gains near the boundary
+    match_decisions: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:

@@ -4,7 +4,7 @@ Round 5 found, on the defender's dev split, that the default defense calls more 
 (28–34 % against 21–27 % on the full zoo) while the reverse error barely moves; Round 6 showed the labelled loss is not
 its cause. The correction measured here is one bias on the defended model's two output logits, chosen without a
 label, a trigger or the test split: the share of clean pool texts the defended model assigns to class 1 is moved to
-θ_FT's share on the same texts (`calibration.decision_shift`). θ_FT is clean on clean text, and recovery already aims
+θ_FT's share on the same texts (`calibration.decision_shift`; θ_FT after E-PUR's reset, the teacher recovery used). θ_FT is clean on clean text, and recovery already aims
 at its answers there. Per kept model (folders from `scripts/recovery_round2.py --save`) it prints, before and after:
 dev accuracy, each class's dev error beside θ_FT's, and the scan's estimate (the scan's own suspect inserted into
 held-aside dev sentences).
@@ -28,6 +28,8 @@ import torch
 
 from finemix_core import experiment
 from finemix_core.calibration import apply_shift, decision_shift
+from finemix_core.defenses import purified_pair
+from finemix_core.epur import EpurConfig, flagged_ids, table
 from finemix_core.evaluate import predict, score
 from finemix_core.models import load_classifier, read_card
 from finemix_core.scan import ScanConfig, scan
@@ -70,7 +72,9 @@ def main() -> None:
         dd = ctx.defender(128, 256, seed, min_pool=1000)  # the pool the default distilled on
         defended, _ = load_classifier(folder)
         defended.eval()
-        pool_ft, pool_def = predict(ctx.pair.ft, dd.unlabeled, logits=True), predict(defended, dd.unlabeled, logits=True)
+        # the goal is recovery's own teacher: θ_FT after E-PUR's reset, as the default defense distils from it
+        teacher = purified_pair(ctx.pair, flagged_ids(table(ctx.pair, dd.texts + dd.unlabeled_texts, EpurConfig()))).ft
+        pool_ft, pool_def = predict(teacher, dd.unlabeled, logits=True), predict(defended, dd.unlabeled, logits=True)
         goal = float((pool_ft.argmax(1) == 1).mean())
         b = decision_shift(pool_def, goal)
         matched = apply_shift(defended, b)

@@ -332,6 +332,22 @@ def test_label_weight_zero_makes_recovery_blind_to_the_labels(pair, tiny_pool_dd
         RecoveryConfig(label_weight=-1.0)
 
 
+def test_decision_matching_gives_the_pool_the_teachers_share_of_class_1(pair, tiny_pool_dd):
+    # fine-tuning+distill's teacher is θ_FT itself (no E-PUR), so the goal can be computed here by hand
+    rec = RecoveryConfig(passes=2, consistency=False, match_decisions=True)
+    res = defend(pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=rec))
+    pool = tiny_pool_dd.unlabeled
+    goal = (predict(pair.ft, pool).argmax(1) == 1).mean()
+    assert (predict(res.model, pool).argmax(1) == 1).mean() == goal and res.decision_shift is not None
+    plain = defend(pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=dataclasses.replace(rec, match_decisions=False)))
+    assert plain.decision_shift is None
+    # the shift is the only difference: the same recovered weights, one output bias moved by exactly the reported shift
+    diff = (res.model.classifier.bias - plain.model.classifier.bias).detach()
+    assert float(diff[1] - diff[0]) == pytest.approx(res.decision_shift, abs=1e-6)
+    same = {k: v for k, v in res.model.state_dict().items() if k != "classifier.bias"}
+    assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in same.items())
+
+
 def test_recovery_auto_rho_scans_up_from_the_bottom_and_stops_at_the_first_pass(pair, tiny_pool_dd):
     res = defend(pair, tiny_pool_dd, cfg("fine-mixing+distill", delta=1.0))  # everything passes
     assert res.rho == RECOVERY_GRID[0] == 0.0 and [c.value for c in res.search] == [0.0]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from finemix_core import consistency, remembered
+from finemix_core.calibration import apply_shift, decision_shift
 from finemix_core.defenses import fine_mixing, fine_pruning, fine_purifying, fine_tuning
 from finemix_core.defenses.base import (
     DEFENSE_TRAIN,
@@ -135,6 +136,7 @@ class DefenseResult:
     consistency_copies: int = 0  # triggered pool copies (consistency) + triggered labelled copies
     scan: object | None = None  # the ScanResult recovery read its suspects from (None: no scan ran or was given)
     read_back: bool = False  # an identical earlier run's stored result (finemix_core.remembered), not a new run
+    decision_shift: float | None = None  # added to the class-1 margin by decision matching (None: not applied)
 
     def summary(self) -> dict:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model", "scan")}
@@ -162,6 +164,15 @@ def teacher(model: torch.nn.Module, dd: DefenderData, rec: RecoveryConfig, keep:
     texts = dd.unlabeled.subset(keep)
     logits = torch.from_numpy(predict(model, texts, logits=True)).float()
     return Distillation(texts, logits, rec)
+
+
+def matched_decisions(model: torch.nn.Module, distill: Distillation, n_texts: int) -> tuple[torch.nn.Module, float]:
+    """(a copy of `model` with one output bias added, the shift on the class-1 margin) such that it assigns as many of
+    the first `n_texts` pool texts (the teacher-labelled originals, not consistency copies) to class 1 as the teacher."""
+    texts = distill.texts.subset(range(n_texts))
+    goal = float((distill.teacher_logits[:n_texts].argmax(1) == 1).float().mean())
+    b = decision_shift(predict(model, texts, logits=True), goal)
+    return apply_shift(model, b).eval(), float(b[1] - b[0])
 
 
 def scan_for_recovery(pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say: Callable[[str], None]):
@@ -222,7 +233,7 @@ def defend(
         pair = purified_pair(pair, ranked)
         say(f"E-PUR reset {len(flagged)} embedding rows (top: {', '.join(flagged[:5])})")
     job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
-    copies = 0
+    copies = n_pool = 0
     if distill:
         if dd.unlabeled is None:
             raise FinemixError(f"{cfg.method} needs clean unlabelled texts; pass --unlabeled PATH or use data with a dev split")
@@ -247,6 +258,10 @@ def defend(
             )
     out = REGISTRY[base](job)
     out.model.eval()
+    shift = None
+    if job.distill is not None and cfg.recovery.match_decisions and pair.num_labels == 2:
+        out.model, shift = matched_decisions(out.model, job.distill, len(job.distill.texts) - n_pool)
+        say(f"decisions matched to the teacher's on the pool: {shift:+.3f} added to the class-1 margin")
     result = DefenseResult(
         model=out.model,
         method=cfg.method,
@@ -263,6 +278,7 @@ def defend(
         suspects=[s.trigger for s in suspected] if copies else [],
         consistency_copies=copies,
         scan=scan_result,
+        decision_shift=shift,
     )
     if key is not None:
         raw = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("model", "read_back")}
