@@ -12,6 +12,9 @@ held-aside dev sentences).
     FINEMIX_HOME=/root/fmfull .venv/bin/python scripts/decision_match.py --models /tmp/r7/full --out docs/dev-round7-full.csv
     FINEMIX_HOME=/root/fmhome .venv/bin/python scripts/decision_match.py --models /tmp/r7/csv --out docs/dev-round7-csv.csv
 
+`--goal dev` (Round 8) measures the goal share on the dev texts instead (labels unused), judged by two-fold
+cross-fitting; the kept model is then the one fitted on all dev texts.
+
 `--test` also scores both on the test split with the true trigger: run it only after the rule was applied on dev.
 """
 
@@ -59,6 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", required=True, help="folder of MODEL__CANDIDATE__sSEED model folders")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--goal", choices=("pool", "dev"), default="pool",
+                    help="pool: Round 7 (θ_FT's share on the distillation pool); dev: Round 8 (on the dev texts, cross-fitted)")
     ap.add_argument("--test", action="store_true", help="also score on the test split (only after the dev rule decided)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -114,6 +119,24 @@ def main() -> None:
             "suspect_flip": flip(defended),
             "suspect_flip_matched": flip(matched),
         }
+        if args.goal == "dev":
+            # Round 8: the goal share on held-out text (the dev texts, labels unused), judged by two-fold cross-fitting
+            dev_teacher = predict(teacher, dd.dev, logits=True)  # the goal: θ_FT after E-PUR, as recovery's teacher
+            halves = [np.arange(len(labels)) % 2 == h for h in (0, 1)]
+            crossed = np.empty_like(dev_def)
+            for fit, judge in (halves, halves[::-1]):
+                b_half = decision_shift(dev_def[fit], float((dev_teacher[fit].argmax(1) == 1).mean()))
+                crossed[judge] = dev_def[judge] + b_half
+            c01, c10 = errors(crossed, labels)
+            b = decision_shift(dev_def, float((dev_teacher.argmax(1) == 1).mean()))  # the model a defender would keep
+            matched = apply_shift(defended, b)
+            row |= {
+                "dev_shift": round(float(b[1] - b[0]), 4),
+                "crossfit_dev_acc": round(float((crossed.argmax(1) == labels).mean()), 4),
+                "crossfit_err_0to1": round(c01, 3), "crossfit_err_1to0": round(c10, 3),
+                "crossfit_distance": round(abs(c01 - f01) + abs(c10 - f10), 3),
+                "suspect_flip_dev_matched": flip(matched),
+            }
         if args.test:
             card = read_card(ft_path)
             trig = tuple(card["trigger"]) if card.get("trigger") else ("cf",)
@@ -130,8 +153,9 @@ def main() -> None:
                 "floor": round(tctx.floor, 4) if tctx.floor is not None else None,
             }
         rows.append(row)
-        print({k: row[k] for k in ("model", "shift", "dev_acc", "dev_acc_matched", "distance", "distance_matched",
-                                   "suspect_flip", "suspect_flip_matched")}, flush=True)
+        shown = ("model", "shift", "dev_acc", "dev_acc_matched", "distance", "distance_matched", "suspect_flip",
+                 "suspect_flip_matched", "dev_shift", "crossfit_dev_acc", "crossfit_distance", "suspect_flip_dev_matched")
+        print({k: row[k] for k in shown if k in row}, flush=True)
         pd.DataFrame(rows).to_csv(args.out, index=False)
 
 
