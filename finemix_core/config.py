@@ -69,12 +69,16 @@ class RecoveryConfig:
     # after recovery, one output bias so the defended model puts as many pool texts in class 1 as its teacher does
     # (calibration.decision_shift; two-class models only): undoes the lean a distilled student gains near the boundary
     match_decisions: bool = False
+    augment_copies: int = 0  # word-dropout copies of every pool text, each labelled by the teacher (augment.py; 0: none)
+    augment_drop: float = 0.1  # the chance each whole word is dropped from a copy
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
             raise FinemixError("recovery needs temperature > 0, weight ≥ 0, passes > 0 and drop-flagged ≥ 0")
         if self.label_weight < 0:
             raise FinemixError("recovery needs a label weight ≥ 0 (0: pure distillation)")
+        if self.augment_copies < 0 or not 0 <= self.augment_drop < 1:
+            raise FinemixError("recovery needs augment copies ≥ 0 and a word-drop chance in [0, 1)")
         if not 0 <= self.consistency_share <= 1 or self.max_suspects < 0 or self.min_pool < 0:
             raise FinemixError("recovery needs a consistency share in [0, 1], max suspects ≥ 0 and a min pool ≥ 0")
 

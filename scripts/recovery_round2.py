@@ -50,6 +50,8 @@ CANDIDATES = {
         "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=2000, passes=1.5)),
     # Round 6: recovery without the labelled cross-entropy (the labels only choose ρ)
     "+ both, label weight 0": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), label_weight=0.0)),
+    # Round 9: word-dropout copies of the pool, labelled by the teacher, at the same steps
+    "+ both, augment 2 copies": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), augment_copies=2)),
 }
 
 

@@ -31,7 +31,7 @@ from finemix_core.defenses import first_passing, guarded_pool
 from finemix_core.defenses.base import Job, paired_se
 from finemix_core.config import RecoveryConfig
 from finemix_core.evaluate import predict
-from finemix_core.train import Distillation, distillation_loss, fine_tune
+from finemix_core.train import Distillation, distillation_loss, fine_tune, total_steps
 from finemix_core.epur import EpurConfig, embedding_key
 from finemix_core.errors import FinemixError
 from finemix_core.models import load_pair
@@ -346,6 +346,23 @@ def test_decision_matching_gives_the_pool_the_teachers_share_of_class_1(pair, ti
     assert float(diff[1] - diff[0]) == pytest.approx(res.decision_shift, abs=1e-6)
     same = {k: v for k, v in res.model.state_dict().items() if k != "classifier.bias"}
     assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in same.items())
+
+
+def test_pool_augmentation_keeps_the_step_count_and_reports_the_real_pool(pair, tiny_pool_dd):
+    rec = RecoveryConfig(passes=3, consistency=False, augment_copies=2)
+    logs: list[str] = []
+    res = defend(pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=rec), log=logs.append)
+    assert res.unlabeled_used == len(tiny_pool_dd.unlabeled)  # the copies are not counted as the defender's text
+    assert any("2 word-dropout copies" in line for line in logs)
+    steps: list[int] = []
+    defend(pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=rec), progress=lambda done, total: steps.append(total))
+    plain: list[int] = []
+    defend(pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=RecoveryConfig(passes=3, consistency=False)),
+           progress=lambda done, total: plain.append(total))
+    # the copies take a share of the steps and add none: 3 passes over 5 texts become 1 pass over 15 (batches of 8 round
+    # up per pass, hence 2 steps against 3 here; on a real pool of 1,019 texts both are 192)
+    assert steps[-1] == total_steps(15, TrainConfig(epochs=1.0, batch_size=8)) and plain[-1] == total_steps(5, TrainConfig(epochs=3.0, batch_size=8))
+    assert total_steps(3 * 1019, TrainConfig(epochs=1.0, batch_size=16)) == total_steps(1019, TrainConfig(epochs=3.0, batch_size=16))
 
 
 def test_recovery_auto_rho_scans_up_from_the_bottom_and_stops_at_the_first_pass(pair, tiny_pool_dd):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from finemix_core import consistency, remembered
+from finemix_core import augment, consistency, remembered
 from finemix_core.calibration import apply_shift, decision_shift
 from finemix_core.defenses import fine_mixing, fine_pruning, fine_purifying, fine_tuning
 from finemix_core.defenses.base import (
@@ -233,7 +233,7 @@ def defend(
         pair = purified_pair(pair, ranked)
         say(f"E-PUR reset {len(flagged)} embedding rows (top: {', '.join(flagged[:5])})")
     job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
-    copies = n_pool = 0
+    copies, keep = 0, []
     if distill:
         if dd.unlabeled is None:
             raise FinemixError(f"{cfg.method} needs clean unlabelled texts; pass --unlabeled PATH or use data with a dev split")
@@ -246,6 +246,14 @@ def defend(
         # the teacher is the model the defense starts from (after E-PUR when asked): θ_FT's clean behaviour
         job.distill = teacher(pair.ft_for_inference(device), dd, cfg.recovery, keep)
         say(f"recovery: distilling θ_FT on {len(keep)} clean unlabelled texts ({dd.unlabeled_source})")
+        rec = cfg.recovery
+        if rec.augment_copies and job.distill is not None:
+            ft = pair.ft_for_inference(device)
+            job.distill = augment.with_augmented_copies(
+                job.distill, pair.tokenizer, lambda enc: torch.from_numpy(predict(ft, enc, logits=True)).float(),
+                rec.augment_copies, rec.augment_drop, cfg.seed,
+            )
+            say(f"pool augmentation: {rec.augment_copies} word-dropout copies of each text (p {rec.augment_drop:g}), same steps")
         if suspected and job.distill is not None:
             triggers = [s.token_ids for s in suspected]
             share, seed = cfg.recovery.consistency_share, cfg.seed
@@ -260,7 +268,7 @@ def defend(
     out.model.eval()
     shift = None
     if job.distill is not None and cfg.recovery.match_decisions and pair.num_labels == 2:
-        out.model, shift = matched_decisions(out.model, job.distill, len(job.distill.texts) - n_pool)
+        out.model, shift = matched_decisions(out.model, job.distill, len(keep))
         say(f"decisions matched to the teacher's on the pool: {shift:+.3f} added to the class-1 margin")
     result = DefenseResult(
         model=out.model,
@@ -272,7 +280,7 @@ def defend(
         dev_acc=accuracy(out.model, dd.dev),
         ft_dev_acc=ft_dev,
         search=job.search,
-        unlabeled_used=len(job.distill.texts) - copies + len(job.extra_train or ()) if job.distill else 0,
+        unlabeled_used=len(keep) if job.distill else 0,
         unlabeled_source=dd.unlabeled_source if job.distill else "none",
         seconds=time.perf_counter() - started,
         suspects=[s.trigger for s in suspected] if copies else [],
