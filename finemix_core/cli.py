@@ -312,6 +312,10 @@ def defend_cmd(
         float,
         typer.Option(help="Recovery (+distill): weight of the labelled cross-entropy beside distillation (0: labels only choose ρ)."),
     ] = RecoveryConfig.label_weight,
+    augment_copies: Annotated[
+        int,
+        typer.Option(help="Recovery (+distill): word-dropout copies of each unlabelled text, labelled by θ_FT (same steps; 0: none)."),
+    ] = RecoveryConfig.augment_copies,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -367,6 +371,7 @@ def defend_cmd(
             consistency=not no_scan,
             min_pool=general_text,
             label_weight=label_weight,
+            augment_copies=augment_copies,
         ),
     )
     ctx = experiment.prepare(

@@ -270,6 +270,11 @@ def _recovery_text(pool: pd.DataFrame) -> str:
         f"{rec.get('temperature', '?'):g} on a "
         f"batch of clean unlabelled texts, {rec.get('passes', '?'):g} passes over the {pool['unlabeled_source'].iloc[0]}"
     )
+    if rec.get("augment_copies"):  # round 9: word-dropout copies of the pool, labelled by the teacher, same steps
+        text += (
+            f" plus {rec['augment_copies']} word-dropout copies of each (each word dropped with chance "
+            f"{rec.get('augment_drop', 0.1):g}, labelled by θ_FT; passes scaled so the steps stay the same)"
+        )
     if rec.get("consistency"):  # round 2: the scan's suspects (never the card's) taught to mean nothing
         suspects = sorted({s for row in pool.get("suspects", pd.Series(dtype=object)).dropna() for s in row})
         text += (

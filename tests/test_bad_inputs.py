@@ -224,6 +224,12 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "label weight ≥ 0",
     ),
     (
+        "augment copies negative",
+        ["defend", "--model", "word-cf", "--augment-copies", "-1", "--out", "{tmp}/o"],
+        None,
+        "augment copies ≥ 0",
+    ),
+    (
         "drop-flagged negative",
         ["defend", "--model", "word-cf", "--drop-flagged", "-3", "--out", "{tmp}/o"],
         None,
