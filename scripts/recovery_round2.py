@@ -123,6 +123,7 @@ def main() -> None:
                 "scan_suspect": best.trigger if best else None,
                 "suspect_flip_before": round(best.flip, 3) if best else None,
                 "suspect_flip_after": round(after.flip, 3) if after else None,
+                "suspect_n_after": after.n if after else None,  # held-aside sentences the flip is a share of
                 "reference_flip": round(best.reference_flip, 3) if best else None,
                 "search": "; ".join(f"{c.value:g}:{c.dev_acc:.3f}{'+' if c.passed else ''}" for c in res.search),
                 **lean,
