@@ -105,8 +105,10 @@ def main() -> None:
                 )
                 after = next(c for c in measured.candidates if c.source == "given")
             # the lean a defender can see on dev: the share of each class's dev rows called the other class
-            lean = {f"{who}_err_{a}to{b}": round(float((predict(m, dd.dev).argmax(1)[labels == a] == b).mean()), 3)
-                    for who, m in (("dev", res.model), ("ft_dev", ctx.pair.ft)) for a, b in ((0, 1), (1, 0))}
+            lean = {}
+            for who, m in (("dev", res.model), ("ft_dev", ctx.pair.ft)):
+                pred = predict(m, dd.dev).argmax(1)  # once per model
+                lean |= {f"{who}_err_{a}to{b}": round(float((pred[labels == a] == b).mean()), 3) for a, b in ((0, 1), (1, 0))}
             row = {
                 "case": case,
                 "candidate": name,

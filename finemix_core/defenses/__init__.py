@@ -244,11 +244,11 @@ def defend(
                 f"{cfg.recovery.drop_flagged} tokens and are dropped"
             )
         # the teacher is the model the defense starts from (after E-PUR when asked): θ_FT's clean behaviour
-        job.distill = teacher(pair.ft_for_inference(device), dd, cfg.recovery, keep)
+        ft = pair.ft_for_inference(device)  # one copy on an accelerator, shared by the teacher and the augmentation
+        job.distill = teacher(ft, dd, cfg.recovery, keep)
         say(f"recovery: distilling θ_FT on {len(keep)} clean unlabelled texts ({dd.unlabeled_source})")
         rec = cfg.recovery
         if rec.augment_copies and job.distill is not None:
-            ft = pair.ft_for_inference(device)
             job.distill = augment.with_augmented_copies(
                 job.distill, pair.tokenizer, lambda enc: torch.from_numpy(predict(ft, enc, logits=True)).float(),
                 rec.augment_copies, rec.augment_drop, cfg.seed,
