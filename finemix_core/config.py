@@ -71,12 +71,19 @@ class RecoveryConfig:
     match_decisions: bool = False
     augment_copies: int = 0  # word-dropout copies of every pool text, each labelled by the teacher (augment.py; 0: none)
     augment_drop: float = 0.1  # the chance each whole word is dropped from a copy
+    # weight of feature distillation beside the KL term: the student's last-layer [CLS] state matches θ_FT's on the same
+    # (clean) text, squared error relative to the teacher's mean squared norm (0: logits only)
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
             raise FinemixError("recovery needs temperature > 0, weight ≥ 0, passes > 0 and drop-flagged ≥ 0")
         if self.label_weight < 0:
             raise FinemixError("recovery needs a label weight ≥ 0 (0: pure distillation)")
+        if self.feature_weight < 0:
+            raise FinemixError("recovery needs a feature weight ≥ 0 (0: match the teacher's logits only)")
+        if self.feature_weight > 0 and self.augment_copies:
+            raise FinemixError("feature distillation and augmented copies cannot be combined; set one of them to 0")
         if self.augment_copies < 0 or not 0 <= self.augment_drop < 1:
             raise FinemixError("recovery needs augment copies ≥ 0 and a word-drop chance in [0, 1)")
         if not 0 <= self.consistency_share <= 1 or self.max_suspects < 0 or self.min_pool < 0:

@@ -67,9 +67,11 @@ def with_consistency(
     if not rows:
         return base, 0
     logits = torch.cat([base.teacher_logits, base.teacher_logits[rows]])
+    feats = None if base.teacher_features is None else torch.cat([base.teacher_features, base.teacher_features[rows]])
     n = len(base.texts)
     passes = base.recovery.passes * n / (n + len(rows))
-    return Distillation(concat([base.texts, copies]), logits, dataclasses.replace(base.recovery, passes=passes)), len(rows)
+    rec = dataclasses.replace(base.recovery, passes=passes)
+    return Distillation(concat([base.texts, copies]), logits, rec, teacher_features=feats), len(rows)
 
 
 def consistency_loss(

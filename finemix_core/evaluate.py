@@ -76,6 +76,22 @@ def predict(model: torch.nn.Module, enc: Encoded, batch_size: int = INFER_BATCH,
     return out
 
 
+@torch.inference_mode()
+def predict_with_features(model: torch.nn.Module, enc: Encoded, batch_size: int = INFER_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """(raw logits, last-layer [CLS] states) in the original order of `enc`: what feature distillation matches."""
+    device = device_of(model)
+    was_training = model.training
+    model.eval()
+    logits = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
+    feats = np.zeros((len(enc), model.config.hidden_size), dtype=np.float32)
+    for idx in sorted_batches(enc, batch_size):
+        out = model(**collate(enc, idx, device), output_hidden_states=True)
+        logits[idx] = out.logits.float().cpu().numpy()
+        feats[idx] = out.hidden_states[-1][:, 0].float().cpu().numpy()
+    model.train(was_training)
+    return logits, feats
+
+
 @dataclass(frozen=True)
 class Scores:
     cacc: float

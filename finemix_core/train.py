@@ -38,10 +38,21 @@ class Distillation:
     texts: Encoded  # tokenised unlabelled texts (their labels are ignored)
     teacher_logits: torch.Tensor  # [len(texts), classes], float32, on the CPU, no grad
     recovery: RecoveryConfig = RecoveryConfig()  # weight, temperature T and passes over the texts
+    # [len(texts), hidden] the teacher's last-layer [CLS] states (feature distillation; None: logits only)
+    teacher_features: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.teacher_logits):
             raise FinemixError(f"{len(self.texts)} unlabelled texts but {len(self.teacher_logits)} teacher rows")
+        if self.teacher_features is not None and len(self.teacher_features) != len(self.texts):
+            raise FinemixError(f"{len(self.texts)} unlabelled texts but {len(self.teacher_features)} teacher feature rows")
+        if self.recovery.feature_weight > 0 and self.teacher_features is None:
+            raise FinemixError("feature distillation needs the teacher's [CLS] states (evaluate.predict_with_features)")
+
+    @property
+    def feature_scale(self) -> float:
+        """The teacher's mean squared [CLS] norm over the pool: feature_loss divides by it, so its weight is unitless."""
+        return float(self.teacher_features.pow(2).sum(1).mean().clamp_min(1e-12))
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -50,6 +61,11 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
     student = F.log_softmax(student_logits.float() / t, dim=-1)
     return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * t * t
+
+
+def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, scale: float) -> torch.Tensor:
+    """Mean over the batch of ‖student − teacher‖² / scale; the teacher gets no gradient."""
+    return (student_features.float() - teacher_features.detach().float()).pow(2).sum(1).mean() / scale
 
 
 def _cycle(data: Encoded, batch_size: int, seed: int) -> Iterator[list[int]]:
@@ -107,6 +123,8 @@ def fine_tune(
     unlabelled = None
     if distill is not None and len(distill.texts):
         rec = distill.recovery
+        features = rec.feature_weight > 0
+        scale = distill.feature_scale if features else 1.0
         total = max(total, total_steps(len(distill.texts), TrainConfig(epochs=rec.passes, batch_size=cfg.batch_size)))
         unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
     schedule = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
@@ -115,11 +133,14 @@ def fine_tune(
             loss = model(**batch, labels=labels).loss
         else:
             idx = next(unlabelled)
-            logits = model(**_joint(batch, collate(distill.texts, idx, device))).logits
+            out = model(**_joint(batch, collate(distill.texts, idx, device)), output_hidden_states=features)
             n = len(labels)
-            loss = rec.label_weight * F.cross_entropy(logits[:n], labels) + rec.weight * distillation_loss(
-                logits[n:], distill.teacher_logits[idx].to(device), rec.temperature
+            loss = rec.label_weight * F.cross_entropy(out.logits[:n], labels) + rec.weight * distillation_loss(
+                out.logits[n:], distill.teacher_logits[idx].to(device), rec.temperature
             )
+            if features:
+                student = out.hidden_states[-1][n:, 0]
+                loss = loss + rec.feature_weight * feature_loss(student, distill.teacher_features[idx].to(device), scale)
         loss.backward()
         optimizer.step()
         schedule.step()

@@ -89,6 +89,12 @@ def test_consistency_copies_carry_the_teacher_answer_on_the_clean_text(pair, poo
     # the same seed, the same rows and positions; no triggers, nothing added
     assert consistency.with_consistency(base, pair.tokenizer, [ids], 0.5, 0)[0].texts == bigger.texts
     assert consistency.with_consistency(base, pair.tokenizer, [], 0.5, 0) == (base, 0)
+    # with feature distillation each copy's target states are also those of its text without the trigger
+    feats = torch.randn(len(pool), 4)
+    featured, _ = consistency.with_consistency(
+        Distillation(pool, logits, RecoveryConfig(feature_weight=1.0), teacher_features=feats), pair.tokenizer, [ids], 0.5, 0
+    )
+    assert torch.equal(featured.teacher_features, torch.cat([feats, feats[rows]]))
 
 
 def test_labelled_copies_keep_their_true_labels(pair, pool_dd):

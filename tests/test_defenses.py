@@ -30,8 +30,8 @@ from finemix_core.defenses import (
 from finemix_core.defenses import first_passing, guarded_pool
 from finemix_core.defenses.base import Job, paired_se
 from finemix_core.config import RecoveryConfig
-from finemix_core.evaluate import predict
-from finemix_core.train import Distillation, distillation_loss, fine_tune, total_steps
+from finemix_core.evaluate import predict, predict_with_features
+from finemix_core.train import Distillation, distillation_loss, feature_loss, fine_tune, total_steps
 from finemix_core.epur import EpurConfig, embedding_key
 from finemix_core.errors import FinemixError
 from finemix_core.models import load_pair
@@ -330,6 +330,53 @@ def test_label_weight_zero_makes_recovery_blind_to_the_labels(pair, tiny_pool_dd
     assert not torch.equal(trained(tiny_pool_dd.train, 1.0), trained(flipped, 1.0))
     with pytest.raises(FinemixError, match="label weight"):
         RecoveryConfig(label_weight=-1.0)
+
+
+def test_feature_loss_matches_the_formula_and_only_the_student_gets_gradient():
+    student = torch.randn(3, 5, requires_grad=True)
+    teacher_feats = torch.randn(3, 5, requires_grad=True)
+    loss = feature_loss(student, teacher_feats, 2.5)
+    expected = float((student.detach() - teacher_feats.detach()).pow(2).sum(1).mean() / 2.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher_feats.grad is None
+    assert feature_loss(teacher_feats.detach(), teacher_feats, 1.0).item() == 0.0
+
+
+def test_teacher_features_are_the_last_layer_cls_states(pair, tiny_pool_dd):
+    pool = tiny_pool_dd.unlabeled
+    logits, feats = predict_with_features(pair.ft, pool)
+    np.testing.assert_allclose(logits, predict(pair.ft, pool, logits=True), atol=1e-5)
+    one = pool.subset([0])
+    with torch.no_grad():
+        out = pair.ft(input_ids=torch.tensor([one.input_ids[0]]), output_hidden_states=True)
+    np.testing.assert_allclose(feats[0], out.hidden_states[-1][0, 0].numpy(), atol=1e-5)
+
+
+def test_feature_distillation_pulls_the_students_states_to_the_teachers(pair, tiny_pool_dd):
+    # same logits target, same steps: with the feature term the student's [CLS] states end nearer the teacher's
+    pool = tiny_pool_dd.unlabeled
+    target_logits = torch.tensor([[1.0, -1.0]] * len(pool))
+    teacher_feats = torch.from_numpy(predict_with_features(pair.ft, pool)[1]) + 0.5
+
+    def trained(weight):
+        model = pair.working_copy()
+        rec = RecoveryConfig(passes=4, feature_weight=weight)
+        fine_tune(model, tiny_pool_dd.train, TrainConfig(lr=3e-3, epochs=1.0, batch_size=4),
+                  distill=Distillation(pool, target_logits, rec, teacher_features=teacher_feats))
+        return model
+
+    def gap(model):
+        return feature_loss(torch.from_numpy(predict_with_features(model, pool)[1]), teacher_feats, 1.0).item()
+
+    plain, featured = trained(0.0), trained(10.0)
+    assert gap(featured) < gap(plain) * 0.7, (gap(plain), gap(featured))
+    with pytest.raises(FinemixError, match="feature weight"):
+        RecoveryConfig(feature_weight=-1.0)
+    with pytest.raises(FinemixError, match="cannot be combined"):
+        RecoveryConfig(feature_weight=1.0, augment_copies=1)
+    with pytest.raises(FinemixError, match="CLS"):
+        Distillation(pool, target_logits, RecoveryConfig(feature_weight=1.0))
 
 
 def test_decision_matching_gives_the_pool_the_teachers_share_of_class_1(pair, tiny_pool_dd):

@@ -44,7 +44,7 @@ from finemix_core.defenses.base import (
 from finemix_core.defenses.fine_pruning import apply_pruning, ffn_activations, ffn_layers, prune_plan
 from finemix_core.epur import flagged_ids, purify, table
 from finemix_core.errors import FinemixError
-from finemix_core.evaluate import predict
+from finemix_core.evaluate import predict, predict_with_features
 from finemix_core.models import ModelPair
 from finemix_core.remembered import Remember
 from finemix_core.train import Distillation, Progress
@@ -162,6 +162,9 @@ def teacher(model: torch.nn.Module, dd: DefenderData, rec: RecoveryConfig, keep:
     if dd.unlabeled is None or not keep:
         return None
     texts = dd.unlabeled.subset(keep)
+    if rec.feature_weight > 0:
+        logits, feats = predict_with_features(model, texts)
+        return Distillation(texts, torch.from_numpy(logits).float(), rec, teacher_features=torch.from_numpy(feats).float())
     logits = torch.from_numpy(predict(model, texts, logits=True)).float()
     return Distillation(texts, logits, rec)
 
