@@ -36,11 +36,11 @@ CANDIDATES = [
     ("ρ 0, features 1", 0.0, dataclasses.replace(D, feature_weight=1.0)),
     ("ρ 0, features 5", 0.0, dataclasses.replace(D, feature_weight=5.0)),
     ("ρ 0, passes 6", 0.0, dataclasses.replace(D, passes=6.0)),
+    ("ρ 0.5", 0.5, D),
+    ("ρ 1", 1.0, D),
     ("ρ 0, passes 12", 0.0, dataclasses.replace(D, passes=12.0)),
     ("ρ 0, general text to 3000", 0.0, dataclasses.replace(D, min_pool=3000)),
     ("ρ 0, features 1, passes 6", 0.0, dataclasses.replace(D, feature_weight=1.0, passes=6.0)),
-    ("ρ 0.5", 0.5, D),
-    ("ρ 1", 1.0, D),
 ]
 CASES = ("ep-cf", "sentence", "word-cf", "word-combo")
 
@@ -63,7 +63,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for case in CASES:
             ctx = experiment.prepare_defender(case)
-            pair = dataclasses.replace(ctx.pair, ft=ctx.pair.ft.to(device).eval())
+            pair = ctx.pair  # θ_FT stays on the CPU (Δ is taken there); defend() copies it to the GPU
             dd = ctx.defender(128, 256, seed)
             t0 = time.perf_counter()
             found = scan(pair, dd, ScanConfig(seed=seed))
@@ -82,7 +82,7 @@ def main() -> None:
                     after = None
                     if best is not None:
                         measured = scan(
-                            dataclasses.replace(pair, ft=res.model.eval()), dd,
+                            dataclasses.replace(pair, ft=res.model.cpu().eval()), dd,
                             ScanConfig(epur_rows=0, inversion=False, seed=seed), given=((best.trigger, best.target),),
                         )
                         after = next(c for c in measured.candidates if c.source == "given")

@@ -52,6 +52,10 @@ CANDIDATES = {
     "+ both, label weight 0": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), label_weight=0.0)),
     # Round 9: word-dropout copies of the pool, labelled by the teacher, at the same steps
     "+ both, augment 2 copies": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), augment_copies=2)),
+    # Round 12: the levers Round 11's GPU map favoured, on the CPU zoo at fixed ρ
+    "+ both, ρ 0, features 5": ("epur+fine-mixing+distill", 0.0, dataclasses.replace(RecoveryConfig(), feature_weight=5.0)),
+    "+ both, ρ 0.5": ("epur+fine-mixing+distill", 0.5, RecoveryConfig()),
+    "+ both, ρ 1": ("epur+fine-mixing+distill", 1.0, RecoveryConfig()),
 }
 
 
