@@ -316,6 +316,17 @@ def defend_cmd(
         int,
         typer.Option(help="Recovery (+distill): word-dropout copies of each unlabelled text, labelled by θ_FT (same steps; 0: none)."),
     ] = RecoveryConfig.augment_copies,
+    feature_weight: Annotated[
+        float,
+        typer.Option(help="Recovery (+distill): weight of matching θ_FT's last-layer [CLS] states on the pool (0: logits only)."),
+    ] = RecoveryConfig.feature_weight,
+    found_rho: Annotated[
+        float | None,
+        typer.Option(
+            help="Auto-ρ with recovery: when the scan finds backdoor evidence, try this ρ first; kept only if dev accuracy "
+            "passes and a re-scan of the result is clean (default: never)."
+        ),
+    ] = RecoveryConfig.found_rho,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -372,6 +383,8 @@ def defend_cmd(
             min_pool=general_text,
             label_weight=label_weight,
             augment_copies=augment_copies,
+            feature_weight=feature_weight,
+            found_rho=found_rho,
         ),
     )
     ctx = experiment.prepare(

@@ -74,6 +74,10 @@ class RecoveryConfig:
     # weight of feature distillation beside the KL term: the student's last-layer [CLS] state matches θ_FT's on the same
     # (clean) text, squared error relative to the teacher's mean squared norm (0: logits only)
     feature_weight: float = 0.0
+    # auto-ρ only: when θ_FT's scan finds backdoor evidence, try this ρ first (the trigger is known and taught away, so
+    # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and a fresh scan of the defended model
+    # finds no evidence, else the low-ρ search runs as without it (None: never)
+    found_rho: float | None = None
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
@@ -82,6 +86,8 @@ class RecoveryConfig:
             raise FinemixError("recovery needs a label weight ≥ 0 (0: pure distillation)")
         if self.feature_weight < 0:
             raise FinemixError("recovery needs a feature weight ≥ 0 (0: match the teacher's logits only)")
+        if self.found_rho is not None and not 0.0 <= self.found_rho <= 1.0:
+            raise FinemixError(f"found-rho {self.found_rho} outside [0, 1]; 1 keeps all of θ_FT after E-PUR")
         if self.feature_weight > 0 and self.augment_copies:
             raise FinemixError("feature distillation and augmented copies cannot be combined; set one of them to 0")
         if self.augment_copies < 0 or not 0 <= self.augment_drop < 1:

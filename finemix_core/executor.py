@@ -36,6 +36,7 @@ RUN_KINDS = ("report", "sweep", "compare")
 # (a stored row without the field ran that way): every field added to RecoveryConfig from now on goes here.
 RECOVERY_ADDED_LATER = {
     "label_weight": 1.0, "match_decisions": False, "augment_copies": 0, "augment_drop": 0.1, "feature_weight": 0.0,
+    "found_rho": None,
 }
 
 

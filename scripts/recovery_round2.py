@@ -56,6 +56,8 @@ CANDIDATES = {
     "+ both, ρ 0, features 5": ("epur+fine-mixing+distill", 0.0, dataclasses.replace(RecoveryConfig(), feature_weight=5.0)),
     "+ both, ρ 0.5": ("epur+fine-mixing+distill", 0.5, RecoveryConfig()),
     "+ both, ρ 1": ("epur+fine-mixing+distill", 1.0, RecoveryConfig()),
+    # Round 13: auto-ρ tries ρ 1 first when the scan found evidence, kept only if dev passes and a re-scan is clean
+    "+ both, found ρ 1": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0)),
 }
 
 
@@ -131,7 +133,10 @@ def main() -> None:
                 "suspect_flip_after": round(after.flip, 3) if after else None,
                 "suspect_n_after": after.n if after else None,  # held-aside sentences the flip is a share of
                 "reference_flip": round(best.reference_flip, 3) if best else None,
-                "search": "; ".join(f"{c.value:g}:{c.dev_acc:.3f}{'+' if c.passed else ''}" for c in res.search),
+                "search": "; ".join(
+                    f"{c.value:g}:{c.dev_acc:.3f}{'+' if c.passed else ''}{'' if c.verified is None else ' rescan ' + ('clean' if c.verified else 'evidence')}"
+                    for c in res.search
+                ),
                 **lean,
                 "seconds": round(seconds, 1),
                 "scan_seconds": round(found.seconds, 1),

@@ -224,6 +224,18 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "label weight ≥ 0",
     ),
     (
+        "feature weight negative",
+        ["defend", "--model", "word-cf", "--feature-weight", "-1", "--out", "{tmp}/o"],
+        None,
+        "feature weight ≥ 0",
+    ),
+    (
+        "found-rho outside [0, 1]",
+        ["defend", "--model", "word-cf", "--found-rho", "2", "--out", "{tmp}/o"],
+        None,
+        "found-rho 2.0 outside [0, 1]",
+    ),
+    (
         "augment copies negative",
         ["defend", "--model", "word-cf", "--augment-copies", "-1", "--out", "{tmp}/o"],
         None,

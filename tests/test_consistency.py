@@ -8,14 +8,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-from finemix_core import consistency
+from finemix_core import consistency, defenses
 from finemix_core.config import RecoveryConfig, TrainConfig
 from finemix_core.defenses import DefenseConfig, defend, defender_data
 from finemix_core.encoding import collate
 from finemix_core.epur import EpurConfig
 from finemix_core.evaluate import predict
 from finemix_core.models import load_pair
-from finemix_core.scan import ScanResult, Suspect, text_ids
+from finemix_core.errors import FinemixError
+from finemix_core.scan import ScanConfig, ScanResult, Suspect, scan, text_ids
 from finemix_core.train import Distillation
 
 POS = ["a good movie", "great fun and charming", "the best acting", "love this film", "a charming story", "great cast"]
@@ -144,3 +145,49 @@ def test_no_card_field_reaches_recovery(pair, pool_dd, monkeypatch):
     zebra = text_ids(pair.tokenizer, "zebra")
     assert all(t != zebra for t in seen[1])
     assert [c.trigger for c in with_card.scan.candidates] == [c.trigger for c in plain.scan.candidates]
+
+
+def _auto(found_rho: float | None) -> DefenseConfig:
+    # δ = 1: every candidate passes on dev, so what is kept is decided by the re-scan alone
+    return dataclasses.replace(_recovery_cfg(recovery=RecoveryConfig(found_rho=found_rho)), rho=None, delta=1.0)
+
+
+def _fake_verifier(monkeypatch, answer: bool) -> list:
+    calls: list = []
+    monkeypatch.setattr(defenses, "verifier", lambda pair, dd, cfg, say: lambda model: calls.append(model) or answer)
+    return calls
+
+
+def test_found_rho_is_tried_first_and_kept_when_the_rescan_is_clean(pair, pool_dd, monkeypatch):
+    calls = _fake_verifier(monkeypatch, True)
+    res = defend(pair, pool_dd, _auto(1.0), scan_result=found(suspect(pair, "cf", 0.9)))
+    assert res.rho == 1.0 and res.rho_auto and len(calls) == 1
+    assert [(c.value, c.passed, c.verified) for c in res.search] == [(1.0, True, True)]  # the grid was not needed
+
+
+def test_found_rho_falls_back_to_the_grid_when_the_rescan_finds_evidence(pair, pool_dd, monkeypatch):
+    calls = _fake_verifier(monkeypatch, False)
+    res = defend(pair, pool_dd, _auto(1.0), scan_result=found(suspect(pair, "cf", 0.9)))
+    assert len(calls) == 1 and res.rho == 0.0  # the grid's first value passes at δ 1
+    assert [(c.value, c.passed, c.verified) for c in res.search] == [(1.0, False, False), (0.0, True, None)]
+
+
+def test_found_rho_is_never_tried_without_evidence_a_suspect_or_with_a_fixed_rho(pair, pool_dd, monkeypatch):
+    calls = _fake_verifier(monkeypatch, True)
+    weak = dataclasses.replace(found(suspect(pair, "cf", 0.6)), verdict="no evidence")  # a suspect, but no verdict
+    assert defend(pair, pool_dd, _auto(1.0), scan_result=weak).rho == 0.0
+    assert defend(pair, pool_dd, _auto(None), scan_result=found(suspect(pair, "cf", 0.9))).rho == 0.0
+    fixed = dataclasses.replace(_auto(1.0), rho=0.0)
+    assert defend(pair, pool_dd, fixed, scan_result=found(suspect(pair, "cf", 0.9))).search == []
+    assert calls == []
+    with pytest.raises(FinemixError, match="found-rho"):
+        RecoveryConfig(found_rho=1.5)
+
+
+def test_the_verifier_is_a_fresh_scan_of_the_candidate(pair, pool_dd):
+    logs: list[str] = []
+    cfg = _auto(1.0)
+    model = pair.working_copy().eval()
+    clean = defenses.verifier(pair, pool_dd, cfg, logs.append)(model)
+    expected = scan(dataclasses.replace(pair, ft=model), pool_dd, ScanConfig(seed=cfg.seed)).verdict != "backdoor"
+    assert clean == expected and logs and logs[0].startswith("re-scan of the candidate")

@@ -92,6 +92,8 @@ def test_defender_data_holds_only_clean_train_dev_and_unlabelled_text():
         "search",
         "ft_correct",
         "extra_train",  # trigger-aware recovery: labelled copies with the scan's suspect inserted (tests/test_consistency.py)
+        "first_rho",  # recovery.found_rho: a ρ tried first when the scan found evidence (tests/test_consistency.py)
+        "verify",  # ... and the re-scan of that candidate, from the same clean data
     }
 
 

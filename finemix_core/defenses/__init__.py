@@ -14,6 +14,7 @@ Every method fine-tunes with the same routine and budget; every choice is made o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +48,7 @@ from finemix_core.errors import FinemixError
 from finemix_core.evaluate import predict, predict_with_features
 from finemix_core.models import ModelPair
 from finemix_core.remembered import Remember
-from finemix_core.train import Distillation, Progress
+from finemix_core.train import Distillation, Progress, device_of
 
 REGISTRY: dict[str, Defense] = {
     "none": fine_tuning.keep,
@@ -187,6 +188,19 @@ def scan_for_recovery(pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say
     return found
 
 
+def verifier(pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say: Callable[[str], None]):
+    """A check for a candidate model: a fresh scan of it, from the same clean data, finds no backdoor evidence."""
+    from finemix_core.scan import ScanConfig, scan
+
+    def verify(model: torch.nn.Module) -> bool:
+        on_cpu = model if device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
+        found = scan(dataclasses.replace(pair, ft=on_cpu.eval()), dd, ScanConfig(seed=cfg.seed))
+        say(f"re-scan of the candidate ({found.seconds:.0f} s): {found.message()}")
+        return found.verdict != "backdoor"
+
+    return verify
+
+
 def defend(
     pair: ModelPair,
     dd: DefenderData,
@@ -236,6 +250,10 @@ def defend(
         pair = purified_pair(pair, ranked)
         say(f"E-PUR reset {len(flagged)} embedding rows (top: {', '.join(flagged[:5])})")
     job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
+    found_rho = cfg.recovery.found_rho
+    if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
+        job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say)
+        say(f"the scan found the trigger: trying ρ {found_rho:g} first, kept only if dev accuracy passes and a re-scan is clean")
     copies, keep = 0, []
     if distill:
         if dd.unlabeled is None:

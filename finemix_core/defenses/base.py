@@ -94,6 +94,7 @@ class Candidate:
     dev_acc: float
     passed: bool
     threshold: float  # the dev accuracy it needed
+    verified: bool | None = None  # a fresh scan of the candidate found no backdoor evidence (None: not scanned)
 
 
 def paired_se(ref_correct: np.ndarray, cand_correct: np.ndarray) -> float:
@@ -121,6 +122,9 @@ class Job:
     search: list[Candidate] = field(default_factory=list)
     ft_correct: np.ndarray | None = None  # θ_FT right or wrong on each dev example (for the one-standard-error rule)
     extra_train: Encoded | None = None  # trigger-aware recovery: labelled examples with a suspect inserted, true labels
+    # recovery.found_rho when θ_FT's scan found evidence: the ρ tried before the grid, and the re-scan that must pass
+    first_rho: float | None = None
+    verify: Callable[[torch.nn.Module], bool] | None = None
 
     def train(self, model: torch.nn.Module, after_step: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
         """The one fine-tuning routine with the shared budget (and recovery when asked)."""
@@ -131,7 +135,7 @@ class Job:
             model, labelled, dataclasses.replace(self.cfg.train, seed=self.cfg.seed), self.progress, after_step, self.distill
         )
 
-    def try_value(self, knob: str, value: float, model: torch.nn.Module) -> bool:
+    def try_value(self, knob: str, value: float, model: torch.nn.Module, verify: bool = False) -> bool:
         """Score a candidate on clean dev data, record it, and say whether it reaches the target.
 
         With recovery the target is lowered by one standard error of the paired dev difference to θ_FT (the
@@ -144,11 +148,15 @@ class Job:
         if self.cfg.distills and self.ft_correct is not None:
             need -= paired_se(self.ft_correct, correct)
         ok = acc >= need
-        self.search.append(Candidate(knob, value, acc, ok, need))
+        verified = None
+        if verify and ok and self.verify is not None:  # the re-scan only for a candidate the dev data would keep
+            verified = self.verify(model)
+            ok = verified
+        self.search.append(Candidate(knob, value, acc, ok, need, verified))
         # 4 decimals and the row count: on a 60-row dev part a miss by a fraction of a row must not read as a tie
         self.say(
             f"{knob} {value:.2f}: dev accuracy {acc:.4f} ({int(correct.sum())} of {len(correct)} rows; need ≥ {need:.4f}) "
-            f"→ {'pass' if ok else 'fail'}"
+            f"{'' if verified is None else ', re-scan ' + ('clean' if verified else 'finds evidence')} → {'pass' if ok else 'fail'}"
         )
         return ok
 

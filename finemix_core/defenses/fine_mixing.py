@@ -2,7 +2,8 @@
 
 ρ given: one run. ρ auto: the smallest grid ρ whose clean dev accuracy after fine-tuning reaches θ_FT's − δ (the paper
 recipe bisects GRID). With recovery the search scans RECOVERY_GRID up from the bottom with a one-standard-error
-allowance, and keeps the best dev accuracy when nothing passes.
+allowance, and keeps the best dev accuracy when nothing passes; with `recovery.found_rho` and a scan that found evidence,
+that ρ is tried first and kept only if it passes on dev and a fresh scan of the result finds no evidence.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def search_rho(job: Job, state_at: Callable[[float], State]) -> Outcome:
 
     if job.cfg.rho is not None:
         return Outcome(fine_tuned(job.cfg.rho), rho=job.cfg.rho)
+    if job.first_rho is not None:  # the scan named the trigger: try keeping more of θ_FT first, verified by a re-scan
+        first = fine_tuned(job.first_rho)
+        if job.try_value("rho", job.first_rho, first, verify=True):
+            return Outcome(first, rho=job.first_rho)
+        job.say(f"ρ {job.first_rho:g} not kept; searching {', '.join(f'{r:g}' for r in job.cfg.grid)} as usual")
     trained: dict[float, torch.nn.Module] = {}
 
     def passes(rho: float) -> bool:
@@ -44,7 +50,8 @@ def search_rho(job: Job, state_at: Callable[[float], State]) -> Outcome:
     search = first_passing if job.cfg.distills else pick_smallest
     rho, found = search(job.cfg.grid, passes)
     if not found and job.cfg.distills:
-        best = max(job.search, key=lambda c: (c.dev_acc, -c.value))  # with recovery: the better dev accuracy, lower ρ on ties
+        grid = [c for c in job.search if c.value in trained]  # never the unverified first try
+        best = max(grid, key=lambda c: (c.dev_acc, -c.value))  # with recovery: the better dev accuracy, lower ρ on ties
         rho = best.value
         job.say(f"no ρ on the grid passed; keeping ρ {rho:g}, the best dev accuracy ({best.dev_acc:.3f})")
     elif not found:
