@@ -452,11 +452,9 @@ def defend_cmd(
     )
     console.print(table)
     if row.search:
-        typer.echo(
-            "dev-only search: "
-            + "; ".join(f"{c['knob']} {c['value']:g} → dev {c['dev_acc']:.3f}{' ✓' if c['passed'] else ''}" for c in row.search),
-            err=True,
-        )
+        from finemix_core.defenses.base import search_text
+
+        typer.echo(f"dev-only search: {search_text(row.search)}", err=True)
     if estimate is not None:
         typer.echo(
             f"suspected trigger '{estimate['suspected_trigger']}' (from scan, an estimate): flips "

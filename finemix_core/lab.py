@@ -27,6 +27,7 @@ from finemix_core import store, zoo
 from finemix_core.attacks import trigger_token_ids
 from finemix_core.config import ZooEntrySpec
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
+from finemix_core.defenses.base import search_text
 from finemix_core.epur import EpurConfig, purify, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import (  # noqa: F401 — best_device, bf16_supported, wilson re-exported for the dashboard
@@ -682,16 +683,6 @@ def history(lab: LabModel) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def search_text(search: list[dict]) -> str:
-    """A dev-only search in one line, saying when nothing passed and the defense fell back."""
-    if not search:
-        return ""
-    text = "; ".join(
-        f"{c['knob'].replace('_', ' ')} {c['value']:g} → dev {c['dev_acc']:.3f}{' ✓' if c['passed'] else ''}" for c in search
-    )
-    return text if any(c["passed"] for c in search) else text + " (none within tolerance: fell back)"
 
 
 def _shared_budget(c: dict) -> bool:

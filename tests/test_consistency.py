@@ -191,3 +191,13 @@ def test_the_verifier_is_a_fresh_scan_of_the_candidate(pair, pool_dd):
     clean = defenses.verifier(pair, pool_dd, cfg, logs.append)(model)
     expected = scan(dataclasses.replace(pair, ft=model), pool_dd, ScanConfig(seed=cfg.seed)).verdict != "backdoor"
     assert clean == expected and logs and logs[0].startswith("re-scan of the candidate")
+
+
+def test_the_search_line_says_what_the_rescan_found():
+    from finemix_core.defenses.base import search_text
+
+    tried = [
+        {"knob": "rho", "value": 1.0, "dev_acc": 0.8, "passed": False, "threshold": 0.7, "verified": False},
+        {"knob": "rho", "value": 0.0, "dev_acc": 0.75, "passed": True, "threshold": 0.7},  # a row stored before the field
+    ]
+    assert search_text(tried) == "rho 1 → dev 0.800 (re-scan: evidence); rho 0 → dev 0.750 ✓"

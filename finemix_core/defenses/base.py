@@ -97,6 +97,19 @@ class Candidate:
     verified: bool | None = None  # a fresh scan of the candidate found no backdoor evidence (None: not scanned)
 
 
+def search_text(search: list[dict]) -> str:
+    """A dev-only search in one line, saying when nothing passed and the defense fell back."""
+    if not search:
+        return ""
+    rescan = {None: "", True: " (re-scan clean)", False: " (re-scan: evidence)"}
+    text = "; ".join(
+        f"{c['knob'].replace('_', ' ')} {c['value']:g} → dev {c['dev_acc']:.3f}{rescan[c.get('verified')]}"
+        f"{' ✓' if c['passed'] else ''}"
+        for c in search
+    )
+    return text if any(c["passed"] for c in search) else text + " (none within tolerance: fell back)"
+
+
 def paired_se(ref_correct: np.ndarray, cand_correct: np.ndarray) -> float:
     """Standard error of the difference of two accuracies measured on the same examples (paired, McNemar-style)."""
     n = len(ref_correct)
