@@ -327,6 +327,13 @@ def defend_cmd(
             "passes and a re-scan of the result is clean (default: never)."
         ),
     ] = RecoveryConfig.found_rho,
+    found_flip_max: Annotated[
+        float,
+        typer.Option(
+            help="With --found-rho: the tried ρ is kept only if each of the scan's suspects flips at most this share of "
+            "held-aside dev sentences on it."
+        ),
+    ] = RecoveryConfig.found_flip_max,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -385,6 +392,7 @@ def defend_cmd(
             augment_copies=augment_copies,
             feature_weight=feature_weight,
             found_rho=found_rho,
+            found_flip_max=found_flip_max,
         ),
     )
     ctx = experiment.prepare(

@@ -78,6 +78,9 @@ class RecoveryConfig:
     # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and a fresh scan of the defended model
     # finds no evidence, else the low-ρ search runs as without it (None: never)
     found_rho: float | None = None
+    # ... and only if each of the scan's suspects flips at most this share of held-aside dev sentences on it: the
+    # re-scan's verdict bar (0.81) is for finding a backdoor, far too lax for calling one gone
+    found_flip_max: float = 0.10
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
@@ -88,6 +91,8 @@ class RecoveryConfig:
             raise FinemixError("recovery needs a feature weight ≥ 0 (0: match the teacher's logits only)")
         if self.found_rho is not None and not 0.0 <= self.found_rho <= 1.0:
             raise FinemixError(f"found-rho {self.found_rho} outside [0, 1]; 1 keeps all of θ_FT after E-PUR")
+        if not 0.0 <= self.found_flip_max <= 1.0:
+            raise FinemixError(f"found-flip-max {self.found_flip_max} outside [0, 1]; 0.1 allows one flipped sentence in ten")
         if self.feature_weight > 0 and self.augment_copies:
             raise FinemixError("feature distillation and augmented copies cannot be combined; set one of them to 0")
         if self.augment_copies < 0 or not 0 <= self.augment_drop < 1:

@@ -57,7 +57,11 @@ CANDIDATES = {
     "+ both, ρ 0.5": ("epur+fine-mixing+distill", 0.5, RecoveryConfig()),
     "+ both, ρ 1": ("epur+fine-mixing+distill", 1.0, RecoveryConfig()),
     # Round 13: auto-ρ tries ρ 1 first when the scan found evidence, kept only if dev passes and a re-scan is clean
-    "+ both, found ρ 1": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0)),
+    "+ both, found ρ 1": (
+        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=1.0)),
+    # Round 14: the same, kept only if also each suspect flips at most 0.10 of held-aside dev sentences on the candidate
+    "+ both, found ρ 1, flip bar": (
+        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10)),
 }
 
 

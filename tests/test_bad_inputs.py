@@ -236,6 +236,12 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "found-rho 2.0 outside [0, 1]",
     ),
     (
+        "found-flip-max outside [0, 1]",
+        ["defend", "--model", "word-cf", "--found-flip-max", "1.5", "--out", "{tmp}/o"],
+        None,
+        "found-flip-max 1.5 outside [0, 1]",
+    ),
+    (
         "augment copies negative",
         ["defend", "--model", "word-cf", "--augment-copies", "-1", "--out", "{tmp}/o"],
         None,

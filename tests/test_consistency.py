@@ -154,7 +154,9 @@ def _auto(found_rho: float | None) -> DefenseConfig:
 
 def _fake_verifier(monkeypatch, answer: bool) -> list:
     calls: list = []
-    monkeypatch.setattr(defenses, "verifier", lambda pair, dd, cfg, say: lambda model: calls.append(model) or answer)
+    monkeypatch.setattr(
+        defenses, "verifier", lambda pair, dd, cfg, say, suspects: lambda model: calls.append((model, suspects)) or answer
+    )
     return calls
 
 
@@ -162,6 +164,7 @@ def test_found_rho_is_tried_first_and_kept_when_the_rescan_is_clean(pair, pool_d
     calls = _fake_verifier(monkeypatch, True)
     res = defend(pair, pool_dd, _auto(1.0), scan_result=found(suspect(pair, "cf", 0.9)))
     assert res.rho == 1.0 and res.rho_auto and len(calls) == 1
+    assert [s.trigger for s in calls[0][1]] == ["cf"]  # the verifier measures the suspects recovery taught away
     assert [(c.value, c.passed, c.verified) for c in res.search] == [(1.0, True, True)]  # the grid was not needed
 
 
@@ -191,6 +194,42 @@ def test_the_verifier_is_a_fresh_scan_of_the_candidate(pair, pool_dd):
     clean = defenses.verifier(pair, pool_dd, cfg, logs.append)(model)
     expected = scan(dataclasses.replace(pair, ft=model), pool_dd, ScanConfig(seed=cfg.seed)).verdict != "backdoor"
     assert clean == expected and logs and logs[0].startswith("re-scan of the candidate")
+
+
+def test_the_verifier_measures_the_suspects_on_the_candidate_against_the_bar(pair, pool_dd, monkeypatch):
+    import finemix_core.scan as scan_module
+
+    logs: list[str] = []
+    model = pair.working_copy().eval()
+    words = [suspect(pair, "great", 0.9, target=0), suspect(pair, "awful", 0.9, target=1)]
+    strict = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_flip_max=0.0))
+    # real scans: the tiny random model is no backdoor and neither word flips a held-aside sentence, so even bar 0 keeps it
+    candidate = dataclasses.replace(pair, ft=model)
+    measured = scan(candidate, pool_dd, ScanConfig(epur_rows=0, inversion=False, seed=0), given=[("great", 0), ("awful", 1)])
+    assert sorted(c.trigger for c in measured.candidates) == ["awful", "great"]
+    assert max(c.flip for c in measured.candidates) == 0.0
+    assert defenses.verifier(pair, pool_dd, strict, logs.append, words)(model) is True
+    # the bar itself: the measured suspects' worst flip (0.25 here) against found_flip_max
+    real = scan_module.scan
+    asked: list = []
+
+    def fake(p, dd, cfg, given=(), **kw):
+        result = real(p, dd, cfg, given=given, **kw)
+        if given:
+            asked.append(list(given))
+            flips = iter([0.0, 0.25])
+            result.candidates = [dataclasses.replace(c, flip=next(flips)) for c in result.candidates]
+        return result
+
+    monkeypatch.setattr(scan_module, "scan", fake)
+    for bar, kept in ((0.0, False), (0.2, False), (0.25, True), (1.0, True)):
+        cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_flip_max=bar))
+        assert defenses.verifier(pair, pool_dd, cfg, logs.append, words)(model) is kept
+    assert asked[0] == [("great", 0), ("awful", 1)]
+    assert logs[-1].endswith("(bar 100%) → clean") and any(m.endswith("(bar 20%) → still fires") for m in logs)
+    # without suspects the fresh scan alone decides, and nothing is measured
+    asked.clear()
+    assert defenses.verifier(pair, pool_dd, strict, logs.append)(model) is True and asked == []
 
 
 def test_the_search_line_says_what_the_rescan_found():

@@ -188,15 +188,35 @@ def scan_for_recovery(pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say
     return found
 
 
-def verifier(pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say: Callable[[str], None]):
-    """A check for a candidate model: a fresh scan of it, from the same clean data, finds no backdoor evidence."""
+def verifier(
+    pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say: Callable[[str], None], suspects: Sequence = ()
+):
+    """A check for a candidate model, from the same clean data: a fresh scan of it finds no backdoor evidence, and each
+    of θ_FT's scan suspects (`suspects`) flips at most `recovery.found_flip_max` of the held-aside dev sentences on it."""
     from finemix_core.scan import ScanConfig, scan
+
+    given = tuple((s.trigger, s.target) for s in suspects)
+    bar = cfg.recovery.found_flip_max
 
     def verify(model: torch.nn.Module) -> bool:
         on_cpu = model if device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
-        found = scan(dataclasses.replace(pair, ft=on_cpu.eval()), dd, ScanConfig(seed=cfg.seed))
+        candidate = dataclasses.replace(pair, ft=on_cpu.eval())
+        found = scan(candidate, dd, ScanConfig(seed=cfg.seed))
         say(f"re-scan of the candidate ({found.seconds:.0f} s): {found.message()}")
-        return found.verdict != "backdoor"
+        if found.verdict == "backdoor":
+            return False
+        if not given:
+            return True
+        # the suspects θ_FT's scan named, measured alone on the candidate (no search: a few forward passes)
+        measured = scan(candidate, dd, ScanConfig(epur_rows=0, inversion=False, seed=cfg.seed), given=given)
+        flips = [c for c in measured.candidates if c.source == "given"]
+        worst = max((c.flip for c in flips), default=0.0)
+        say(
+            "the scan's suspects on the candidate: "
+            + ", ".join(f"{c.trigger!r} flips {c.flip:.0%} of {c.n}" for c in flips)
+            + f" (bar {bar:.0%}) → {'clean' if worst <= bar else 'still fires'}"
+        )
+        return worst <= bar
 
     return verify
 
@@ -252,8 +272,9 @@ def defend(
     job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
     found_rho = cfg.recovery.found_rho
     if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
-        job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say)
-        say(f"the scan found the trigger: trying ρ {found_rho:g} first, kept only if dev accuracy passes and a re-scan is clean")
+        job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say, suspected)
+        say(f"the scan found the trigger: trying ρ {found_rho:g} first, kept only if dev accuracy passes, a re-scan is clean and the suspects flip ≤ "
+            f"{cfg.recovery.found_flip_max:.0%} of held-aside sentences")
     copies, keep = 0, []
     if distill:
         if dd.unlabeled is None:
