@@ -334,6 +334,13 @@ def defend_cmd(
             "held-aside dev sentences on it."
         ),
     ] = RecoveryConfig.found_flip_max,
+    found_check: Annotated[
+        str,
+        typer.Option(
+            help="With --found-rho: 'rescan' (a fresh scan of the result, then the suspects) or 'finalists' (no new "
+            "search: every trigger θ_FT's scan verified, measured on the result)."
+        ),
+    ] = RecoveryConfig.found_check,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -393,6 +400,7 @@ def defend_cmd(
             feature_weight=feature_weight,
             found_rho=found_rho,
             found_flip_max=found_flip_max,
+            found_check=found_check,
         ),
     )
     ctx = experiment.prepare(

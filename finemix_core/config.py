@@ -81,6 +81,10 @@ class RecoveryConfig:
     # ... and only if each of the scan's suspects flips at most this share of held-aside dev sentences on it: the
     # re-scan's verdict bar (0.81) is for finding a backdoor, far too lax for calling one gone
     found_flip_max: float = 0.10
+    # how a tried found_rho is checked: "rescan" = a fresh scan of the candidate (its own search, 60–90 s on 2 cores),
+    # then the suspects; "finalists" = no new search: every trigger θ_FT's scan verified is measured on the candidate
+    # (suspects against the bar, the other finalists' excess over the clean reference against it)
+    found_check: str = "rescan"
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
@@ -91,6 +95,8 @@ class RecoveryConfig:
             raise FinemixError("recovery needs a feature weight ≥ 0 (0: match the teacher's logits only)")
         if self.found_rho is not None and not 0.0 <= self.found_rho <= 1.0:
             raise FinemixError(f"found-rho {self.found_rho} outside [0, 1]; 1 keeps all of θ_FT after E-PUR")
+        if self.found_check not in ("rescan", "finalists"):
+            raise FinemixError(f"found-check {self.found_check!r} unknown; use 'rescan' or 'finalists'")
         if not 0.0 <= self.found_flip_max <= 1.0:
             raise FinemixError(f"found-flip-max {self.found_flip_max} outside [0, 1]; 0.1 allows one flipped sentence in ten")
         if self.feature_weight > 0 and self.augment_copies:

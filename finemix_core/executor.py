@@ -38,6 +38,7 @@ RECOVERY_ADDED_LATER = {
     "label_weight": 1.0, "match_decisions": False, "augment_copies": 0, "augment_drop": 0.1, "feature_weight": 0.0,
     "found_rho": None,
     "found_flip_max": 0.10,  # acts only with found_rho, which no row stored before it set
+    "found_check": "rescan",  # likewise
 }
 
 

@@ -62,6 +62,10 @@ CANDIDATES = {
     # Round 14: the same, kept only if also each suspect flips at most 0.10 of held-aside dev sentences on the candidate
     "+ both, found ρ 1, flip bar": (
         "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10)),
+    # Round 15: the same bar, without the fresh scan's search (every trigger θ_FT's scan verified, measured on the candidate)
+    "+ both, found ρ 1, finalists": (
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists")),
 }
 
 

@@ -242,6 +242,12 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "found-flip-max 1.5 outside [0, 1]",
     ),
     (
+        "found-check unknown",
+        ["defend", "--model", "word-cf", "--found-check", "fast", "--out", "{tmp}/o"],
+        None,
+        "found-check 'fast' unknown; use 'rescan' or 'finalists'",
+    ),
+    (
         "augment copies negative",
         ["defend", "--model", "word-cf", "--augment-copies", "-1", "--out", "{tmp}/o"],
         None,

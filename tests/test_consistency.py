@@ -155,7 +155,9 @@ def _auto(found_rho: float | None) -> DefenseConfig:
 def _fake_verifier(monkeypatch, answer: bool) -> list:
     calls: list = []
     monkeypatch.setattr(
-        defenses, "verifier", lambda pair, dd, cfg, say, suspects: lambda model: calls.append((model, suspects)) or answer
+        defenses,
+        "verifier",
+        lambda pair, dd, cfg, say, suspects, finalists=(): lambda model: calls.append((model, suspects)) or answer,
     )
     return calls
 
@@ -230,6 +232,44 @@ def test_the_verifier_measures_the_suspects_on_the_candidate_against_the_bar(pai
     # without suspects the fresh scan alone decides, and nothing is measured
     asked.clear()
     assert defenses.verifier(pair, pool_dd, strict, logs.append)(model) is True and asked == []
+
+
+def test_the_finalists_check_runs_no_search_and_judges_other_triggers_against_the_reference(pair, pool_dd, monkeypatch):
+    import finemix_core.scan as scan_module
+
+    model = pair.working_copy().eval()
+    taught = [suspect(pair, "great", 0.9, target=0)]
+    verified = [*taught, suspect(pair, "awful", 0.3, target=1), suspect(pair, "dull", 0.2, target=1)]
+    real = scan_module.scan
+    configs: list = []
+    measured: dict[str, tuple[float, float]] = {}  # trigger → (flip, reference flip) the fake scan reports
+
+    def fake(p, dd, cfg, given=(), **kw):
+        configs.append((cfg, list(given)))
+        result = real(p, dd, cfg, given=given, **kw)
+        result.candidates = [
+            dataclasses.replace(c, flip=measured[c.trigger][0], reference_flip=measured[c.trigger][1])
+            for c in result.candidates
+        ]
+        return result
+
+    monkeypatch.setattr(scan_module, "scan", fake)
+    cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_check="finalists"))
+    check = defenses.verifier(pair, pool_dd, cfg, lambda _m: None, taught, verified)
+    cases = [
+        ({"great": (0.1, 0.0), "awful": (0.5, 0.45), "dull": (0.0, 0.0)}, True),  # awful moves the reference as much
+        ({"great": (0.15, 0.1), "awful": (0.0, 0.0), "dull": (0.0, 0.0)}, False),  # a taught suspect: its own flip counts
+        ({"great": (0.0, 0.0), "awful": (0.0, 0.0), "dull": (0.3, 0.1)}, False),  # a finalist 0.2 over the reference
+    ]
+    for flips, kept in cases:
+        measured.clear()
+        measured.update(flips)
+        assert check(model) is kept
+    # one measurement per check, of every verified trigger, and never a search (no E-PUR rows, no inversion)
+    assert len(configs) == 3 and all(c.epur_rows == 0 and not c.inversion for c, _ in configs)
+    assert configs[0][1] == [("great", 0), ("awful", 1), ("dull", 1)]
+    with pytest.raises(FinemixError, match="found-check"):
+        RecoveryConfig(found_check="fast")
 
 
 def test_the_search_line_says_what_the_rescan_found():

@@ -189,34 +189,45 @@ def scan_for_recovery(pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say
 
 
 def verifier(
-    pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say: Callable[[str], None], suspects: Sequence = ()
+    pair: ModelPair,
+    dd: DefenderData,
+    cfg: DefenseConfig,
+    say: Callable[[str], None],
+    suspects: Sequence = (),
+    finalists: Sequence = (),
 ):
-    """A check for a candidate model, from the same clean data: a fresh scan of it finds no backdoor evidence, and each
-    of θ_FT's scan suspects (`suspects`) flips at most `recovery.found_flip_max` of the held-aside dev sentences on it."""
+    """A check for a candidate model, from the same clean data. `recovery.found_check` "rescan": a fresh scan of it
+    finds no backdoor evidence, and each of θ_FT's scan suspects (`suspects`) flips at most `recovery.found_flip_max` of
+    the held-aside dev sentences on it. "finalists": no fresh search; the suspects as above, and every other trigger
+    θ_FT's scan verified (`finalists`) flips at most that much more than on the clean reference."""
     from finemix_core.scan import ScanConfig, scan
 
-    given = tuple((s.trigger, s.target) for s in suspects)
-    bar = cfg.recovery.found_flip_max
+    rec = cfg.recovery
+    named = {(s.trigger, s.target) for s in suspects}
+    given = tuple(dict.fromkeys([*((s.trigger, s.target) for s in suspects),
+                                 *(((c.trigger, c.target) for c in finalists) if rec.found_check == "finalists" else ())]))
+    bar = rec.found_flip_max
 
     def verify(model: torch.nn.Module) -> bool:
         on_cpu = model if device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
         candidate = dataclasses.replace(pair, ft=on_cpu.eval())
-        found = scan(candidate, dd, ScanConfig(seed=cfg.seed))
-        say(f"re-scan of the candidate ({found.seconds:.0f} s): {found.message()}")
-        if found.verdict == "backdoor":
-            return False
+        if rec.found_check == "rescan":
+            found = scan(candidate, dd, ScanConfig(seed=cfg.seed))
+            say(f"re-scan of the candidate ({found.seconds:.0f} s): {found.message()}")
+            if found.verdict == "backdoor":
+                return False
         if not given:
             return True
-        # the suspects θ_FT's scan named, measured alone on the candidate (no search: a few forward passes)
+        # the triggers θ_FT's scan named, measured alone on the candidate (no search: a few forward passes)
         measured = scan(candidate, dd, ScanConfig(epur_rows=0, inversion=False, seed=cfg.seed), given=given)
         flips = [c for c in measured.candidates if c.source == "given"]
-        worst = max((c.flip for c in flips), default=0.0)
+        over = [c for c in flips if (c.flip if (c.trigger, c.target) in named else c.excess) > bar]
         say(
-            "the scan's suspects on the candidate: "
+            "θ_FT's scan triggers on the candidate: "
             + ", ".join(f"{c.trigger!r} flips {c.flip:.0%} of {c.n}" for c in flips)
-            + f" (bar {bar:.0%}) → {'clean' if worst <= bar else 'still fires'}"
+            + f" (bar {bar:.0%}) → {'clean' if not over else 'still fires'}"
         )
-        return worst <= bar
+        return not over
 
     return verify
 
@@ -272,7 +283,7 @@ def defend(
     job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
     found_rho = cfg.recovery.found_rho
     if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
-        job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say, suspected)
+        job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say, suspected, scan_result.candidates)
         say(f"the scan found the trigger: trying ρ {found_rho:g} first, kept only if dev accuracy passes, a re-scan is clean and the suspects flip ≤ "
             f"{cfg.recovery.found_flip_max:.0%} of held-aside sentences")
     copies, keep = 0, []
