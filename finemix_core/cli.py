@@ -324,7 +324,7 @@ def defend_cmd(
         float | None,
         typer.Option(
             help="Auto-ρ with recovery: when the scan finds backdoor evidence, try this ρ first; kept only if dev accuracy "
-            "passes and a re-scan of the result is clean (default: never)."
+            "passes and the check (--found-check) finds nothing still firing (default: never)."
         ),
     ] = RecoveryConfig.found_rho,
     found_flip_max: Annotated[

@@ -142,7 +142,7 @@ def main() -> None:
                 "suspect_n_after": after.n if after else None,  # held-aside sentences the flip is a share of
                 "reference_flip": round(best.reference_flip, 3) if best else None,
                 "search": "; ".join(
-                    f"{c.value:g}:{c.dev_acc:.3f}{'+' if c.passed else ''}{'' if c.verified is None else ' rescan ' + ('clean' if c.verified else 'evidence')}"
+                    f"{c.value:g}:{c.dev_acc:.3f}{'+' if c.passed else ''}{'' if c.verified is None else ' check ' + ('clean' if c.verified else 'fires')}"
                     for c in res.search
                 ),
                 **lean,

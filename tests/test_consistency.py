@@ -279,4 +279,4 @@ def test_the_search_line_says_what_the_rescan_found():
         {"knob": "rho", "value": 1.0, "dev_acc": 0.8, "passed": False, "threshold": 0.7, "verified": False},
         {"knob": "rho", "value": 0.0, "dev_acc": 0.75, "passed": True, "threshold": 0.7},  # a row stored before the field
     ]
-    assert search_text(tried) == "rho 1 → dev 0.800 (re-scan: evidence); rho 0 → dev 0.750 ✓"
+    assert search_text(tried) == "rho 1 → dev 0.800 (check: still fires); rho 0 → dev 0.750 ✓"

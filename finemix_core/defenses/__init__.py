@@ -204,8 +204,8 @@ def verifier(
 
     rec = cfg.recovery
     named = {(s.trigger, s.target) for s in suspects}
-    given = tuple(dict.fromkeys([*((s.trigger, s.target) for s in suspects),
-                                 *(((c.trigger, c.target) for c in finalists) if rec.found_check == "finalists" else ())]))
+    measured_too = finalists if rec.found_check == "finalists" else ()
+    given = tuple(dict.fromkeys((c.trigger, c.target) for c in [*suspects, *measured_too]))  # each once, suspects first
     bar = rec.found_flip_max
 
     def verify(model: torch.nn.Module) -> bool:
@@ -284,8 +284,9 @@ def defend(
     found_rho = cfg.recovery.found_rho
     if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
         job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say, suspected, scan_result.candidates)
-        say(f"the scan found the trigger: trying ρ {found_rho:g} first, kept only if dev accuracy passes, a re-scan is clean and the suspects flip ≤ "
-            f"{cfg.recovery.found_flip_max:.0%} of held-aside sentences")
+        how = "a re-scan is clean and " if cfg.recovery.found_check == "rescan" else "every trigger the scan verified is quiet and "
+        say(f"the scan found the trigger: trying ρ {found_rho:g} first, kept only if dev accuracy passes, {how}the suspects "
+            f"flip ≤ {cfg.recovery.found_flip_max:.0%} of held-aside sentences")
     copies, keep = 0, []
     if distill:
         if dd.unlabeled is None:

@@ -94,16 +94,16 @@ class Candidate:
     dev_acc: float
     passed: bool
     threshold: float  # the dev accuracy it needed
-    verified: bool | None = None  # a fresh scan of the candidate found no backdoor evidence (None: not scanned)
+    verified: bool | None = None  # the check from clean data (found_rho) passed: nothing still fires (None: not checked)
 
 
 def search_text(search: list[dict]) -> str:
     """A dev-only search in one line, saying when nothing passed and the defense fell back."""
     if not search:
         return ""
-    rescan = {None: "", True: " (re-scan clean)", False: " (re-scan: evidence)"}
+    checked = {None: "", True: " (check: clean)", False: " (check: still fires)"}
     text = "; ".join(
-        f"{c['knob'].replace('_', ' ')} {c['value']:g} → dev {c['dev_acc']:.3f}{rescan[c.get('verified')]}"
+        f"{c['knob'].replace('_', ' ')} {c['value']:g} → dev {c['dev_acc']:.3f}{checked[c.get('verified')]}"
         f"{' ✓' if c['passed'] else ''}"
         for c in search
     )
@@ -135,7 +135,7 @@ class Job:
     search: list[Candidate] = field(default_factory=list)
     ft_correct: np.ndarray | None = None  # θ_FT right or wrong on each dev example (for the one-standard-error rule)
     extra_train: Encoded | None = None  # trigger-aware recovery: labelled examples with a suspect inserted, true labels
-    # recovery.found_rho when θ_FT's scan found evidence: the ρ tried before the grid, and the re-scan that must pass
+    # recovery.found_rho when θ_FT's scan found evidence: the ρ tried before the grid, and the check it must pass
     first_rho: float | None = None
     verify: Callable[[torch.nn.Module], bool] | None = None
 
@@ -162,14 +162,14 @@ class Job:
             need -= paired_se(self.ft_correct, correct)
         ok = acc >= need
         verified = None
-        if verify and ok and self.verify is not None:  # the re-scan only for a candidate the dev data would keep
+        if verify and ok and self.verify is not None:  # the check only for a candidate the dev data would keep
             verified = self.verify(model)
             ok = verified
         self.search.append(Candidate(knob, value, acc, ok, need, verified))
         # 4 decimals and the row count: on a 60-row dev part a miss by a fraction of a row must not read as a tie
         self.say(
             f"{knob} {value:.2f}: dev accuracy {acc:.4f} ({int(correct.sum())} of {len(correct)} rows; need ≥ {need:.4f}) "
-            f"{'' if verified is None else ', re-scan ' + ('clean' if verified else 'finds evidence')} → {'pass' if ok else 'fail'}"
+            f"{'' if verified is None else ', check ' + ('clean' if verified else 'still fires')} → {'pass' if ok else 'fail'}"
         )
         return ok
 

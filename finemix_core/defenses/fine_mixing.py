@@ -36,7 +36,7 @@ def search_rho(job: Job, state_at: Callable[[float], State]) -> Outcome:
 
     if job.cfg.rho is not None:
         return Outcome(fine_tuned(job.cfg.rho), rho=job.cfg.rho)
-    if job.first_rho is not None:  # the scan named the trigger: try keeping more of θ_FT first, verified by a re-scan
+    if job.first_rho is not None:  # the scan named the trigger: try keeping more of θ_FT first, checked from clean data
         first = fine_tuned(job.first_rho)
         if job.try_value("rho", job.first_rho, first, verify=True):
             return Outcome(first, rho=job.first_rho)
