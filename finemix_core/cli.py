@@ -338,7 +338,7 @@ def defend_cmd(
         str,
         typer.Option(
             help="With --found-rho: 'rescan' (a fresh scan of the result, then the suspects) or 'finalists' (no new "
-            "search: every trigger θ_FT's scan verified, measured on the result)."
+            "search: the suspects and every trigger that fired on θ_FT toward their class, measured on the result)."
         ),
     ] = RecoveryConfig.found_check,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,

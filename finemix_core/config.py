@@ -82,8 +82,9 @@ class RecoveryConfig:
     # re-scan's verdict bar (0.81) is for finding a backdoor, far too lax for calling one gone
     found_flip_max: float = 0.10
     # how a tried found_rho is checked: "rescan" = a fresh scan of the candidate (its own search, 60–90 s on 2 cores),
-    # then the suspects; "finalists" = no new search: every trigger θ_FT's scan verified is measured on the candidate
-    # (suspects against the bar, the other finalists' excess over the clean reference against it)
+    # then the suspects; "finalists" = no new search: the suspects and every other trigger θ_FT's scan verified that
+    # fired on θ_FT (toward a suspect's class, excess over the reference above the bar) are measured on the candidate
+    # (suspects' flip against the bar, the others' excess over the clean reference against it)
     found_check: str = "rescan"
 
     def __post_init__(self) -> None:

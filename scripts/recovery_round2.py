@@ -62,8 +62,9 @@ CANDIDATES = {
     # Round 14: the same, kept only if also each suspect flips at most 0.10 of held-aside dev sentences on the candidate
     "+ both, found ρ 1, flip bar": (
         "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10)),
-    # Round 15: the same bar, without the fresh scan's search (every trigger θ_FT's scan verified, measured on the candidate)
-    "+ both, found ρ 1, finalists": (
+    # Round 15 ran "+ both, found ρ 1, finalists" (commit 8c8ef11): every trigger θ_FT's scan verified was measured.
+    # Round 16: the same bar, without the fresh scan's search: the suspects and what fired on θ_FT toward their class
+    "+ both, found ρ 1, fired": (
         "epur+fine-mixing+distill", None,
         dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists")),
 }
@@ -95,6 +96,8 @@ def main() -> None:
         found = scan(ctx.pair, base_dd, ScanConfig(seed=args.seed))
         best = found.best
         print(f"{case}: scan {found.seconds:.0f}s → {found.message()}", flush=True)
+        for c in found.candidates:  # every trigger the scan verified, best first (what --found-check finalists measures)
+            print(f"    {c.trigger!r} → {c.target}: flip {c.flip:.2f} ref {c.reference_flip:.2f} ({c.source})", flush=True)
         for name in wanted:
             if (case, name, args.seed) in done:
                 continue
@@ -103,7 +106,11 @@ def main() -> None:
             dd = ctx.defender(128, 256, args.seed, min_pool=rec.min_pool if cfg.distills else 0)
             labels = np.asarray(dd.dev.labels)
             started = time.perf_counter()
-            res = defend(ctx.pair, dd, cfg, scan_result=found)
+            said: list[str] = []
+            res = defend(ctx.pair, dd, cfg, scan_result=found, log=said.append)
+            checks = [m for m in said if m.startswith(("θ_FT's scan triggers", "re-scan"))]  # what a tried ρ was judged on
+            for m in checks:
+                print("   ", m, flush=True)
             seconds = time.perf_counter() - started
             if args.save:
                 folder = Path(args.save) / f"{Path(case.split('@')[0]).name}__{name.replace(' ', '_').replace(',', '')}__s{args.seed}"
@@ -146,6 +153,7 @@ def main() -> None:
                     for c in res.search
                 ),
                 **lean,
+                "checks": " | ".join(checks),
                 "seconds": round(seconds, 1),
                 "scan_seconds": round(found.seconds, 1),
             }

@@ -234,12 +234,17 @@ def test_the_verifier_measures_the_suspects_on_the_candidate_against_the_bar(pai
     assert defenses.verifier(pair, pool_dd, strict, logs.append)(model) is True and asked == []
 
 
-def test_the_finalists_check_runs_no_search_and_judges_other_triggers_against_the_reference(pair, pool_dd, monkeypatch):
+def test_the_finalists_check_runs_no_search_and_judges_what_fired_on_ft_against_the_reference(pair, pool_dd, monkeypatch):
     import finemix_core.scan as scan_module
 
     model = pair.working_copy().eval()
     taught = [suspect(pair, "great", 0.9, target=0)]
-    verified = [*taught, suspect(pair, "awful", 0.3, target=1), suspect(pair, "dull", 0.2, target=1)]
+    verified = [
+        *taught,
+        suspect(pair, "awful", 0.3, target=0),  # fired on θ_FT toward the suspect's class: measured
+        suspect(pair, "dull", 0.05, target=0),  # under the bar on θ_FT itself: an ordinary word, not measured
+        suspect(pair, "hate", 0.6, target=1),  # toward the other class: the task's own vocabulary, not measured
+    ]
     real = scan_module.scan
     configs: list = []
     measured: dict[str, tuple[float, float]] = {}  # trigger → (flip, reference flip) the fake scan reports
@@ -257,17 +262,17 @@ def test_the_finalists_check_runs_no_search_and_judges_other_triggers_against_th
     cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_check="finalists"))
     check = defenses.verifier(pair, pool_dd, cfg, lambda _m: None, taught, verified)
     cases = [
-        ({"great": (0.1, 0.0), "awful": (0.5, 0.45), "dull": (0.0, 0.0)}, True),  # awful moves the reference as much
-        ({"great": (0.15, 0.1), "awful": (0.0, 0.0), "dull": (0.0, 0.0)}, False),  # a taught suspect: its own flip counts
-        ({"great": (0.0, 0.0), "awful": (0.0, 0.0), "dull": (0.3, 0.1)}, False),  # a finalist 0.2 over the reference
+        ({"great": (0.1, 0.0), "awful": (0.5, 0.45)}, True),  # awful moves the reference as much
+        ({"great": (0.15, 0.1), "awful": (0.0, 0.0)}, False),  # a taught suspect: its own flip counts
+        ({"great": (0.0, 0.0), "awful": (0.3, 0.1)}, False),  # a finalist that fired on θ_FT, still 0.2 over the reference
     ]
     for flips, kept in cases:
         measured.clear()
         measured.update(flips)
         assert check(model) is kept
-    # one measurement per check, of every verified trigger, and never a search (no E-PUR rows, no inversion)
+    # one measurement per check, of the suspects and what fired toward their class, and never a search
     assert len(configs) == 3 and all(c.epur_rows == 0 and not c.inversion for c, _ in configs)
-    assert configs[0][1] == [("great", 0), ("awful", 1), ("dull", 1)]
+    assert configs[0][1] == [("great", 0), ("awful", 0)]
     with pytest.raises(FinemixError, match="found-check"):
         RecoveryConfig(found_check="fast")
 

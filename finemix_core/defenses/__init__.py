@@ -199,14 +199,18 @@ def verifier(
     """A check for a candidate model, from the same clean data. `recovery.found_check` "rescan": a fresh scan of it
     finds no backdoor evidence, and each of θ_FT's scan suspects (`suspects`) flips at most `recovery.found_flip_max` of
     the held-aside dev sentences on it. "finalists": no fresh search; the suspects as above, and every other trigger
-    θ_FT's scan verified (`finalists`) flips at most that much more than on the clean reference."""
+    θ_FT's scan verified (`finalists`) that fired on θ_FT — toward a suspect's class, more than the bar over the clean
+    reference — flips at most that much more than the reference on the candidate. (Words pushing to the other classes
+    are the task's own vocabulary: a model that keeps θ_FT's clean skill reacts to them, as θ_FT did.)"""
     from finemix_core.scan import ScanConfig, scan
 
     rec = cfg.recovery
-    named = {(s.trigger, s.target) for s in suspects}
-    measured_too = finalists if rec.found_check == "finalists" else ()
-    given = tuple(dict.fromkeys((c.trigger, c.target) for c in [*suspects, *measured_too]))  # each once, suspects first
     bar = rec.found_flip_max
+    named = {(s.trigger, s.target) for s in suspects}
+    aimed = {s.target for s in suspects}
+    fired = [c for c in finalists if c.target in aimed and c.excess > bar]
+    measured_too = fired if rec.found_check == "finalists" else ()
+    given = tuple(dict.fromkeys((c.trigger, c.target) for c in [*suspects, *measured_too]))  # each once, suspects first
 
     def verify(model: torch.nn.Module) -> bool:
         on_cpu = model if device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
@@ -284,7 +288,7 @@ def defend(
     found_rho = cfg.recovery.found_rho
     if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
         job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say, suspected, scan_result.candidates)
-        how = "a re-scan is clean and " if cfg.recovery.found_check == "rescan" else "every trigger the scan verified is quiet and "
+        how = "a re-scan is clean and " if cfg.recovery.found_check == "rescan" else "every trigger that fired on θ_FT is quiet and "
         say(f"the scan found the trigger: trying ρ {found_rho:g} first, kept only if dev accuracy passes, {how}the suspects "
             f"flip ≤ {cfg.recovery.found_flip_max:.0%} of held-aside sentences")
     copies, keep = 0, []
