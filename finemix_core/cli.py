@@ -321,12 +321,12 @@ def defend_cmd(
         typer.Option(help="Recovery (+distill): weight of matching θ_FT's last-layer [CLS] states on the pool (0: logits only)."),
     ] = RecoveryConfig.feature_weight,
     found_rho: Annotated[
-        float | None,
+        str,
         typer.Option(
             help="Auto-ρ with recovery: when the scan finds backdoor evidence, try this ρ first; kept only if dev accuracy "
-            "passes and the check (--found-check) finds nothing still firing (default: never)."
+            "passes and the check (--found-check) finds nothing still firing. 'never': the low-ρ search only."
         ),
-    ] = RecoveryConfig.found_rho,
+    ] = f"{RecoveryConfig.found_rho:g}",
     found_flip_max: Annotated[
         float,
         typer.Option(
@@ -398,7 +398,7 @@ def defend_cmd(
             label_weight=label_weight,
             augment_copies=augment_copies,
             feature_weight=feature_weight,
-            found_rho=found_rho,
+            found_rho=_unit_interval(found_rho, "--found-rho", "never", "1 keeps all of θ_FT after E-PUR (or use never)"),
             found_flip_max=found_flip_max,
             found_check=found_check,
         ),

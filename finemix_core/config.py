@@ -75,9 +75,9 @@ class RecoveryConfig:
     # (clean) text, squared error relative to the teacher's mean squared norm (0: logits only)
     feature_weight: float = 0.0
     # auto-ρ only: when θ_FT's scan finds backdoor evidence, try this ρ first (the trigger is known and taught away, so
-    # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and a fresh scan of the defended model
-    # finds no evidence, else the low-ρ search runs as without it (None: never)
-    found_rho: float | None = None
+    # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and the check below finds nothing still
+    # firing, else the low-ρ search runs as without it (None: never). Chosen on dev data, docs/recovery.md Round 16
+    found_rho: float | None = 1.0
     # ... and only if each of the scan's suspects flips at most this share of held-aside dev sentences on it: the
     # re-scan's verdict bar (0.81) is for finding a backdoor, far too lax for calling one gone
     found_flip_max: float = 0.10
@@ -85,7 +85,7 @@ class RecoveryConfig:
     # then the suspects; "finalists" = no new search: the suspects and every other trigger θ_FT's scan verified that
     # fired on θ_FT (toward a suspect's class, excess over the reference above the bar) are measured on the candidate
     # (suspects' flip against the bar, the others' excess over the clean reference against it)
-    found_check: str = "rescan"
+    found_check: str = "finalists"
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:

@@ -177,6 +177,15 @@ def test_found_rho_falls_back_to_the_grid_when_the_rescan_finds_evidence(pair, p
     assert [(c.value, c.passed, c.verified) for c in res.search] == [(1.0, False, False), (0.0, True, None)]
 
 
+def test_the_default_tries_rho_1_when_the_scan_found_the_trigger(pair, pool_dd, monkeypatch):
+    # no found_rho given: the default (docs/recovery.md, Round 16) tries ρ 1 first, checked without a fresh search
+    calls = _fake_verifier(monkeypatch, True)
+    default = dataclasses.replace(_recovery_cfg(), rho=None, delta=1.0)
+    assert default.recovery.found_check == "finalists"
+    res = defend(pair, pool_dd, default, scan_result=found(suspect(pair, "cf", 0.9)))
+    assert res.rho == 1.0 and len(calls) == 1
+
+
 def test_found_rho_is_never_tried_without_evidence_a_suspect_or_with_a_fixed_rho(pair, pool_dd, monkeypatch):
     calls = _fake_verifier(monkeypatch, True)
     weak = dataclasses.replace(found(suspect(pair, "cf", 0.6)), verdict="no evidence")  # a suspect, but no verdict
@@ -191,7 +200,7 @@ def test_found_rho_is_never_tried_without_evidence_a_suspect_or_with_a_fixed_rho
 
 def test_the_verifier_is_a_fresh_scan_of_the_candidate(pair, pool_dd):
     logs: list[str] = []
-    cfg = _auto(1.0)
+    cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_check="rescan"))
     model = pair.working_copy().eval()
     clean = defenses.verifier(pair, pool_dd, cfg, logs.append)(model)
     expected = scan(dataclasses.replace(pair, ft=model), pool_dd, ScanConfig(seed=cfg.seed)).verdict != "backdoor"
@@ -204,7 +213,7 @@ def test_the_verifier_measures_the_suspects_on_the_candidate_against_the_bar(pai
     logs: list[str] = []
     model = pair.working_copy().eval()
     words = [suspect(pair, "great", 0.9, target=0), suspect(pair, "awful", 0.9, target=1)]
-    strict = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_flip_max=0.0))
+    strict = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_flip_max=0.0, found_check="rescan"))
     # real scans: the tiny random model is no backdoor and neither word flips a held-aside sentence, so even bar 0 keeps it
     candidate = dataclasses.replace(pair, ft=model)
     measured = scan(candidate, pool_dd, ScanConfig(epur_rows=0, inversion=False, seed=0), given=[("great", 0), ("awful", 1)])
@@ -225,7 +234,7 @@ def test_the_verifier_measures_the_suspects_on_the_candidate_against_the_bar(pai
 
     monkeypatch.setattr(scan_module, "scan", fake)
     for bar, kept in ((0.0, False), (0.2, False), (0.25, True), (1.0, True)):
-        cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_flip_max=bar))
+        cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_flip_max=bar, found_check="rescan"))
         assert defenses.verifier(pair, pool_dd, cfg, logs.append, words)(model) is kept
     assert asked[0] == [("great", 0), ("awful", 1)]
     assert logs[-1].endswith("(bar 100%) → clean") and any(m.endswith("(bar 20%) → still fires") for m in logs)

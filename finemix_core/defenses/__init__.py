@@ -228,7 +228,11 @@ def verifier(
         over = [c for c in flips if (c.flip if (c.trigger, c.target) in named else c.excess) > bar]
         say(
             "θ_FT's scan triggers on the candidate: "
-            + ", ".join(f"{c.trigger!r} flips {c.flip:.0%} of {c.n}" for c in flips)
+            + ", ".join(
+                f"{c.trigger!r} flips {c.flip:.0%} of {c.n}"
+                + ("" if (c.trigger, c.target) in named else f" (reference {c.reference_flip:.0%})")
+                for c in flips
+            )
             + f" (bar {bar:.0%}) → {'clean' if not over else 'still fires'}"
         )
         return not over
