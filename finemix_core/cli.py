@@ -326,7 +326,7 @@ def defend_cmd(
             help="Auto-ρ with recovery: when the scan finds backdoor evidence, try this ρ first; kept only if dev accuracy "
             "passes and the check (--found-check) finds nothing still firing. 'never': the low-ρ search only."
         ),
-    ] = f"{RecoveryConfig.found_rho:g}",
+    ] = "never" if RecoveryConfig.found_rho is None else f"{RecoveryConfig.found_rho:g}",
     found_flip_max: Annotated[
         float,
         typer.Option(

@@ -76,8 +76,9 @@ class RecoveryConfig:
     feature_weight: float = 0.0
     # auto-ρ only: when θ_FT's scan finds backdoor evidence, try this ρ first (the trigger is known and taught away, so
     # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and the check below finds nothing still
-    # firing, else the low-ρ search runs as without it (None: never). Chosen on dev data, docs/recovery.md Round 16
-    found_rho: float | None = 1.0
+    # firing, else the low-ρ search runs as without it (None: never). Not the default: Round 16 passed its dev rule, but
+    # on the test split ρ 1 left the sentence backdoor at ASR 0.45–0.58 (docs/recovery.md, Round 16)
+    found_rho: float | None = None
     # ... and only if each of the scan's suspects flips at most this share of held-aside dev sentences on it: the
     # re-scan's verdict bar (0.81) is for finding a backdoor, far too lax for calling one gone
     found_flip_max: float = 0.10
@@ -85,7 +86,7 @@ class RecoveryConfig:
     # then the suspects; "finalists" = no new search: the suspects and every other trigger θ_FT's scan verified that
     # fired on θ_FT (toward a suspect's class, excess over the reference above the bar) are measured on the candidate
     # (suspects' flip against the bar, the others' excess over the clean reference against it)
-    found_check: str = "finalists"
+    found_check: str = "rescan"  # Round 16's opt-in setting is "finalists" (the cheaper one, as good on dev)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:

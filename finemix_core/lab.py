@@ -513,11 +513,12 @@ def curve_point(
 
 
 # said plainly on the curve page and in the Mixing lab (docs/recovery.md has the runs it counts)
-RHO_ZERO_NOTE = (
+RHO_CHOICE_NOTE = (
     "With recovery, the dev data chose ρ = 0 (θ_PT everywhere but θ_FT's classifier head, then distilled) on nearly "
-    "every run measured: 12 of 12 report runs in round 1, 17 of 19 auto-ρ runs of the round-2 dev study and all 8 with the new default (docs/recovery.md). Recovery, "
-    "not the mix, wins back the clean accuracy; a higher ρ kept more of θ_FT and, on a user's 300-row CSV, its backdoor "
-    "with it. The curve shows what each ρ costs or keeps on this model."
+    "every run measured (docs/recovery.md): recovery, not the mix, wins back the clean accuracy, and a higher ρ kept "
+    "more of θ_FT's backdoor with it. Keeping θ_FT (ρ = 1) once the scan has found the trigger gives about a point of "
+    "clean accuracy back, but on the test split it left the sentence backdoor firing on 45–58 % of triggered sentences "
+    "(Round 16), so it is opt-in (`finemix defend --found-rho 1`). The curve shows what each ρ costs or keeps here."
 )
 RECIPES = ("default", "paper")  # the Mixing lab's step 2 (its step 1 is a random or sorted mix)
 CURVE_RECIPES = (*RECIPES, "purifying")  # the ρ-curve page also draws Fine-purifying's ρ (a Fisher-ranked reset)

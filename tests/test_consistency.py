@@ -177,13 +177,13 @@ def test_found_rho_falls_back_to_the_grid_when_the_rescan_finds_evidence(pair, p
     assert [(c.value, c.passed, c.verified) for c in res.search] == [(1.0, False, False), (0.0, True, None)]
 
 
-def test_the_default_tries_rho_1_when_the_scan_found_the_trigger(pair, pool_dd, monkeypatch):
-    # no found_rho given: the default (docs/recovery.md, Round 16) tries ρ 1 first, checked without a fresh search
+def test_the_default_never_tries_rho_1_even_when_the_scan_found_the_trigger(pair, pool_dd, monkeypatch):
+    # Round 16: ρ 1 passed its dev rule but left a sentence backdoor firing on test, so it stays opt-in (--found-rho 1)
     calls = _fake_verifier(monkeypatch, True)
     default = dataclasses.replace(_recovery_cfg(), rho=None, delta=1.0)
-    assert default.recovery.found_check == "finalists"
+    assert default.recovery.found_rho is None
     res = defend(pair, pool_dd, default, scan_result=found(suspect(pair, "cf", 0.9)))
-    assert res.rho == 1.0 and len(calls) == 1
+    assert res.rho == 0.0 and calls == [] and [c.value for c in res.search] == [0.0]
 
 
 def test_found_rho_is_never_tried_without_evidence_a_suspect_or_with_a_fixed_rho(pair, pool_dd, monkeypatch):

@@ -65,7 +65,7 @@ else:
         "on the same triggered test set."
     )
 if recipe != "paper":
-    st.caption(lab.RHO_ZERO_NOTE)
+    st.caption(lab.RHO_CHOICE_NOTE)
 if curve.auto_rho is not None:
     st.markdown(
         f"**Auto-ρ picked ρ = {curve.auto_rho:g}** (green line) from clean dev accuracy alone — never test or triggered data. "

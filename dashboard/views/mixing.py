@@ -112,7 +112,7 @@ def live() -> None:
         format_func=state.lab.RECIPE_LABELS.get,
         help="default = `finemix defend`: besides the 128 labelled examples it distils θ_FT's own predictions on "
         "clean unlabelled text, which wins back clean accuracy at a low ρ, and teaches that the trigger the scan "
-        "suspects (from clean data alone) means nothing; paper = Fine-mixing as published. " + state.lab.RHO_ZERO_NOTE,
+        "suspects (from clean data alone) means nothing; paper = Fine-mixing as published. " + state.lab.RHO_CHOICE_NOTE,
     )
     tuned_key = (lm.name, rho, mode, seed, recipe)
     b1, b2, b3 = st.columns([2, 1, 1])
