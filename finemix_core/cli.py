@@ -341,6 +341,13 @@ def defend_cmd(
             "search: the suspects and every trigger that fired on θ_FT toward their class, measured on the result)."
         ),
     ] = RecoveryConfig.found_check,
+    found_min_flip: Annotated[
+        float,
+        typer.Option(
+            help="With --found-rho: try it only if the scan's best suspect alone flips at least this share of held-aside "
+            "sentences on θ_FT (a weaker one may be a piece of a longer trigger; 0: always)."
+        ),
+    ] = RecoveryConfig.found_min_flip,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -401,6 +408,7 @@ def defend_cmd(
             found_rho=_unit_interval(found_rho, "--found-rho", "never", "1 keeps all of θ_FT after E-PUR (or use never)"),
             found_flip_max=found_flip_max,
             found_check=found_check,
+            found_min_flip=found_min_flip,
         ),
     )
     ctx = experiment.prepare(

@@ -87,6 +87,10 @@ class RecoveryConfig:
     # fired on θ_FT (toward a suspect's class, excess over the reference above the bar) are measured on the candidate
     # (suspects' flip against the bar, the others' excess over the clean reference against it)
     found_check: str = "rescan"  # Round 16's opt-in setting is "finalists" (the cheaper one, as good on dev)
+    # ... and tried only if the scan's best suspect alone flips at least this share of held-aside sentences on θ_FT: a
+    # found trigger that fires less is likely a piece of a longer one (a sentence, a combination), whose whole the check
+    # cannot measure, and ρ 1 keeps θ_FT's encoder with it (Round 16's sentence entry; 0: no such gate)
+    found_min_flip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
@@ -101,6 +105,8 @@ class RecoveryConfig:
             raise FinemixError(f"found-check {self.found_check!r} unknown; use 'rescan' or 'finalists'")
         if not 0.0 <= self.found_flip_max <= 1.0:
             raise FinemixError(f"found-flip-max {self.found_flip_max} outside [0, 1]; 0.1 allows one flipped sentence in ten")
+        if not 0.0 <= self.found_min_flip <= 1.0:
+            raise FinemixError(f"found-min-flip {self.found_min_flip} outside [0, 1]; 0.95 asks the suspect to fire alone")
         if self.feature_weight > 0 and self.augment_copies:
             raise FinemixError("feature distillation and augmented copies cannot be combined; set one of them to 0")
         if self.augment_copies < 0 or not 0 <= self.augment_drop < 1:

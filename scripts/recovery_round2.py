@@ -67,6 +67,10 @@ CANDIDATES = {
     "+ both, found ρ 1, fired": (
         "epur+fine-mixing+distill", None,
         dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists")),
+    # Round 17: Round 16's, tried only when the scan's best suspect alone flips ≥ 0.95 on θ_FT (a complete trigger)
+    "+ both, found ρ 1, fired, complete": (
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.95)),
 }
 
 

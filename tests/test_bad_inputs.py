@@ -242,6 +242,12 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "found-flip-max 1.5 outside [0, 1]",
     ),
     (
+        "found-min-flip outside [0, 1]",
+        ["defend", "--model", "word-cf", "--found-min-flip", "1.5", "--out", "{tmp}/o"],
+        None,
+        "found-min-flip 1.5 outside [0, 1]",
+    ),
+    (
         "found-check unknown",
         ["defend", "--model", "word-cf", "--found-check", "fast", "--out", "{tmp}/o"],
         None,

@@ -198,6 +198,22 @@ def test_found_rho_is_never_tried_without_evidence_a_suspect_or_with_a_fixed_rho
         RecoveryConfig(found_rho=1.5)
 
 
+def test_found_rho_is_not_tried_when_the_best_suspect_alone_fires_under_the_min_flip(pair, pool_dd, monkeypatch):
+    # Round 17: a suspect that flips less than found_min_flip alone may be a piece of a longer trigger
+    calls = _fake_verifier(monkeypatch, True)
+    piece = found(suspect(pair, "cf", 0.9))  # flips 0.9 of the held-aside sentences (reference 0)
+    for bar, tried in ((0.0, True), (0.9, True), (0.95, False), (1.0, False)):
+        calls.clear()
+        logs: list[str] = []
+        cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_min_flip=bar))
+        res = defend(pair, pool_dd, cfg, scan_result=piece, log=logs.append)
+        assert (res.rho == 1.0) is tried and (len(calls) == 1) is tried
+        assert any("may be a piece of a longer trigger" in m for m in logs) is not tried
+    assert RecoveryConfig().found_min_flip == 0.0  # off unless asked for (the study's candidate sets it)
+    with pytest.raises(FinemixError, match="found-min-flip"):
+        RecoveryConfig(found_min_flip=1.5)
+
+
 def test_the_verifier_is_a_fresh_scan_of_the_candidate(pair, pool_dd):
     logs: list[str] = []
     cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_check="rescan"))

@@ -290,6 +290,12 @@ def defend(
         say(f"E-PUR reset {len(flagged)} embedding rows (top: {', '.join(flagged[:5])})")
     job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
     found_rho = cfg.recovery.found_rho
+    best = scan_result.best if scan_result is not None else None
+    if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
+        if best.flip < cfg.recovery.found_min_flip:
+            say(f"the scan's best suspect {best.trigger!r} flips {best.flip:.0%} of held-aside sentences alone, under "
+                f"{cfg.recovery.found_min_flip:.0%}: it may be a piece of a longer trigger, so ρ {found_rho:g} is not tried")
+            found_rho = None
     if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
         job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say, suspected, scan_result.candidates)
         how = "a re-scan is clean and " if cfg.recovery.found_check == "rescan" else "every trigger that fired on θ_FT is quiet and "
