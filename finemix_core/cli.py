@@ -337,8 +337,8 @@ def defend_cmd(
     found_check: Annotated[
         str,
         typer.Option(
-            help="With --found-rho: 'rescan' (a fresh scan of the result, then the suspects) or 'finalists' (no new "
-            "search: the suspects and every trigger that fired on θ_FT toward their class, measured on the result)."
+            help="With --found-rho: 'finalists' (no new search: the suspects and every trigger that fired on θ_FT toward "
+            "their class, measured on the result) or 'rescan' (a fresh scan of the result first, 60–90 s more)."
         ),
     ] = RecoveryConfig.found_check,
     found_min_flip: Annotated[

@@ -77,7 +77,8 @@ class RecoveryConfig:
     # auto-ρ only: when θ_FT's scan finds backdoor evidence, try this ρ first (the trigger is known and taught away, so
     # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and the check below finds nothing still
     # firing, else the low-ρ search runs as without it (None: never). Not the default: Round 16 passed its dev rule, but
-    # on the test split ρ 1 left the sentence backdoor at ASR 0.45–0.58 (docs/recovery.md, Round 16)
+    # on the test split ρ 1 left the sentence backdoor at ASR 0.45–0.58; gated by found_min_flip (Round 17) it gave
+    # +0.96 dev points against the +1 its rule asked for (docs/recovery.md)
     found_rho: float | None = None
     # ... and only if each of the scan's suspects flips at most this share of held-aside dev sentences on it: the
     # re-scan's verdict bar (0.81) is for finding a backdoor, far too lax for calling one gone
@@ -86,11 +87,11 @@ class RecoveryConfig:
     # then the suspects; "finalists" = no new search: the suspects and every other trigger θ_FT's scan verified that
     # fired on θ_FT (toward a suspect's class, excess over the reference above the bar) are measured on the candidate
     # (suspects' flip against the bar, the others' excess over the clean reference against it)
-    found_check: str = "rescan"  # Round 16's opt-in setting is "finalists" (the cheaper one, as good on dev)
+    found_check: str = "finalists"  # the cheaper one, as good on dev (Round 16)
     # ... and tried only if the scan's best suspect alone flips at least this share of held-aside sentences on θ_FT: a
     # found trigger that fires less is likely a piece of a longer one (a sentence, a combination), whose whole the check
-    # cannot measure, and ρ 1 keeps θ_FT's encoder with it (Round 16's sentence entry; 0: no such gate)
-    found_min_flip: float = 0.0
+    # cannot measure, and ρ 1 keeps θ_FT's encoder with it (Round 16's sentence entry, Round 17; 0: no such gate)
+    found_min_flip: float = 0.95
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from finemix_core import experiment
+from finemix_core import consistency, experiment
 from finemix_core.config import RecoveryConfig
 from finemix_core.defenses import DefenseConfig, defend
 from finemix_core.evaluate import predict
@@ -71,7 +71,18 @@ CANDIDATES = {
     "+ both, found ρ 1, fired, complete": (
         "epur+fine-mixing+distill", None,
         dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.95)),
+    # Round 18: the same settings as the opt-in `--found-rho 1` gives now (new seeds, paired with '+ both')
+    "+ both, --found-rho 1": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0)),
 }
+
+
+def tries_found_rho(found, rec: RecoveryConfig, rho: float | None) -> bool:
+    """Whether `defend` would try rec.found_rho first on this scan (the same conditions as defenses.defend)."""
+    best = found.best
+    return (
+        rho is None and rec.found_rho is not None and rec.consistency and bool(consistency.suspects(found, rec))
+        and found.verdict == "backdoor" and best is not None and best.flip >= rec.found_min_flip
+    )
 
 
 def context(case: str) -> experiment.Context:
@@ -89,6 +100,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--save", default="", help="folder to keep each defended model in (scored on test only after the "
                     "choice is frozen, by scripts/recovery_test.py)")
+    ap.add_argument("--copy-untried", action="store_true", help="a found-ρ candidate whose ρ 1 is not tried copies the "
+                    "'+ both' row of the same case and seed (run '+ both' first: --only '+ both|…')")
     args = ap.parse_args()
     torch.set_num_threads(2)
     wanted = [w for w in args.only.split("|") if w] or list(CANDIDATES)
@@ -107,6 +120,14 @@ def main() -> None:
                 continue
             method, rho, rec = CANDIDATES[name]
             cfg = DefenseConfig(method=method, rho=rho, recovery=rec, seed=args.seed)
+            same = next((r for r in rows if r["case"] == case and r["seed"] == args.seed and r["candidate"] == "+ both"), None)
+            if args.copy_untried and same is not None and not tries_found_rho(found, rec, rho):
+                # ρ 1 not tried: the candidate runs the default's code path, deterministic under this protocol (Rounds
+                # 16 and 17 agree to the digit a session apart), so its row is the default's, marked as copied
+                rows.append({**same, "candidate": name, "copied_from": "+ both"})
+                print(f"{case[:40]:40s} {name:30s} ρ 1 not tried: the default's row (copied)", flush=True)
+                pd.DataFrame(rows).to_csv(args.out, index=False)
+                continue
             dd = ctx.defender(128, 256, args.seed, min_pool=rec.min_pool if cfg.distills else 0)
             labels = np.asarray(dd.dev.labels)
             started = time.perf_counter()

@@ -148,8 +148,11 @@ def test_no_card_field_reaches_recovery(pair, pool_dd, monkeypatch):
 
 
 def _auto(found_rho: float | None) -> DefenseConfig:
-    # δ = 1: every candidate passes on dev, so what is kept is decided by the re-scan alone
-    return dataclasses.replace(_recovery_cfg(recovery=RecoveryConfig(found_rho=found_rho)), rho=None, delta=1.0)
+    # δ = 1: every candidate passes on dev, so what is kept is decided by the check alone; no min-flip gate here (the
+    # suspects below flip 0.9: the gate has its own test)
+    return dataclasses.replace(
+        _recovery_cfg(recovery=RecoveryConfig(found_rho=found_rho, found_min_flip=0.0)), rho=None, delta=1.0
+    )
 
 
 def _fake_verifier(monkeypatch, answer: bool) -> list:
@@ -178,7 +181,8 @@ def test_found_rho_falls_back_to_the_grid_when_the_rescan_finds_evidence(pair, p
 
 
 def test_the_default_never_tries_rho_1_even_when_the_scan_found_the_trigger(pair, pool_dd, monkeypatch):
-    # Round 16: ρ 1 passed its dev rule but left a sentence backdoor firing on test, so it stays opt-in (--found-rho 1)
+    # Round 16: ρ 1 passed its dev rule but left a sentence backdoor firing on test, so it stays opt-in (--found-rho 1);
+    # Round 17's gated version missed its dev rule's +1 point (+0.96)
     calls = _fake_verifier(monkeypatch, True)
     default = dataclasses.replace(_recovery_cfg(), rho=None, delta=1.0)
     assert default.recovery.found_rho is None
@@ -209,7 +213,8 @@ def test_found_rho_is_not_tried_when_the_best_suspect_alone_fires_under_the_min_
         res = defend(pair, pool_dd, cfg, scan_result=piece, log=logs.append)
         assert (res.rho == 1.0) is tried and (len(calls) == 1) is tried
         assert any("may be a piece of a longer trigger" in m for m in logs) is not tried
-    assert RecoveryConfig().found_min_flip == 0.0  # off unless asked for (the study's candidate sets it)
+    opt_in = RecoveryConfig(found_rho=1.0)  # `--found-rho 1` alone: the gated, search-free version (Round 17)
+    assert opt_in.found_min_flip == 0.95 and opt_in.found_check == "finalists"
     with pytest.raises(FinemixError, match="found-min-flip"):
         RecoveryConfig(found_min_flip=1.5)
 

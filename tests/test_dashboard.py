@@ -116,6 +116,18 @@ def test_auto_rho_uses_the_chosen_tolerance(app):
     assert list(search["ρ"]) == [lowest] and search["within tolerance"].all() and search["dev accuracy"].between(0, 1).all()
 
 
+def test_auto_rho_with_the_keep_found_opt_in_says_what_it_did(app):
+    open_page(app, "mixing")
+    app.toggle(key="keep_found").set_value(True).run()
+    app.number_input(key="auto_tolerance").set_value(50.0).run()
+    next(b for b in app.button if b.label == "Find auto-ρ").click().run()
+    assert not app.exception, app.exception
+    said = " ".join(c.value for c in app.caption)
+    assert "Opt-in: ρ = 1 was" in said
+    tried = 1.0 in list(app.dataframe[0].value["ρ"])  # the recovery grid stops at 0.2: a ρ 1 is the opt-in's
+    assert ("ρ = 1 was not tried" in said) is not tried
+
+
 def test_epur_page_flags_k_rows_and_purifies(app):
     app.query_params["k"] = "5"
     open_page(app, "epur")

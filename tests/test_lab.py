@@ -208,3 +208,29 @@ def test_class_names_come_from_the_dataset():
     assert label_names("rt", 2) == ("rotten", "fresh") and label_names("sms-spam", 2) == ("ham", "spam")
     assert label_names("bbc", 5)[3] == "sports" and label_names("rt", 3) == ("label 0", "label 1", "label 2")
     assert label_names("/some/file.csv", 2) == ("label 0", "label 1")
+
+
+def test_the_keep_found_opt_in_reaches_the_defense_as_a_lab_run(tiny_lab, monkeypatch):
+    # the Mixing lab's toggle is `finemix defend --found-rho 1`: stored apart from the registered default
+    bench = lab.Workbench(tiny_lab)
+    seen: list = []
+    monkeypatch.setattr(
+        bench, "defend", lambda cfg, clean_size, progress=None, kind="lab", fresh=False: seen.append((cfg, kind)) or (None, None)
+    )
+    bench.fine_tune(None, keep_found=True)
+    bench.fine_tune(None)
+    (opt_in, opt_kind), (plain, plain_kind) = seen
+    assert opt_in.recovery.found_rho == 1.0 and opt_in.recovery.found_min_flip == 0.95 and opt_kind == "lab"
+    assert plain.recovery.found_rho is None and plain_kind == "compare"
+    assert opt_in.method == plain.method and opt_in.rho is None
+
+
+def test_keep_found_outcome_says_whether_rho_1_was_tried_and_why_it_was_rejected():
+    grid = {"knob": "rho", "value": 0.0, "dev_acc": 0.8, "passed": True, "threshold": 0.7, "verified": None}
+    assert lab.keep_found_outcome([grid]).startswith("ρ = 1 was not tried")
+    kept = {**grid, "value": 1.0, "verified": True}
+    assert "kept" in lab.keep_found_outcome([kept])
+    fired = {**grid, "value": 1.0, "passed": False, "verified": False}
+    assert "still firing" in lab.keep_found_outcome([fired, grid])
+    low = {**grid, "value": 1.0, "passed": False, "verified": None}
+    assert "did not pass" in lab.keep_found_outcome([low, grid])

@@ -151,3 +151,21 @@ def test_a_recovery_stored_before_its_label_weight_existed_keys_as_weight_one():
     row = {"model": "word-cf", "method": "epur+fine-mixing+distill", "seed": 0, "train": {"lr": 1e-4}, "rho_auto": True}
     assert run_key({**row, "recovery": old}) == run_key({**row, "recovery": now})
     assert run_key({**row, "recovery": {**old, "label_weight": 0.0}}) != run_key({**row, "recovery": now})
+
+
+def test_the_found_settings_key_a_run_only_when_found_rho_is_set():
+    """found_check / found_flip_max / found_min_flip act only with found_rho: without it two runs differing in them are
+    the same experiment (a stored default run stays reusable when their defaults change); with it they are not."""
+    import dataclasses
+
+    from finemix_core.config import RecoveryConfig
+    from finemix_core.executor import run_key
+
+    row = {"model": "word-cf", "method": "epur+fine-mixing+distill", "seed": 0, "train": {"lr": 1e-4}, "rho_auto": True}
+    plain = dataclasses.asdict(RecoveryConfig(found_rho=None))
+    stored = {k: v for k, v in plain.items() if k not in ("found_check", "found_flip_max", "found_min_flip", "found_rho")}
+    other = {**plain, "found_check": "rescan", "found_min_flip": 0.0, "found_flip_max": 0.5}
+    assert run_key({**row, "recovery": plain}) == run_key({**row, "recovery": other}) == run_key({**row, "recovery": stored})
+    opted = dataclasses.asdict(RecoveryConfig(found_rho=1.0))
+    assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": plain})
+    assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": {**opted, "found_min_flip": 0.0}})

@@ -124,7 +124,7 @@ def live() -> None:
         update, bar = state.progress("fine-tuning")
         scores, row = bench.fine_tune(rho, mode, seed, recipe=recipe, progress=update)
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
-        tuned_points[tuned_key].update(note=state.lab.read_back_note(bench.defended), again=(rho, 0.02))
+        tuned_points[tuned_key].update(note=state.lab.read_back_note(bench.defended), again=(rho, 0.02, False))
         bar.empty()
     points = b3.number_input(
         "tolerance (dev points)",
@@ -136,6 +136,11 @@ def live() -> None:
         help="auto-ρ accepts a clean DEV accuracy this many points below θ_FT's; larger = lower ρ, more of the "
         "backdoor removed, more clean accuracy lost",
     )
+    keep_found = recipe == "default" and st.toggle(
+        "auto-ρ: keep θ_FT (ρ = 1) when the scan found a complete trigger (opt-in)",
+        key="keep_found",
+        help=state.lab.KEEP_FOUND_NOTE,
+    )
     if b2.button(
         "Find auto-ρ",
         help=f"Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within {points:g} points of θ_FT's; several "
@@ -143,9 +148,11 @@ def live() -> None:
         f"the curve page; it {state.lab.measured_seconds(lm, method)}",
     ):
         update, bar = state.progress("auto-ρ: fine-tuning candidates on dev accuracy")
-        scores, row = bench.fine_tune(None, mode, seed, delta=points / 100, recipe=recipe, progress=update)
+        scores, row = bench.fine_tune(
+            None, mode, seed, delta=points / 100, recipe=recipe, progress=update, keep_found=keep_found
+        )
         point = {"rho": row.rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
-        point.update(note=state.lab.read_back_note(bench.defended), again=(None, points / 100))
+        point.update(note=state.lab.read_back_note(bench.defended), again=(None, points / 100, keep_found))
         ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row.rho, points, row.search, point)
         tuned_points[(lm.name, row.rho, mode, seed, recipe)] = point
         bar.empty()
@@ -155,10 +162,10 @@ def live() -> None:
         if p.get("note"):
             st.caption(p["note"])
             if st.button("Run it again", key=key, help="a new run of the same defense (it replaces the stored one)"):
-                again_rho, again_delta = p["again"]
+                again_rho, again_delta, again_keep = p["again"]
                 update, bar = state.progress("fine-tuning")
                 scores, row = bench.fine_tune(
-                    again_rho, mode, seed, delta=again_delta, recipe=recipe, progress=update, fresh=True
+                    again_rho, mode, seed, delta=again_delta, recipe=recipe, progress=update, fresh=True, keep_found=again_keep
                 )
                 p.update(rho=row.rho, **scores.as_dict(), test=row, note=None)
                 bar.empty()
@@ -178,7 +185,9 @@ def live() -> None:
             tuned_block(auto_point, f"**auto-ρ's model** at ρ = {auto:g}", "again_auto")
         st.caption(
             f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
-            "never on test or triggered data). Every candidate it tried:"
+            "never on test or triggered data)."
+            + (f" Opt-in: {state.lab.keep_found_outcome(search)}" if auto_point and auto_point["again"][2] else "")
+            + " Every candidate it tried:"
         )
         st.dataframe(
             pd.DataFrame(search).rename(columns={"value": "ρ", "dev_acc": "dev accuracy", "passed": "within tolerance"})[
