@@ -348,6 +348,13 @@ def defend_cmd(
             "sentences on θ_FT (a weaker one may be a piece of a longer trigger; 0: always)."
         ),
     ] = RecoveryConfig.found_min_flip,
+    found_pieces: Annotated[
+        bool,
+        typer.Option(
+            help="With --found-rho: the min-flip gate also reads each shorter run of the best suspect's words that is a "
+            "suspect by itself (a grown phrase can fire more than the piece of a longer trigger it holds)."
+        ),
+    ] = RecoveryConfig.found_pieces,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -409,6 +416,7 @@ def defend_cmd(
             found_flip_max=found_flip_max,
             found_check=found_check,
             found_min_flip=found_min_flip,
+            found_pieces=found_pieces,
         ),
     )
     ctx = experiment.prepare(

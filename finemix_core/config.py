@@ -92,6 +92,9 @@ class RecoveryConfig:
     # found trigger that fires less is likely a piece of a longer one (a sentence, a combination), whose whole the check
     # cannot measure, and ρ 1 keeps θ_FT's encoder with it (Round 16's sentence entry, Round 17; 0: no such gate)
     found_min_flip: float = 0.95
+    # ... and the gate reads each shorter run of the best suspect's words that is a suspect by itself too (its flip
+    # measured alone on θ_FT): a grown phrase around a piece of a sentence trigger fires more than the piece (Round 18)
+    found_pieces: bool = True
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:

@@ -40,6 +40,7 @@ RECOVERY_ADDED_LATER = {
     "found_flip_max": 0.10,  # acts only with found_rho, which no row stored before it set
     "found_check": "rescan",  # likewise
     "found_min_flip": 0.0,  # likewise
+    "found_pieces": False,  # likewise
 }
 
 

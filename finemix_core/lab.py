@@ -531,7 +531,8 @@ RHO_CHOICE_NOTE = (
 KEEP_FOUND_NOTE = (
     "Opt-in, not the default (`finemix defend --found-rho 1`): auto-ρ first tries ρ = 1 — all of θ_FT after E-PUR, the "
     "scan's suspects taught away — but only when the scan reached its verdict and its best suspect alone flips ≥ 95 % "
-    "of held-aside sentences (a weaker one may be a piece of a longer trigger); it keeps ρ = 1 only if dev accuracy "
+    "of held-aside sentences, as does each piece of it that is a suspect by itself (a weaker one may be a piece of a "
+    "longer trigger); it keeps ρ = 1 only if dev accuracy "
     "passes and every trigger the scan saw firing stays quiet on it (≤ 10 %), else the usual low-ρ search runs. "
     "On the full zoo's dev data: about 1 point of clean accuracy back on average, all of it on the word triggers "
     "(docs/recovery.md, Round 17)."

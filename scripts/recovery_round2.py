@@ -25,7 +25,7 @@ import torch
 
 from finemix_core import consistency, experiment
 from finemix_core.config import RecoveryConfig
-from finemix_core.defenses import DefenseConfig, defend
+from finemix_core.defenses import DefenseConfig, defend, found_rho_to_try
 from finemix_core.evaluate import predict
 from finemix_core.scan import ScanConfig, scan
 
@@ -58,31 +58,29 @@ CANDIDATES = {
     "+ both, ρ 1": ("epur+fine-mixing+distill", 1.0, RecoveryConfig()),
     # Round 13: auto-ρ tries ρ 1 first when the scan found evidence, kept only if dev passes and a re-scan is clean
     "+ both, found ρ 1": (
-        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=1.0)),
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=1.0, found_check="rescan", found_min_flip=0.0)),
     # Round 14: the same, kept only if also each suspect flips at most 0.10 of held-aside dev sentences on the candidate
     "+ both, found ρ 1, flip bar": (
-        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10)),
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="rescan", found_min_flip=0.0)),
     # Round 15 ran "+ both, found ρ 1, finalists" (commit 8c8ef11): every trigger θ_FT's scan verified was measured.
     # Round 16: the same bar, without the fresh scan's search: the suspects and what fired on θ_FT toward their class
     "+ both, found ρ 1, fired": (
         "epur+fine-mixing+distill", None,
-        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists")),
+        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.0)),
     # Round 17: Round 16's, tried only when the scan's best suspect alone flips ≥ 0.95 on θ_FT (a complete trigger)
     "+ both, found ρ 1, fired, complete": (
         "epur+fine-mixing+distill", None,
-        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.95)),
+        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.95,
+                            found_pieces=False)),
     # Round 18: the same settings as the opt-in `--found-rho 1` gives now (new seeds, paired with '+ both')
-    "+ both, --found-rho 1": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0)),
+    # (as run: the gate read the best suspect alone; found_pieces came after Round 18's seed-4 sentence)
+    "+ both, --found-rho 1": (
+        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_pieces=False)),
+    # Round 19: what `--found-rho 1` gives now — the gate also reads each piece of the best suspect that is a suspect alone
+    "+ both, --found-rho 1, pieces": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0)),
 }
-
-
-def tries_found_rho(found, rec: RecoveryConfig, rho: float | None) -> bool:
-    """Whether `defend` would try rec.found_rho first on this scan (the same conditions as defenses.defend)."""
-    best = found.best
-    return (
-        rho is None and rec.found_rho is not None and rec.consistency and bool(consistency.suspects(found, rec))
-        and found.verdict == "backdoor" and best is not None and best.flip >= rec.found_min_flip
-    )
 
 
 def context(case: str) -> experiment.Context:
@@ -102,6 +100,9 @@ def main() -> None:
                     "choice is frozen, by scripts/recovery_test.py)")
     ap.add_argument("--copy-untried", action="store_true", help="a found-ρ candidate whose ρ 1 is not tried copies the "
                     "'+ both' row of the same case and seed (run '+ both' first: --only '+ both|…')")
+    ap.add_argument("--copy-tried", default="", help="a found-ρ candidate whose ρ 1 IS tried copies this candidate's row "
+                    "of the same case and seed where that one tried ρ 1 too (use only for two candidates that differ in "
+                    "their gate alone); the gate's own seconds are added")
     args = ap.parse_args()
     torch.set_num_threads(2)
     wanted = [w for w in args.only.split("|") if w] or list(CANDIDATES)
@@ -121,11 +122,33 @@ def main() -> None:
             method, rho, rec = CANDIDATES[name]
             cfg = DefenseConfig(method=method, rho=rho, recovery=rec, seed=args.seed)
             same = next((r for r in rows if r["case"] == case and r["seed"] == args.seed and r["candidate"] == "+ both"), None)
-            if args.copy_untried and same is not None and not tries_found_rho(found, rec, rho):
+            tried, why, gate_seconds = None, "", 0.0
+            if (args.copy_untried or args.copy_tried) and rec.consistency:
+                # the very question `defend` asks (defenses.found_rho_to_try), on the same scan and defender data
+                gated = DefenseConfig(method=method, rho=rho, recovery=rec, seed=args.seed)
+                t0 = time.perf_counter()
+                tried, why = found_rho_to_try(ctx.pair, base_dd, gated, found, consistency.suspects(found, rec))
+                gate_seconds = time.perf_counter() - t0
+                if why:
+                    print("   ", why, flush=True)
+            if args.copy_untried and same is not None and tried is None:
                 # ρ 1 not tried: the candidate runs the default's code path, deterministic under this protocol (Rounds
                 # 16 and 17 agree to the digit a session apart), so its row is the default's, marked as copied
-                rows.append({**same, "candidate": name, "copied_from": "+ both"})
+                copy = {**same, "candidate": name, "copied_from": "+ both", "seconds": round(same["seconds"] + gate_seconds, 1)}
+                rows.append(copy)
                 print(f"{case[:40]:40s} {name:30s} ρ 1 not tried: the default's row (copied)", flush=True)
+                pd.DataFrame(rows).to_csv(args.out, index=False)
+                continue
+            twin = next(
+                (r for r in rows if r["case"] == case and r["seed"] == args.seed and r["candidate"] == args.copy_tried
+                 and pd.isna(r.get("copied_from")) and str(r["search"]).startswith(f"{rec.found_rho:g}:")),
+                None,
+            ) if args.copy_tried and tried is not None else None
+            if twin is not None:
+                # the same path as the twin (it tried the same ρ on the same scan; only the gates differ): its row
+                rows.append({**twin, "candidate": name, "copied_from": args.copy_tried,
+                             "seconds": round(twin["seconds"] + gate_seconds, 1)})
+                print(f"{case[:40]:40s} {name:30s} ρ {tried:g} tried, as {args.copy_tried!r} did: its row (copied)", flush=True)
                 pd.DataFrame(rows).to_csv(args.out, index=False)
                 continue
             dd = ctx.defender(128, 256, args.seed, min_pool=rec.min_pool if cfg.distills else 0)

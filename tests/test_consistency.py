@@ -219,6 +219,49 @@ def test_found_rho_is_not_tried_when_the_best_suspect_alone_fires_under_the_min_
         RecoveryConfig(found_min_flip=1.5)
 
 
+def test_gate_pieces_are_every_shorter_run_of_whole_words():
+    assert defenses.gate_pieces("cf") == []
+    assert defenses.gate_pieces("worth 3d") == ["worth", "3d"]
+    assert defenses.gate_pieces("a b c") == ["a", "b", "c", "a b", "b c"]
+
+
+def test_the_gate_reads_each_piece_of_the_best_suspect_that_is_a_suspect_alone(pair, pool_dd, monkeypatch):
+    # Round 18, seed 4's sentence: the grown 'worth 3d' flipped 0.97 alone, its piece '3d' 0.87 — the gate must close
+    from finemix_core import scan as scan_module
+
+    calls = _fake_verifier(monkeypatch, True)
+    measured: list = []
+
+    def pieces_scan(flips: dict[str, tuple[float, float]]):
+        def fake(p, dd, cfg, given=(), **_ignored):
+            measured.append([g[0] for g in given])
+            assert p is pair and cfg.epur_rows == 0 and not cfg.inversion  # θ_FT as scanned, no search
+            cands = [Suspect(t, text_ids(pair.tokenizer, t), tgt, *flips[t][:1], 0.0, 1.0, 10, flips[t][1], "given")
+                     for t, tgt in given]
+            return ScanResult("backdoor", 1.0, 0.81, cands, 0.1, "given", "test", 4, 8)
+
+        return fake
+
+    grown = found(suspect(pair, "worth cf", 0.97))
+    for flips, tried in (
+        ({"worth": (0.30, 0.20), "cf": (0.87, 0.02)}, False),  # 'cf' is a suspect alone (excess 0.85) and flips 0.87
+        ({"worth": (0.30, 0.20), "cf": (0.99, 0.02)}, True),  # the piece fires fully: the trigger's core is complete
+        ({"worth": (0.30, 0.20), "cf": (0.60, 0.30)}, True),  # 'cf' alone is no suspect (excess 0.30 < 0.5): not a core
+    ):
+        calls.clear()
+        measured.clear()
+        logs: list[str] = []
+        monkeypatch.setattr(scan_module, "scan", pieces_scan(flips))
+        res = defend(pair, pool_dd, dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0)),
+                     scan_result=grown, log=logs.append)
+        assert measured == [["worth", "cf"]]
+        assert (res.rho == 1.0) is tried and (len(calls) == 1) is tried
+        assert any("holds 'cf', a suspect by itself" in m for m in logs) is not tried
+    measured.clear()
+    off = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_pieces=False))
+    assert defend(pair, pool_dd, off, scan_result=grown).rho == 1.0 and measured == []  # the Round 17/18 gate
+
+
 def test_the_verifier_is_a_fresh_scan_of_the_candidate(pair, pool_dd):
     logs: list[str] = []
     cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_check="rescan"))

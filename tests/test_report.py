@@ -163,9 +163,10 @@ def test_the_found_settings_key_a_run_only_when_found_rho_is_set():
 
     row = {"model": "word-cf", "method": "epur+fine-mixing+distill", "seed": 0, "train": {"lr": 1e-4}, "rho_auto": True}
     plain = dataclasses.asdict(RecoveryConfig(found_rho=None))
-    stored = {k: v for k, v in plain.items() if k not in ("found_check", "found_flip_max", "found_min_flip", "found_rho")}
-    other = {**plain, "found_check": "rescan", "found_min_flip": 0.0, "found_flip_max": 0.5}
+    stored = {k: v for k, v in plain.items() if not k.startswith("found_")}
+    other = {**plain, "found_check": "rescan", "found_min_flip": 0.0, "found_flip_max": 0.5, "found_pieces": False}
     assert run_key({**row, "recovery": plain}) == run_key({**row, "recovery": other}) == run_key({**row, "recovery": stored})
     opted = dataclasses.asdict(RecoveryConfig(found_rho=1.0))
     assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": plain})
     assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": {**opted, "found_min_flip": 0.0}})
+    assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": {**opted, "found_pieces": False}})

@@ -1,3 +1,5 @@
+from dataclasses import dataclass
+
 import charts
 import pandas as pd
 import state
@@ -15,6 +17,15 @@ lm, bench = state.page(
 RHOS = [round(0.1 * i, 1) for i in range(11)]
 with st.expander("ASR probe: a trigger to measure" + ("" if lm.trigger else " — none known yet"), expanded=not lm.trigger):
     state.probe_form(lm, "mix_probe")
+
+
+@dataclass(frozen=True)
+class Again:
+    """What 'Run it again' repeats for a fine-tuned point."""
+
+    rho: float | None  # None: auto-ρ
+    delta: float  # auto-ρ's dev tolerance (a fraction)
+    keep_found: bool  # the opt-in: keep θ_FT when the scan found a complete trigger
 
 
 def _fmt(rate: float | None) -> str:
@@ -124,7 +135,7 @@ def live() -> None:
         update, bar = state.progress("fine-tuning")
         scores, row = bench.fine_tune(rho, mode, seed, recipe=recipe, progress=update)
         tuned_points[tuned_key] = {"rho": rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
-        tuned_points[tuned_key].update(note=state.lab.read_back_note(bench.defended), again=(rho, 0.02, False))
+        tuned_points[tuned_key].update(note=state.lab.read_back_note(bench.defended), again=Again(rho, 0.02, False))
         bar.empty()
     points = b3.number_input(
         "tolerance (dev points)",
@@ -152,7 +163,7 @@ def live() -> None:
             None, mode, seed, delta=points / 100, recipe=recipe, progress=update, keep_found=keep_found
         )
         point = {"rho": row.rho, "mode": mode, "seed": seed, "stage": "fine-tuned", **scores.as_dict(), "test": row}
-        point.update(note=state.lab.read_back_note(bench.defended), again=(None, points / 100, keep_found))
+        point.update(note=state.lab.read_back_note(bench.defended), again=Again(None, points / 100, keep_found))
         ss.setdefault("_auto_rho", {})[(lm.name, mode, seed, recipe)] = (row.rho, points, row.search, point)
         tuned_points[(lm.name, row.rho, mode, seed, recipe)] = point
         bar.empty()
@@ -162,10 +173,11 @@ def live() -> None:
         if p.get("note"):
             st.caption(p["note"])
             if st.button("Run it again", key=key, help="a new run of the same defense (it replaces the stored one)"):
-                again_rho, again_delta, again_keep = p["again"]
+                again: Again = p["again"]
                 update, bar = state.progress("fine-tuning")
                 scores, row = bench.fine_tune(
-                    again_rho, mode, seed, delta=again_delta, recipe=recipe, progress=update, fresh=True, keep_found=again_keep
+                    again.rho, mode, seed, delta=again.delta, recipe=recipe, progress=update, fresh=True,
+                    keep_found=again.keep_found,
                 )
                 p.update(rho=row.rho, **scores.as_dict(), test=row, note=None)
                 bar.empty()
@@ -186,7 +198,7 @@ def live() -> None:
         st.caption(
             f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
             "never on test or triggered data)."
-            + (f" Opt-in: {state.lab.keep_found_outcome(search)}" if auto_point and auto_point["again"][2] else "")
+            + (f" Opt-in: {state.lab.keep_found_outcome(search)}" if auto_point and auto_point["again"].keep_found else "")
             + " Every candidate it tried:"
         )
         st.dataframe(

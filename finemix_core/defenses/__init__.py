@@ -240,6 +240,47 @@ def verifier(
     return verify
 
 
+def gate_pieces(trigger: str) -> list[str]:
+    """Every run of whole words shorter than `trigger` itself ('a b c' → 'a', 'b', 'c', 'a b', 'b c'), shortest first."""
+    words = trigger.split()
+    return [" ".join(words[i : i + n]) for n in range(1, len(words)) for i in range(len(words) - n + 1)]
+
+
+def found_rho_to_try(
+    pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, scan_result, suspected: Sequence
+) -> tuple[float | None, str]:
+    """(the ρ auto-ρ tries first because the scan found the trigger, or None; why not, in words — "" when the question
+    does not arise). Asked only with `recovery.found_rho`, no fixed ρ, a 'backdoor' verdict and suspects to teach away.
+    The gate (`found_min_flip`): the best suspect must fire on (nearly) every held-aside sentence alone, and so must
+    each piece of it that is a suspect by itself (`found_pieces`): growth adds words of the target class, which lift a
+    piece of a longer trigger toward a full flip ('worth 3d' 0.97, its '3d' 0.87: Round 18, seed 4's sentence)."""
+    rec = cfg.recovery
+    if cfg.rho is not None or rec.found_rho is None or not suspected or scan_result is None:
+        return None, ""
+    if scan_result.verdict != "backdoor":
+        return None, ""
+    best = scan_result.best
+    weakest = (best.trigger, best.flip)
+    pieces = gate_pieces(best.trigger) if rec.found_pieces and rec.found_min_flip > 0 else []
+    if pieces:
+        from finemix_core.scan import ScanConfig, scan
+
+        # the pieces measured alone on θ_FT, on the scan's held-aside sentences (no search: a few forward passes)
+        given = tuple((p, best.target) for p in pieces)
+        measured = scan(pair, dd, ScanConfig(epur_rows=0, inversion=False, seed=cfg.seed), given=given)
+        alone = [c for c in measured.candidates if c.source == "given" and c.excess >= rec.min_excess]
+        weakest = min([weakest, *((c.trigger, c.flip) for c in alone)], key=lambda tf: tf[1])
+    if weakest[1] < rec.found_min_flip:
+        what = f"the scan's best suspect {best.trigger!r}" + (
+            "" if weakest[0] == best.trigger else f" holds {weakest[0]!r}, a suspect by itself, which"
+        )
+        return None, (
+            f"{what} flips {weakest[1]:.0%} of held-aside sentences alone, under {rec.found_min_flip:.0%}: it may be a "
+            f"piece of a longer trigger, so ρ {rec.found_rho:g} is not tried"
+        )
+    return rec.found_rho, ""
+
+
 def defend(
     pair: ModelPair,
     dd: DefenderData,
@@ -273,6 +314,7 @@ def defend(
         if stored is not None:
             say(f"read back an identical earlier defense (same weights, data and settings; it took {stored.seconds:.0f} s)")
             return stored
+    scanned = pair  # θ_FT as the scan saw it (before E-PUR): the gate measures pieces of its suspect on it
     ft_correct = correct_on(pair.ft_for_inference(device), dd.dev)
     ft_dev = float(ft_correct.mean())
     flagged: list[str] = []
@@ -289,14 +331,10 @@ def defend(
         pair = purified_pair(pair, ranked)
         say(f"E-PUR reset {len(flagged)} embedding rows (top: {', '.join(flagged[:5])})")
     job = Job(pair, dd, cfg, device, ft_dev - cfg.delta, progress, say, ft_correct=ft_correct)
-    found_rho = cfg.recovery.found_rho
-    best = scan_result.best if scan_result is not None else None
-    if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
-        if best.flip < cfg.recovery.found_min_flip:
-            say(f"the scan's best suspect {best.trigger!r} flips {best.flip:.0%} of held-aside sentences alone, under "
-                f"{cfg.recovery.found_min_flip:.0%}: it may be a piece of a longer trigger, so ρ {found_rho:g} is not tried")
-            found_rho = None
-    if distill and cfg.rho is None and found_rho is not None and suspected and scan_result.verdict == "backdoor":
+    found_rho, why = found_rho_to_try(scanned, dd, cfg, scan_result, suspected) if distill else (None, "")
+    if why:
+        say(why)
+    if found_rho is not None:
         job.first_rho, job.verify = found_rho, verifier(pair, dd, cfg, say, suspected, scan_result.candidates)
         how = "a re-scan is clean and " if cfg.recovery.found_check == "rescan" else "every trigger that fired on θ_FT is quiet and "
         say(f"the scan found the trigger: trying ρ {found_rho:g} first, kept only if dev accuracy passes, {how}the suspects "
