@@ -27,7 +27,8 @@ def source_of(model: str) -> tuple[Path, str | None]:
     bench = finemix_home() / "scan-bench" / "models"
     if (bench / model).is_dir():
         card = read_card(bench / model)
-        return bench / model, str(bench / BENCH_CLEAN[card["dataset"]])
+        clean = bench / BENCH_CLEAN[card["dataset"]]
+        return bench / model, str(clean) if clean.is_dir() else None  # no clean model built here: no floor, ASR only
     if (zoo_dir() / model).is_dir():
         return zoo_dir() / model, None  # the zoo's own clean entry is the floor
     return Path("/tmp/try") / model, str(zoo_dir() / "clean")  # the hand-made word backdoor on rt (see docs/recovery.md)
