@@ -76,10 +76,11 @@ class RecoveryConfig:
     feature_weight: float = 0.0
     # auto-ρ only: when θ_FT's scan finds backdoor evidence, try this ρ first (the trigger is known and taught away, so
     # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and the check below finds nothing still
-    # firing, else the low-ρ search runs as without it (None: never). Not the default: Round 16 passed its dev rule, but
-    # on the test split ρ 1 left the sentence backdoor at ASR 0.45–0.58; gated by found_min_flip (Round 17) it gave
-    # +0.96 dev points against the +1 its rule asked for (docs/recovery.md)
-    found_rho: float | None = None
+    # firing, else the low-ρ search runs as without it (None: never). The default since Round 19 (docs/recovery.md):
+    # ungated (Round 16) it left the sentence backdoor firing on test; gated to complete triggers, pieces included, it
+    # gave +1.04 dev points on new seeds at the same time, and the test split's safety checks found no backdoor left
+    # firing more than the low-ρ default's
+    found_rho: float | None = 1.0
     # ... and only if each of the scan's suspects flips at most this share of held-aside dev sentences on it: the
     # re-scan's verdict bar (0.81) is for finding a backdoor, far too lax for calling one gone
     found_flip_max: float = 0.10

@@ -336,23 +336,24 @@ class Workbench:
         delta: float = 0.02,
         recipe: str = "default",
         fresh: bool = False,
-        keep_found: bool = False,
+        keep_found: bool = True,
     ) -> tuple[Scores, RunRow]:
         """Fine-mixing at ρ (None: auto-ρ within `delta` of θ_FT's dev accuracy), scored on the interactive set.
 
         recipe "default": the default `finemix defend` (E-PUR, mix, fine-tune with recovery by distillation; auto-ρ scans
         up from a low ρ). "paper": the paper's recipe (mix, plain fine-tune; E-PUR first when epur_k > 0).
-        keep_found: the opt-in `finemix defend --found-rho 1` (auto-ρ with recovery tries ρ 1 first when the scan found a
-        complete trigger, kept only if the check from clean data finds nothing still firing; KEEP_FOUND_NOTE).
+        keep_found: the default's keeping of θ_FT (auto-ρ with recovery tries ρ 1 first when the scan found a complete
+        trigger, kept only if the check from clean data finds nothing still firing; KEEP_FOUND_NOTE); False is
+        `finemix defend --found-rho never`, the low-ρ search alone.
         """
         k = self._epur_k(epur_k)
-        recovery = RecoveryConfig(found_rho=1.0) if keep_found else RecoveryConfig()
+        recovery = RecoveryConfig() if keep_found else RecoveryConfig(found_rho=None)
         cfg = DefenseConfig(
             method=recipe_method(recipe, mode, k), rho=rho, seed=seed, delta=delta, epur=EpurConfig(k=k), recovery=recovery
         )
         # auto-ρ with the shared budget and default tolerance is the recipe's method as registered: stored as such, so
-        # Compare and the curve page find it (a hand-set ρ or tolerance, or the opt-in, stays a lab run, shown apart)
-        as_registered = rho is None and delta == DefenseConfig.delta and epur_k == DefenseConfig().epur.k and not keep_found
+        # Compare and the curve page find it (a hand-set ρ or tolerance, or the opt-out, stays a lab run, shown apart)
+        as_registered = rho is None and delta == DefenseConfig.delta and epur_k == DefenseConfig().epur.k and keep_found
         return self.defend(cfg, clean_size, progress, kind="compare" if as_registered else "lab", fresh=fresh)
 
     def defend_method(
@@ -522,26 +523,26 @@ def curve_point(
 RHO_CHOICE_NOTE = (
     "With recovery, the dev data chose ρ = 0 (θ_PT everywhere but θ_FT's classifier head, then distilled) on nearly "
     "every run measured (docs/recovery.md): recovery, not the mix, wins back the clean accuracy, and a higher ρ kept "
-    "more of θ_FT's backdoor with it. Keeping θ_FT (ρ = 1) once the scan has found the trigger gives clean accuracy "
-    "back but is opt-in (`finemix defend --found-rho 1`, the toggle below): ungated it left the sentence backdoor firing "
-    "on 45–58 % of triggered test sentences (Round 16); gated to complete triggers it missed its dev rule by a hair "
-    "(Round 17). The curve shows what each ρ costs or keeps here."
+    "more of θ_FT's backdoor with it. Since Round 19 the default first tries keeping θ_FT (ρ = 1) when the scan found a "
+    "complete trigger (the toggle below; `--found-rho never` turns it off): ungated it had left the sentence backdoor "
+    "firing on 45–58 % of triggered test sentences (Round 16); gated to complete triggers, pieces included, it gave about "
+    "1 dev point back on new seeds. The curve shows what each ρ costs or keeps here."
 )
-# under the Mixing lab's opt-in toggle: what it does and what it was measured to cost
+# under the Mixing lab's toggle: what it does and what it was measured to cost
 KEEP_FOUND_NOTE = (
-    "Opt-in, not the default (`finemix defend --found-rho 1`): auto-ρ first tries ρ = 1 — all of θ_FT after E-PUR, the "
+    "On by default (`finemix defend`; off: `--found-rho never`): auto-ρ first tries ρ = 1 — all of θ_FT after E-PUR, the "
     "scan's suspects taught away — but only when the scan reached its verdict and its best suspect alone flips ≥ 95 % "
     "of held-aside sentences, as does each piece of it that is a suspect by itself (a weaker one may be a piece of a "
     "longer trigger); it keeps ρ = 1 only if dev accuracy "
     "passes and every trigger the scan saw firing stays quiet on it (≤ 10 %), else the usual low-ρ search runs. "
-    "On the full zoo's dev data: about 1 point of clean accuracy back on average, all of it on the word triggers "
-    "(docs/recovery.md, Round 17)."
+    "On the full zoo's dev data (new seeds 3–5): +1.04 points of clean accuracy on average, all of it on the word "
+    "triggers, at the same time (docs/recovery.md, Rounds 18–19)."
 )
 
 
 def keep_found_outcome(search: list[dict]) -> str:
-    """One line under an opt-in auto-ρ run: whether ρ 1 was tried, and what the check said."""
-    tried = [c for c in search if c.get("value") == 1.0]  # the recovery grid stops at 0.2: a ρ 1 is the opt-in's
+    """One line under an auto-ρ run that may keep θ_FT: whether ρ 1 was tried, and what the check said."""
+    tried = [c for c in search if c.get("value") == 1.0]  # the recovery grid stops at 0.2: a ρ 1 is the found-ρ try
     if not tried:
         return "ρ = 1 was not tried: the scan found no complete trigger (a verdict and a suspect that alone flips ≥ 95 %)."
     c = tried[0]

@@ -260,6 +260,18 @@ def _imported_text(runs: ReportRuns) -> str:
     )
 
 
+def _found_rho_text(rec) -> str:
+    """The report header's sentence on keeping θ_FT when the scan found a complete trigger ("" when off)."""
+    if rec.found_rho is None:
+        return ""
+    pieces = ", and so does each piece of it that is a suspect alone" if rec.found_pieces else ""
+    return (
+        f"Before that, when θ_FT's scan reached its verdict and its best suspect alone flips ≥ {rec.found_min_flip:.0%} of "
+        f"held-aside dev sentences{pieces}, ρ {rec.found_rho:g} is tried first and kept only if its dev accuracy passes "
+        f"and nothing the scan saw firing flips more than {rec.found_flip_max:.0%} on it. "
+    )
+
+
 def _recovery_text(pool: pd.DataFrame) -> str:
     if pool.empty:
         return "not run"
@@ -326,6 +338,7 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
             f"{{{', '.join(f'{r:g}' for r in RECOVERY_GRID)}}} from the bottom and keeps the first whose dev accuracy "
             f"is within 2 points "
             "plus one standard error (paired, on the same dev examples) of θ_FT's, else the better dev accuracy. "
+            f"{_found_rho_text(cfg.defense.recovery)}"
             "Defaults chosen on the zoo's dev splits only (docs/recovery.md), frozen before this run. Seconds: the defense "
             "itself, selection included, scoring excluded (mean over seeds; rows imported from the baseline report "
             "keep its seconds)."

@@ -180,13 +180,18 @@ def test_found_rho_falls_back_to_the_grid_when_the_rescan_finds_evidence(pair, p
     assert [(c.value, c.passed, c.verified) for c in res.search] == [(1.0, False, False), (0.0, True, None)]
 
 
-def test_the_default_never_tries_rho_1_even_when_the_scan_found_the_trigger(pair, pool_dd, monkeypatch):
-    # Round 16: ρ 1 passed its dev rule but left a sentence backdoor firing on test, so it stays opt-in (--found-rho 1);
-    # Round 17's gated version missed its dev rule's +1 point (+0.96)
+def test_the_default_tries_rho_1_only_for_a_complete_trigger_and_never_with_found_rho_never(pair, pool_dd, monkeypatch):
+    # Round 19: the default tries ρ 1 when the scan found a trigger that fires alone (≥ 0.95); Round 16's ungated ρ 1
+    # left a sentence backdoor firing on test, so a suspect under the gate (0.9 here) gets the low-ρ search
     calls = _fake_verifier(monkeypatch, True)
     default = dataclasses.replace(_recovery_cfg(), rho=None, delta=1.0)
-    assert default.recovery.found_rho is None
+    assert default.recovery.found_rho == 1.0 and default.recovery.found_min_flip == 0.95 and default.recovery.found_pieces
+    assert defend(pair, pool_dd, default, scan_result=found(suspect(pair, "cf", 1.0))).rho == 1.0 and len(calls) == 1
+    calls.clear()
     res = defend(pair, pool_dd, default, scan_result=found(suspect(pair, "cf", 0.9)))
+    assert res.rho == 0.0 and calls == [] and [c.value for c in res.search] == [0.0]
+    never = dataclasses.replace(default, recovery=RecoveryConfig(found_rho=None))  # `--found-rho never`
+    res = defend(pair, pool_dd, never, scan_result=found(suspect(pair, "cf", 1.0)))
     assert res.rho == 0.0 and calls == [] and [c.value for c in res.search] == [0.0]
 
 

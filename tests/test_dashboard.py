@@ -107,6 +107,7 @@ def test_fine_tune_the_mix_then_export_it(app):
 
 def test_auto_rho_uses_the_chosen_tolerance(app):
     open_page(app, "mixing")
+    app.toggle(key="keep_found").set_value(False).run()  # the low-ρ search alone (`--found-rho never`)
     app.number_input(key="auto_tolerance").set_value(50.0).run()  # the box allows up to 50 points: ρ 0 passes, found first
     next(b for b in app.button if b.label == "Find auto-ρ").click().run()
     assert not app.exception, app.exception
@@ -116,15 +117,15 @@ def test_auto_rho_uses_the_chosen_tolerance(app):
     assert list(search["ρ"]) == [lowest] and search["within tolerance"].all() and search["dev accuracy"].between(0, 1).all()
 
 
-def test_auto_rho_with_the_keep_found_opt_in_says_what_it_did(app):
+def test_auto_rho_keeping_theta_ft_by_default_says_what_it_did(app):
     open_page(app, "mixing")
-    app.toggle(key="keep_found").set_value(True).run()
+    assert app.toggle(key="keep_found").value  # on by default: the default defense (Round 19)
     app.number_input(key="auto_tolerance").set_value(50.0).run()
     next(b for b in app.button if b.label == "Find auto-ρ").click().run()
     assert not app.exception, app.exception
     said = " ".join(c.value for c in app.caption)
-    assert "Opt-in: ρ = 1 was" in said
-    tried = 1.0 in list(app.dataframe[0].value["ρ"])  # the recovery grid stops at 0.2: a ρ 1 is the opt-in's
+    assert "Keeping θ_FT: ρ = 1 was" in said
+    tried = 1.0 in list(app.dataframe[0].value["ρ"])  # the recovery grid stops at 0.2: a ρ 1 is the found-ρ try
     assert ("ρ = 1 was not tried" in said) is not tried
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finemix_core import encoding, lab
-from finemix_core.config import TrainConfig
+from finemix_core.config import RecoveryConfig, TrainConfig
 from finemix_core.defenses import DefenseConfig
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import predict, score
@@ -210,19 +210,20 @@ def test_class_names_come_from_the_dataset():
     assert label_names("/some/file.csv", 2) == ("label 0", "label 1")
 
 
-def test_the_keep_found_opt_in_reaches_the_defense_as_a_lab_run(tiny_lab, monkeypatch):
-    # the Mixing lab's toggle is `finemix defend --found-rho 1`: stored apart from the registered default
+def test_the_keep_found_opt_out_reaches_the_defense_as_a_lab_run(tiny_lab, monkeypatch):
+    # the Mixing lab's toggle on is the default `finemix defend` (found ρ 1); off is `--found-rho never`, stored apart
     bench = lab.Workbench(tiny_lab)
     seen: list = []
     monkeypatch.setattr(
         bench, "defend", lambda cfg, clean_size, progress=None, kind="lab", fresh=False: seen.append((cfg, kind)) or (None, None)
     )
-    bench.fine_tune(None, keep_found=True)
     bench.fine_tune(None)
-    (opt_in, opt_kind), (plain, plain_kind) = seen
-    assert opt_in.recovery.found_rho == 1.0 and opt_in.recovery.found_min_flip == 0.95 and opt_kind == "lab"
-    assert plain.recovery.found_rho is None and plain_kind == "compare"
-    assert opt_in.method == plain.method and opt_in.rho is None
+    bench.fine_tune(None, keep_found=False)
+    (default, default_kind), (off, off_kind) = seen
+    assert default.recovery.found_rho == 1.0 and default.recovery.found_min_flip == 0.95 and default_kind == "compare"
+    assert default.recovery.found_pieces and default.recovery == RecoveryConfig()
+    assert off.recovery.found_rho is None and off_kind == "lab"
+    assert default.method == off.method and default.rho is None
 
 
 def test_keep_found_outcome_says_whether_rho_1_was_tried_and_why_it_was_rejected():

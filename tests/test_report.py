@@ -170,3 +170,13 @@ def test_the_found_settings_key_a_run_only_when_found_rho_is_set():
     assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": plain})
     assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": {**opted, "found_min_flip": 0.0}})
     assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": {**opted, "found_pieces": False}})
+
+
+def test_the_report_header_says_when_rho_1_is_tried_first():
+    from finemix_core.config import RecoveryConfig
+    from finemix_core.report import _found_rho_text
+
+    said = _found_rho_text(RecoveryConfig())  # the default since Round 19
+    assert "ρ 1 is tried first" in said and "≥ 95%" in said and "each piece of it" in said
+    assert "each piece" not in _found_rho_text(RecoveryConfig(found_pieces=False))
+    assert _found_rho_text(RecoveryConfig(found_rho=None)) == ""  # `--found-rho never`: the low-ρ search alone

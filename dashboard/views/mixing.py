@@ -25,7 +25,7 @@ class Again:
 
     rho: float | None  # None: auto-ρ
     delta: float  # auto-ρ's dev tolerance (a fraction)
-    keep_found: bool  # the opt-in: keep θ_FT when the scan found a complete trigger
+    keep_found: bool  # keep θ_FT when the scan found a complete trigger (the default; off: --found-rho never)
 
 
 def _fmt(rate: float | None) -> str:
@@ -148,7 +148,8 @@ def live() -> None:
         "backdoor removed, more clean accuracy lost",
     )
     keep_found = recipe == "default" and st.toggle(
-        "auto-ρ: keep θ_FT (ρ = 1) when the scan found a complete trigger (opt-in)",
+        "auto-ρ: keep θ_FT (ρ = 1) when the scan found a complete trigger (the default)",
+        value=True,
         key="keep_found",
         help=state.lab.KEEP_FOUND_NOTE,
     )
@@ -198,7 +199,7 @@ def live() -> None:
         st.caption(
             f"auto-ρ chose ρ = {auto:g} with a tolerance of {tolerance:g} dev points (on clean dev accuracy only; "
             "never on test or triggered data)."
-            + (f" Opt-in: {state.lab.keep_found_outcome(search)}" if auto_point and auto_point["again"].keep_found else "")
+            + (f" Keeping θ_FT: {state.lab.keep_found_outcome(search)}" if auto_point and auto_point["again"].keep_found else "")
             + " Every candidate it tried:"
         )
         st.dataframe(
