@@ -536,7 +536,8 @@ KEEP_FOUND_NOTE = (
     "longer trigger); it keeps ρ = 1 only if dev accuracy "
     "passes and every trigger the scan saw firing stays quiet on it (≤ 10 %), else the usual low-ρ search runs. "
     "On the full zoo's dev data (new seeds 3–5): +1.04 points of clean accuracy on average, all of it on the word "
-    "triggers, at the same time (docs/recovery.md, Rounds 18–19)."
+    "triggers, at the same time on the full zoo and 1.23× on user-sized CSVs, where a rejected ρ = 1 costs one more "
+    "fine-tune (docs/recovery.md, Rounds 18–19)."
 )
 
 
