@@ -78,8 +78,8 @@ class RecoveryConfig:
     # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and the check below finds nothing still
     # firing, else the low-ρ search runs as without it (None: never). The default since Round 19 (docs/recovery.md):
     # ungated (Round 16) it left the sentence backdoor firing on test; gated to complete triggers, pieces included, it
-    # gave +1.04 dev points on new seeds at the same time, and the test split's safety checks found no backdoor left
-    # firing more than the low-ρ default's
+    # gave +1.04 dev points on new seeds at the same time, and on the test split no zoo backdoor fired more than under
+    # the low-ρ default (the two CSV cases that kept ρ 1: +0.005 and +0.028 ASR, within the 0.05 fixed beforehand)
     found_rho: float | None = 1.0
     # ... and only if each of the scan's suspects flips at most this share of held-aside dev sentences on it: the
     # re-scan's verdict bar (0.81) is for finding a backdoor, far too lax for calling one gone

@@ -255,9 +255,7 @@ def found_rho_to_try(
     each piece of it that is a suspect by itself (`found_pieces`): growth adds words of the target class, which lift a
     piece of a longer trigger toward a full flip ('worth 3d' 0.97, its '3d' 0.87: Round 18, seed 4's sentence)."""
     rec = cfg.recovery
-    if cfg.rho is not None or rec.found_rho is None or not suspected or scan_result is None:
-        return None, ""
-    if scan_result.verdict != "backdoor":
+    if cfg.rho is not None or rec.found_rho is None or not suspected or scan_result is None or scan_result.verdict != "backdoor":
         return None, ""
     best = scan_result.best
     weakest = (best.trigger, best.flip)
