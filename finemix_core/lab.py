@@ -545,7 +545,10 @@ def keep_found_outcome(search: list[dict]) -> str:
     """One line under an auto-ρ run that may keep θ_FT: whether ρ 1 was tried, and what the check said."""
     tried = [c for c in search if c.get("value") == 1.0]  # the recovery grid stops at 0.2: a ρ 1 is the found-ρ try
     if not tried:
-        return "ρ = 1 was not tried: the scan found no complete trigger (a verdict and a suspect that alone flips ≥ 95 %)."
+        return (
+            "ρ = 1 was not tried: the scan found no complete trigger (a verdict, and a suspect that alone flips ≥ 95 %, "
+            "as does each piece of it that is a suspect by itself)."
+        )
     c = tried[0]
     if c.get("passed") and c.get("verified"):
         return "ρ = 1 was tried first and kept: dev accuracy passed and nothing the scan saw firing still fires."

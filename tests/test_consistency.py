@@ -265,6 +265,10 @@ def test_the_gate_reads_each_piece_of_the_best_suspect_that_is_a_suspect_alone(p
     measured.clear()
     off = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_pieces=False))
     assert defend(pair, pool_dd, off, scan_result=grown).rho == 1.0 and measured == []  # the Round 17/18 gate
+    calls.clear()
+    weak = found(suspect(pair, "worth cf", 0.90))  # the whole already under the gate: its pieces are not measured
+    opt = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0))
+    assert defend(pair, pool_dd, opt, scan_result=weak).rho == 0.0 and measured == [] and calls == []
 
 
 def test_the_verifier_is_a_fresh_scan_of_the_candidate(pair, pool_dd):

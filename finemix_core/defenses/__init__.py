@@ -259,7 +259,9 @@ def found_rho_to_try(
         return None, ""
     best = scan_result.best
     weakest = (best.trigger, best.flip)
-    pieces = gate_pieces(best.trigger) if rec.found_pieces and rec.found_min_flip > 0 else []
+    # pieces are measured only when the best suspect itself passes: the weakest flip decides, and it already fails
+    gated = rec.found_pieces and 0 < rec.found_min_flip <= best.flip
+    pieces = gate_pieces(best.trigger) if gated else []
     if pieces:
         from finemix_core.scan import ScanConfig, scan
 
