@@ -355,6 +355,13 @@ def defend_cmd(
             "suspect by itself (a grown phrase can fire more than the piece of a longer trigger it holds)."
         ),
     ] = RecoveryConfig.found_pieces,
+    found_steps: Annotated[
+        float,
+        typer.Option(
+            help="With --found-rho: the found-ρ try trains for this share of the usual steps, in (0, 1] (it starts from "
+            "θ_FT, so recovery has less to do)."
+        ),
+    ] = RecoveryConfig.found_steps,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -417,6 +424,7 @@ def defend_cmd(
             found_check=found_check,
             found_min_flip=found_min_flip,
             found_pieces=found_pieces,
+            found_steps=found_steps,
         ),
     )
     ctx = experiment.prepare(

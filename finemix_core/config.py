@@ -96,6 +96,9 @@ class RecoveryConfig:
     # ... and the gate reads each shorter run of the best suspect's words that is a suspect by itself too (its flip
     # measured alone on θ_FT): a grown phrase around a piece of a sentence trigger fires more than the piece (Round 18)
     found_pieces: bool = True
+    # ... and the found-ρ try trains for this share of the usual steps (the same batches in the same order, stopped
+    # early, the schedule fitted to the shorter run): at ρ 1 the student starts as θ_FT, so recovery has less to do
+    found_steps: float = 1.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
@@ -106,6 +109,8 @@ class RecoveryConfig:
             raise FinemixError("recovery needs a feature weight ≥ 0 (0: match the teacher's logits only)")
         if self.found_rho is not None and not 0.0 <= self.found_rho <= 1.0:
             raise FinemixError(f"found-rho {self.found_rho} outside [0, 1]; 1 keeps all of θ_FT after E-PUR")
+        if not 0.0 < self.found_steps <= 1.0:
+            raise FinemixError(f"found-steps {self.found_steps} outside (0, 1]; it is the share of the usual steps")
         if self.found_check not in ("rescan", "finalists"):
             raise FinemixError(f"found-check {self.found_check!r} unknown; use 'rescan' or 'finalists'")
         if not 0.0 <= self.found_flip_max <= 1.0:

@@ -105,13 +105,15 @@ def fine_tune(
     progress: Progress | None = None,
     after_step: Callable[[torch.nn.Module], None] | None = None,
     distill: Distillation | None = None,
+    step_share: float = 1.0,
 ) -> torch.nn.Module:
     """Train `model` in place on `data` with AdamW and a linear warm-up/decay schedule.
 
     `model` must be the caller's private copy. `after_step` runs after each optimiser step
     (fine-pruning uses it to keep pruned neurons at zero). With `distill`, every step adds
     weight · T²·KL(teacher ‖ model) on a batch of the unlabelled texts (same batch size), the labelled cross-entropy
-    scaled by the recovery's label weight.
+    scaled by the recovery's label weight. `step_share` < 1 stops after that share of the steps (the same batches in the
+    same order; warm-up and decay fitted to the shorter run).
     """
     torch.manual_seed(cfg.seed)
     device = device_of(model)
@@ -127,6 +129,9 @@ def fine_tune(
         scale = distill.feature_scale if features else 1.0
         total = max(total, total_steps(len(distill.texts), TrainConfig(epochs=rec.passes, batch_size=cfg.batch_size)))
         unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
+    if not 0.0 < step_share <= 1.0:
+        raise FinemixError(f"step share {step_share} outside (0, 1]")
+    total = max(1, round(total * step_share)) if step_share < 1.0 else total
     schedule = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
     for batch, labels, step, total in training_batches(data, cfg, device, total):
         if unlabelled is None:

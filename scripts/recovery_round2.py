@@ -80,6 +80,9 @@ CANDIDATES = {
         "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_pieces=False)),
     # Round 19: what `--found-rho 1` gives now — the gate also reads each piece of the best suspect that is a suspect alone
     "+ both, --found-rho 1, pieces": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0)),
+    # Round 20: the default (Round 19's), but its found-ρ try trains for half the usual steps (the low-ρ search unchanged)
+    "+ both, found ρ at half the steps": (
+        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_steps=0.5)),
 }
 
 

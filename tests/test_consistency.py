@@ -367,3 +367,24 @@ def test_the_search_line_says_what_the_rescan_found():
         {"knob": "rho", "value": 0.0, "dev_acc": 0.75, "passed": True, "threshold": 0.7},  # a row stored before the field
     ]
     assert search_text(tried) == "rho 1 → dev 0.800 (check: still fires); rho 0 → dev 0.750 ✓"
+
+
+def test_the_found_rho_try_trains_for_its_share_of_the_steps_and_the_fallback_for_all(pair, pool_dd, monkeypatch):
+    # Round 20's lever: only the found-ρ try is shortened; the low-ρ search after a rejected try runs the usual steps
+    from finemix_core.defenses import base
+
+    shares: list[float] = []
+    real = base.fine_tune
+
+    def spy(model, data, cfg, progress=None, after_step=None, distill=None, step_share=1.0):
+        shares.append(step_share)
+        return real(model, data, cfg, progress, after_step, distill, step_share)
+
+    monkeypatch.setattr(base, "fine_tune", spy)
+    _fake_verifier(monkeypatch, False)
+    half = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_min_flip=0.0, found_steps=0.5))
+    res = defend(pair, pool_dd, half, scan_result=found(suspect(pair, "cf", 0.9)))
+    assert shares == [0.5, 1.0] and res.rho == 0.0
+    shares.clear()
+    defend(pair, pool_dd, _auto(1.0), scan_result=found(suspect(pair, "cf", 0.9)))
+    assert shares == [1.0, 1.0]  # the default's try: all the steps

@@ -448,3 +448,24 @@ def test_recovery_search_keeps_the_best_dev_accuracy_when_no_rho_passes(pair, ti
     assert out.rho == 0.2 and out.model == "model#1" and [c.value for c in job.search] == [0.0, 0.2] and len(trained) == 2
     paper = Job(pair, tiny_pool_dd, cfg("fine-mixing", rho_grid=(0.0, 0.2)), torch.device("cpu"), 0.9, None, lambda m: None)
     assert fine_mixing.run_random(paper).rho == 0.2  # the paper recipe: the largest grid value, as before
+
+
+def test_a_step_share_stops_the_same_run_early(pair, tiny_pool_dd):
+    # step_share 0.5: half the steps (rounded), over the same seeded batches; a share outside (0, 1] is refused
+    pool = tiny_pool_dd.unlabeled
+    target = torch.tensor([[1.0, -1.0]] * len(pool))
+    cfg = TrainConfig(lr=1e-3, epochs=1.0, batch_size=4)
+    distill = Distillation(pool, target, RecoveryConfig(passes=4))
+    steps: dict[float, list[tuple[int, int]]] = {}
+    for share in (1.0, 0.5):
+        steps[share] = []
+        fine_tune(pair.working_copy(), tiny_pool_dd.train, cfg, lambda s, t, sh=share: steps[sh].append((s, t)), None,
+                  distill, step_share=share)
+    full = total_steps(len(pool), TrainConfig(epochs=4, batch_size=4))
+    assert full > 4 and [t for _, t in steps[1.0]] == [full] * full
+    assert steps[0.5] == [(s, round(full * 0.5)) for s in range(1, round(full * 0.5) + 1)]
+    for bad in (0.0, 1.5):
+        with pytest.raises(FinemixError, match="step share"):
+            fine_tune(pair.working_copy(), tiny_pool_dd.train, cfg, distill=distill, step_share=bad)
+    with pytest.raises(FinemixError, match="found-steps"):
+        RecoveryConfig(found_steps=0.0)

@@ -139,13 +139,21 @@ class Job:
     first_rho: float | None = None
     verify: Callable[[torch.nn.Module], bool] | None = None
 
-    def train(self, model: torch.nn.Module, after_step: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
-        """The one fine-tuning routine with the shared budget (and recovery when asked)."""
+    def train(
+        self, model: torch.nn.Module, after_step: Callable[[torch.nn.Module], None] | None = None, step_share: float = 1.0
+    ) -> torch.nn.Module:
+        """The one fine-tuning routine with the shared budget (and recovery when asked); `step_share` of its steps."""
         labelled = self.dd.train
         if self.extra_train is not None and len(self.extra_train):
             labelled = concat([labelled, self.extra_train])
         return fine_tune(
-            model, labelled, dataclasses.replace(self.cfg.train, seed=self.cfg.seed), self.progress, after_step, self.distill
+            model,
+            labelled,
+            dataclasses.replace(self.cfg.train, seed=self.cfg.seed),
+            self.progress,
+            after_step,
+            self.distill,
+            step_share,
         )
 
     def try_value(self, knob: str, value: float, model: torch.nn.Module, verify: bool = False) -> bool:
