@@ -265,9 +265,10 @@ def _found_rho_text(rec) -> str:
     if rec.found_rho is None:
         return ""
     pieces = ", and so does each piece of it that is a suspect alone" if rec.found_pieces else ""
+    share = f" (trained for {rec.found_steps:.0%} of the usual steps)" if rec.found_steps < 1.0 else ""
     return (
         f"Before that, when θ_FT's scan reached its verdict and its best suspect alone flips ≥ {rec.found_min_flip:.0%} of "
-        f"held-aside dev sentences{pieces}, ρ {rec.found_rho:g} is tried first and kept only if its dev accuracy passes "
+        f"held-aside dev sentences{pieces}, ρ {rec.found_rho:g} is tried first{share} and kept only if its dev accuracy passes "
         f"and nothing the scan saw firing flips more than {rec.found_flip_max:.0%} on it. "
     )
 

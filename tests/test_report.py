@@ -180,3 +180,5 @@ def test_the_report_header_says_when_rho_1_is_tried_first():
     assert "ρ 1 is tried first" in said and "≥ 95%" in said and "each piece of it" in said
     assert "each piece" not in _found_rho_text(RecoveryConfig(found_pieces=False))
     assert _found_rho_text(RecoveryConfig(found_rho=None)) == ""  # `--found-rho never`: the low-ρ search alone
+    assert "trained for 50% of the usual steps" in _found_rho_text(RecoveryConfig(found_steps=0.5))
+    assert "usual steps" not in _found_rho_text(RecoveryConfig(found_steps=1.0))
