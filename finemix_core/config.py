@@ -97,8 +97,10 @@ class RecoveryConfig:
     # measured alone on θ_FT): a grown phrase around a piece of a sentence trigger fires more than the piece (Round 18)
     found_pieces: bool = True
     # ... and the found-ρ try trains for this share of the usual steps (the same batches in the same order, stopped
-    # early, the schedule fitted to the shorter run): at ρ 1 the student starts as θ_FT, so recovery has less to do
-    found_steps: float = 1.0
+    # early, the schedule fitted to the shorter run): at ρ 1 the student starts as θ_FT, so recovery has less to do.
+    # 0.5 since Round 20: a ρ-1 try costs ~60 s instead of ~120 s, +0.33 dev points on the full zoo, −0.42 (one row) on
+    # the CSV cases, 0.77× / 0.82× the time, and the test split's checks fixed beforehand passed (docs/recovery.md)
+    found_steps: float = 0.5
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:

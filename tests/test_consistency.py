@@ -386,5 +386,7 @@ def test_the_found_rho_try_trains_for_its_share_of_the_steps_and_the_fallback_fo
     res = defend(pair, pool_dd, half, scan_result=found(suspect(pair, "cf", 0.9)))
     assert shares == [0.5, 1.0] and res.rho == 0.0
     shares.clear()
-    defend(pair, pool_dd, _auto(1.0), scan_result=found(suspect(pair, "cf", 0.9)))
-    assert shares == [1.0, 1.0]  # the default's try: all the steps
+    full = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_min_flip=0.0, found_steps=1.0))
+    defend(pair, pool_dd, full, scan_result=found(suspect(pair, "cf", 0.9)))
+    assert shares == [1.0, 1.0]  # `--found-steps 1`: the try runs all the steps (the default before Round 20)
+    assert RecoveryConfig().found_steps == 0.5  # the default since Round 20
