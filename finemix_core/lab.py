@@ -533,11 +533,11 @@ KEEP_FOUND_NOTE = (
     "On by default (`finemix defend`; off: `--found-rho never`): auto-ρ first tries ρ = 1 — all of θ_FT after E-PUR, the "
     "scan's suspects taught away — but only when the scan reached its verdict and its best suspect alone flips ≥ 95 % "
     "of held-aside sentences, as does each piece of it that is a suspect by itself (a weaker one may be a piece of a "
-    "longer trigger); it keeps ρ = 1 only if dev accuracy "
+    "longer trigger); the try trains for half the usual steps, and it keeps ρ = 1 only if dev accuracy "
     "passes and every trigger the scan saw firing stays quiet on it (≤ 10 %), else the usual low-ρ search runs. "
-    "On the full zoo's dev data (new seeds 3–5): +1.04 points of clean accuracy on average, all of it on the word "
-    "triggers, at the same time on the full zoo and 1.23× on user-sized CSVs, where a rejected ρ = 1 costs one more "
-    "fine-tune (docs/recovery.md, Rounds 18–19)."
+    "On the full zoo's dev data (new seeds): +1.04 points of clean accuracy on average, all of it on the word "
+    "triggers (Round 19), and +0.33 more with the shorter try at 0.77× the time (Round 20); a kept ρ = 1 takes about "
+    "2 minutes with the scan, a rejected one costs one more fine-tune (docs/recovery.md, Rounds 18–20)."
 )
 
 

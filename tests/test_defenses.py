@@ -436,7 +436,11 @@ def test_recovery_search_keeps_the_best_dev_accuracy_when_no_rho_passes(pair, ti
 
     accs = {0.0: 0.70, 0.2: 0.74}
     trained: list[str] = []  # one fine-tune per ρ tried, in the order tried (0, then 0.2)
-    monkeypatch.setattr(Job, "train", lambda self, model, after_step=None: trained.append(f"model#{len(trained)}") or trained[-1])
+    def fake_train(self, model, after_step=None, step_share=1.0):
+        trained.append(f"model#{len(trained)}")
+        return trained[-1]
+
+    monkeypatch.setattr(Job, "train", fake_train)
 
     def scripted(self, knob, value, model):
         self.search.append(Candidate(knob, value, accs[value], False, 0.9))
