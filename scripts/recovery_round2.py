@@ -83,6 +83,9 @@ CANDIDATES = {
     # Round 20: the default (Round 19's), but its found-ρ try trains for half the usual steps (the low-ρ search unchanged)
     "+ both, found ρ at half the steps": (
         "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_steps=0.5)),
+    # after Round 20 (a map for the next session, not a choice): the found-ρ try at a quarter of the steps
+    "+ both, found ρ at a quarter of the steps": (
+        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_steps=0.25)),
 }
 
 
