@@ -115,6 +115,8 @@ def fine_tune(
     scaled by the recovery's label weight. `step_share` < 1 stops after that share of the steps (the same batches in the
     same order; warm-up and decay fitted to the shorter run).
     """
+    if not 0.0 < step_share <= 1.0:
+        raise FinemixError(f"step share {step_share} outside (0, 1]")
     torch.manual_seed(cfg.seed)
     device = device_of(model)
     model.requires_grad_(True)
@@ -129,9 +131,7 @@ def fine_tune(
         scale = distill.feature_scale if features else 1.0
         total = max(total, total_steps(len(distill.texts), TrainConfig(epochs=rec.passes, batch_size=cfg.batch_size)))
         unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
-    if not 0.0 < step_share <= 1.0:
-        raise FinemixError(f"step share {step_share} outside (0, 1]")
-    total = max(1, round(total * step_share)) if step_share < 1.0 else total
+    total = max(1, round(total * step_share))  # share 1: every step
     schedule = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
     for batch, labels, step, total in training_batches(data, cfg, device, total):
         if unlabelled is None:
