@@ -362,6 +362,13 @@ def defend_cmd(
             "θ_FT, so recovery has less to do)."
         ),
     ] = RecoveryConfig.found_steps,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Recovery's training arithmetic: fp32, or bf16 (bfloat16 autocast; faster on a CPU with avx512_bf16 or "
+            "a recent GPU, slower on a CPU without it; the model stays float32)."
+        ),
+    ] = RecoveryConfig.precision,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -425,6 +432,7 @@ def defend_cmd(
             found_min_flip=found_min_flip,
             found_pieces=found_pieces,
             found_steps=found_steps,
+            precision=precision,
         ),
     )
     ctx = experiment.prepare(

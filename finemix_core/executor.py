@@ -42,6 +42,7 @@ RECOVERY_ADDED_LATER = {
     "found_min_flip": 0.0,  # likewise
     "found_pieces": False,  # likewise
     "found_steps": 1.0,  # likewise
+    "precision": "fp32",
 }
 
 

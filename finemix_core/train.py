@@ -112,7 +112,8 @@ def fine_tune(
     `model` must be the caller's private copy. `after_step` runs after each optimiser step
     (fine-pruning uses it to keep pruned neurons at zero). With `distill`, every step adds
     weight · T²·KL(teacher ‖ model) on a batch of the unlabelled texts (same batch size), the labelled cross-entropy
-    scaled by the recovery's label weight. `step_share` < 1 stops after that share of the steps (the same batches in the
+    scaled by the recovery's label weight; its forward pass in the recovery's precision (bf16: autocast, the losses and
+    the weights in float32). `step_share` < 1 stops after that share of the steps (the same batches in the
     same order; warm-up and decay fitted to the shorter run).
     """
     if not 0.0 < step_share <= 1.0:
@@ -138,9 +139,10 @@ def fine_tune(
             loss = model(**batch, labels=labels).loss
         else:
             idx = next(unlabelled)
-            out = model(**_joint(batch, collate(distill.texts, idx, device)), output_hidden_states=features)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=rec.precision == "bf16"):
+                out = model(**_joint(batch, collate(distill.texts, idx, device)), output_hidden_states=features)
             n = len(labels)
-            loss = rec.label_weight * F.cross_entropy(out.logits[:n], labels) + rec.weight * distillation_loss(
+            loss = rec.label_weight * F.cross_entropy(out.logits[:n].float(), labels) + rec.weight * distillation_loss(
                 out.logits[n:], distill.teacher_logits[idx].to(device), rec.temperature
             )
             if features:

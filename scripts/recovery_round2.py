@@ -86,6 +86,9 @@ CANDIDATES = {
     # after Round 20 (a map for the next session, not a choice): the found-ρ try at a quarter of the steps
     "+ both, found ρ at a quarter of the steps": (
         "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_steps=0.25)),
+    # Round 21: today's default (Round 20's), recovery's forward passes in bfloat16 autocast (a speed lever)
+    "+ default, bf16 recovery": (
+        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_steps=0.5, precision="bf16")),
 }
 
 

@@ -473,3 +473,31 @@ def test_a_step_share_stops_the_same_run_early(pair, tiny_pool_dd):
             fine_tune(pair.working_copy(), tiny_pool_dd.train, cfg, distill=distill, step_share=bad)
     with pytest.raises(FinemixError, match="found-steps"):
         RecoveryConfig(found_steps=0.0)
+
+
+def test_bf16_recovery_runs_its_forward_in_bfloat16_and_keeps_float32_weights(pair, tiny_pool_dd):
+    # precision "bf16": the training forward pass under bfloat16 autocast (a Linear's output is bf16), the weights and
+    # the returned model float32 and finite; "fp32" computes in float32; an unknown precision is refused by name
+    pool = tiny_pool_dd.unlabeled
+    target = torch.tensor([[1.0, -1.0]] * len(pool))
+    cfg = TrainConfig(lr=1e-3, epochs=1.0, batch_size=4)
+    seen: dict[str, set] = {}
+    trained: dict[str, torch.nn.Module] = {}
+    for precision in ("fp32", "bf16"):
+        model = pair.working_copy()
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        seen[precision] = set()
+        hook = linear.register_forward_hook(lambda _m, _i, out, p=precision: seen[p].add(out.dtype))
+        distill = Distillation(pool, target, RecoveryConfig(passes=2, precision=precision))
+        trained[precision] = fine_tune(model, tiny_pool_dd.train, cfg, distill=distill)
+        hook.remove()
+    assert seen == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    for model in trained.values():
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    start = dict(pair.working_copy().named_parameters())
+    moved = {k: max((p - start[k]).abs().max().item() for k, p in m.named_parameters()) for k, m in trained.items()}
+    assert moved["fp32"] > 0 and moved["bf16"] > 0
+    a, b = (dict(trained[k].named_parameters()) for k in ("fp32", "bf16"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # another arithmetic: not the fp32 run
+    with pytest.raises(FinemixError, match="precision 'fp16' unknown"):
+        RecoveryConfig(precision="fp16")
