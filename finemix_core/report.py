@@ -296,6 +296,8 @@ def _recovery_text(pool: pd.DataFrame) -> str:
             f"answer without them) and of the labelled set (true labels); suspects used: "
             + (", ".join(f"'{s}'" for s in suspects) or "none")
         )
+    if rec.get("precision") == "bf16":  # round 21: the training forward passes under bfloat16 autocast
+        text += "; its training forward passes in bfloat16 autocast (weights, optimiser state and the model float32)"
     return text
 
 

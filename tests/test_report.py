@@ -182,3 +182,19 @@ def test_the_report_header_says_when_rho_1_is_tried_first():
     assert _found_rho_text(RecoveryConfig(found_rho=None)) == ""  # `--found-rho never`: the low-ρ search alone
     assert "trained for 50% of the usual steps" in _found_rho_text(RecoveryConfig(found_steps=0.5))
     assert "usual steps" not in _found_rho_text(RecoveryConfig(found_steps=1.0))
+
+
+def test_the_report_says_when_recovery_trained_in_bfloat16():
+    import dataclasses
+
+    import pandas as pd
+
+    from finemix_core.config import RecoveryConfig
+    from finemix_core.report import _recovery_text
+
+    def said(precision: str) -> str:
+        rec = dataclasses.asdict(RecoveryConfig(precision=precision))
+        return _recovery_text(pd.DataFrame({"recovery": [rec], "unlabeled_source": ["rt pool"], "suspects": [["cf"]]}))
+
+    assert "bfloat16" in said("bf16") and "suspects used: 'cf'" in said("bf16")
+    assert "bfloat16" not in said("fp32")
