@@ -501,3 +501,4 @@ def test_bf16_recovery_runs_its_forward_in_bfloat16_and_keeps_float32_weights(pa
     assert any(not torch.equal(a[k], b[k]) for k in a)  # another arithmetic: not the fp32 run
     with pytest.raises(FinemixError, match="precision 'fp16' unknown"):
         RecoveryConfig(precision="fp16")
+    assert RecoveryConfig().precision == "bf16"  # the default since Round 21 (docs/recovery.md)
