@@ -110,6 +110,7 @@ def test_defend_on_a_cardless_model_scans_first_and_the_card_keeps_the_estimate(
 
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
+    monkeypatch.setattr("finemix_core.evaluate.bf16_supported", lambda device: False)  # as on a CPU without native bf16
     folder = tmp_path / "handed"
     shutil.copytree(home / "zoo" / "word-cf", folder)
     (folder / "finemix.json").unlink()
@@ -118,7 +119,9 @@ def test_defend_on_a_cardless_model_scans_first_and_the_card_keeps_the_estimate(
     res = CliRunner().invoke(app, [*args, "--epur-k", "5", "--epochs", "1", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert "scanning θ_FT from the clean data first" in res.stderr and "scan (" in res.stderr
+    assert "no native bf16" in res.stderr and "--precision fp32 is faster here" in res.stderr  # the default is bf16
     row = json.loads(res.stdout)
+    assert row["recovery"]["precision"] == "bf16"
     est = row["scan"]
     assert row["asr"] is None and row["trigger"] is None  # no trigger known: no ground-truth ASR …
     assert est["estimate"] is True and est["suspected_trigger"] and est["flip_after"] is not None  # … an estimate
