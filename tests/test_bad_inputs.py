@@ -254,6 +254,12 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "found-check 'fast' unknown; use 'rescan' or 'finalists'",
     ),
     (
+        "precision unknown",
+        ["defend", "--model", "word-cf", "--precision", "fp16", "--out", "{tmp}/o"],
+        None,
+        "precision 'fp16' unknown; use 'fp32' or 'bf16'",
+    ),
+    (
         "augment copies negative",
         ["defend", "--model", "word-cf", "--augment-copies", "-1", "--out", "{tmp}/o"],
         None,
