@@ -29,66 +29,69 @@ from finemix_core.defenses import DefenseConfig, defend, found_rho_to_try
 from finemix_core.evaluate import predict
 from finemix_core.scan import ScanConfig, scan
 
-OLD = RecoveryConfig(consistency=False, min_pool=0)  # round 1's default recovery
+OLD = RecoveryConfig(consistency=False, min_pool=0, found_rho=None, precision="fp32")  # round 1's default recovery
+# round 2's "+ both" as it ran, pinned: later defaults (found_rho 1 since Round 19, found_steps 0.5 since Round 20, bf16
+# since Round 21) must not change what an earlier round's candidate name means when it is run again
+BOTH = RecoveryConfig(found_rho=None, found_steps=1.0, precision="fp32")
 # (name, method, ρ (None = auto on the method's grid), recovery)
 CANDIDATES = {
     "round-1 default": ("epur+fine-mixing+distill", None, OLD),
     "+ consistency": ("epur+fine-mixing+distill", None, dataclasses.replace(OLD, consistency=True)),
     "+ general text": ("epur+fine-mixing+distill", None, dataclasses.replace(OLD, min_pool=1000)),
-    "+ both": ("epur+fine-mixing+distill", None, RecoveryConfig()),
-    "+ both, ρ 0": ("epur+fine-mixing+distill", 0.0, RecoveryConfig()),
-    "+ both, ρ 0.2": ("epur+fine-mixing+distill", 0.2, RecoveryConfig()),
-    "+ both, sorted ρ 0.2": ("epur+fine-mixing-sorted+distill", 0.2, RecoveryConfig()),
-    "+ both, fine-purifying ρ 0.2": ("epur+fine-purifying+distill", 0.2, RecoveryConfig()),
+    "+ both": ("epur+fine-mixing+distill", None, BOTH),
+    "+ both, ρ 0": ("epur+fine-mixing+distill", 0.0, BOTH),
+    "+ both, ρ 0.2": ("epur+fine-mixing+distill", 0.2, BOTH),
+    "+ both, sorted ρ 0.2": ("epur+fine-mixing-sorted+distill", 0.2, BOTH),
+    "+ both, fine-purifying ρ 0.2": ("epur+fine-purifying+distill", 0.2, BOTH),
     "fine-purifying (paper recipe)": ("epur+fine-purifying", None, OLD),
-    "+ both, general text 3000": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=3000)),
-    "+ both, general text 300": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=300)),
+    "+ both, general text 3000": ("epur+fine-mixing+distill", None, dataclasses.replace(BOTH, min_pool=3000)),
+    "+ both, general text 300": ("epur+fine-mixing+distill", None, dataclasses.replace(BOTH, min_pool=300)),
     # Round 5: more, more varied text at the same number of steps (passes × texts kept at ~3,000)
     "+ both, general text 3000, 1 pass": (
-        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=3000, passes=1.0)),
+        "epur+fine-mixing+distill", None, dataclasses.replace(BOTH, min_pool=3000, passes=1.0)),
     "+ both, general text 2000, 1.5 passes": (
-        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), min_pool=2000, passes=1.5)),
+        "epur+fine-mixing+distill", None, dataclasses.replace(BOTH, min_pool=2000, passes=1.5)),
     # Round 6: recovery without the labelled cross-entropy (the labels only choose ρ)
-    "+ both, label weight 0": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), label_weight=0.0)),
+    "+ both, label weight 0": ("epur+fine-mixing+distill", None, dataclasses.replace(BOTH, label_weight=0.0)),
     # Round 9: word-dropout copies of the pool, labelled by the teacher, at the same steps
-    "+ both, augment 2 copies": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), augment_copies=2)),
+    "+ both, augment 2 copies": ("epur+fine-mixing+distill", None, dataclasses.replace(BOTH, augment_copies=2)),
     # Round 12: the levers Round 11's GPU map favoured, on the CPU zoo at fixed ρ
-    "+ both, ρ 0, features 5": ("epur+fine-mixing+distill", 0.0, dataclasses.replace(RecoveryConfig(), feature_weight=5.0)),
-    "+ both, ρ 0.5": ("epur+fine-mixing+distill", 0.5, RecoveryConfig()),
-    "+ both, ρ 1": ("epur+fine-mixing+distill", 1.0, RecoveryConfig()),
+    "+ both, ρ 0, features 5": ("epur+fine-mixing+distill", 0.0, dataclasses.replace(BOTH, feature_weight=5.0)),
+    "+ both, ρ 0.5": ("epur+fine-mixing+distill", 0.5, BOTH),
+    "+ both, ρ 1": ("epur+fine-mixing+distill", 1.0, BOTH),
     # Round 13: auto-ρ tries ρ 1 first when the scan found evidence, kept only if dev passes and a re-scan is clean
     "+ both, found ρ 1": (
         "epur+fine-mixing+distill", None,
-        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=1.0, found_check="rescan", found_min_flip=0.0)),
+        dataclasses.replace(BOTH, found_rho=1.0, found_flip_max=1.0, found_check="rescan", found_min_flip=0.0)),
     # Round 14: the same, kept only if also each suspect flips at most 0.10 of held-aside dev sentences on the candidate
     "+ both, found ρ 1, flip bar": (
         "epur+fine-mixing+distill", None,
-        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="rescan", found_min_flip=0.0)),
+        dataclasses.replace(BOTH, found_rho=1.0, found_flip_max=0.10, found_check="rescan", found_min_flip=0.0)),
     # Round 15 ran "+ both, found ρ 1, finalists" (commit 8c8ef11): every trigger θ_FT's scan verified was measured.
     # Round 16: the same bar, without the fresh scan's search: the suspects and what fired on θ_FT toward their class
     "+ both, found ρ 1, fired": (
         "epur+fine-mixing+distill", None,
-        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.0)),
+        dataclasses.replace(BOTH, found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.0)),
     # Round 17: Round 16's, tried only when the scan's best suspect alone flips ≥ 0.95 on θ_FT (a complete trigger)
     "+ both, found ρ 1, fired, complete": (
         "epur+fine-mixing+distill", None,
-        dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.95,
+        dataclasses.replace(BOTH, found_rho=1.0, found_flip_max=0.10, found_check="finalists", found_min_flip=0.95,
                             found_pieces=False)),
     # Round 18: the same settings as the opt-in `--found-rho 1` gives now (new seeds, paired with '+ both')
     # (as run: the gate read the best suspect alone; found_pieces came after Round 18's seed-4 sentence)
     "+ both, --found-rho 1": (
-        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_pieces=False)),
+        "epur+fine-mixing+distill", None, dataclasses.replace(BOTH, found_rho=1.0, found_pieces=False)),
     # Round 19: what `--found-rho 1` gives now — the gate also reads each piece of the best suspect that is a suspect alone
-    "+ both, --found-rho 1, pieces": ("epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0)),
+    "+ both, --found-rho 1, pieces": ("epur+fine-mixing+distill", None, dataclasses.replace(BOTH, found_rho=1.0)),
     # Round 20: the default (Round 19's), but its found-ρ try trains for half the usual steps (the low-ρ search unchanged)
     "+ both, found ρ at half the steps": (
-        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_steps=0.5)),
+        "epur+fine-mixing+distill", None, dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5)),
     # after Round 20 (a map for the next session, not a choice): the found-ρ try at a quarter of the steps
     "+ both, found ρ at a quarter of the steps": (
-        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_steps=0.25)),
+        "epur+fine-mixing+distill", None, dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.25)),
     # Round 21: today's default (Round 20's), recovery's forward passes in bfloat16 autocast (a speed lever)
     "+ default, bf16 recovery": (
-        "epur+fine-mixing+distill", None, dataclasses.replace(RecoveryConfig(), found_rho=1.0, found_steps=0.5, precision="bf16")),
+        "epur+fine-mixing+distill", None, dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16")),
 }
 
 
@@ -140,7 +143,7 @@ def main() -> None:
                 gate_seconds = time.perf_counter() - t0
                 if why:
                     print("   ", why, flush=True)
-            if args.copy_untried and same is not None and tried is None:
+            if args.copy_untried and same is not None and tried is None and rec.precision == BOTH.precision:
                 # ρ 1 not tried: the candidate runs the default's code path, deterministic under this protocol (Rounds
                 # 16 and 17 agree to the digit a session apart), so its row is the default's, marked as copied
                 copy = {**same, "candidate": name, "copied_from": "+ both", "seconds": round(same["seconds"] + gate_seconds, 1)}

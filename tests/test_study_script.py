@@ -1,0 +1,28 @@
+"""The dev study's candidate names keep the meaning they had when their round ran (scripts/recovery_round2.py), so a
+round re-run later reproduces its rows even after the defaults moved on."""
+
+import importlib.util
+from pathlib import Path
+
+from finemix_core.config import RecoveryConfig
+
+
+def _candidates() -> dict:
+    path = Path(__file__).resolve().parents[1] / "scripts" / "recovery_round2.py"
+    spec = importlib.util.spec_from_file_location("recovery_round2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CANDIDATES
+
+
+def test_earlier_rounds_candidates_do_not_follow_later_defaults():
+    cands = _candidates()
+    both = cands["+ both"][2]
+    assert both.found_rho is None and both.precision == "fp32"  # round 2's low-ρ default, as it ran
+    assert cands["round-1 default"][2].consistency is False and cands["round-1 default"][2].precision == "fp32"
+    r19 = cands["+ both, --found-rho 1, pieces"][2]
+    assert (r19.found_rho, r19.found_steps, r19.precision) == (1.0, 1.0, "fp32")  # Round 19: full steps, float32
+    r20 = cands["+ both, found ρ at half the steps"][2]
+    assert (r20.found_steps, r20.precision) == (0.5, "fp32")  # Round 20: half steps, float32
+    assert cands["+ default, bf16 recovery"][2] == RecoveryConfig()  # Round 21's candidate is today's default
+    assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name != "+ default, bf16 recovery")
