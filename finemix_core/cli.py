@@ -390,7 +390,7 @@ def defend_cmd(
     from finemix_core import experiment
     from finemix_core.defenses import DEFAULT_METHOD, DEFENSE_TRAIN, DefenseConfig
     from finemix_core.epur import EpurConfig
-    from finemix_core.evaluate import best_device, bf16_supported
+    from finemix_core.evaluate import best_device
     from finemix_core.triggers import parse_trigger
 
     check_new(out, overwrite)
@@ -457,8 +457,8 @@ def defend_cmd(
     say(ctx.parts(clean_size).line())
     if warn := experiment.label_warning(ctx):
         say(f"warning: {warn}")
-    if cfg.distills and cfg.recovery.precision == "bf16" and not bf16_supported(ctx.device):
-        say(f"note: this {ctx.device.type} has no native bf16, so recovery's bf16 steps run slower; --precision fp32 is faster here")
+    if cfg.distills and (note := experiment.precision_note(cfg.recovery, ctx.device)):
+        say(f"note: {note}")
     before = None
     if ctx.eval_set.trigger is None and not no_scan:
         # no trigger known: scan θ_FT from the defender's clean data first, so the defense ends with an estimate

@@ -18,7 +18,8 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from finemix_core import data, store
 from finemix_core.atomic import save_dir
-from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, MAX_LENGTH, EvalConfig, zoo_dir
+from finemix_core import evaluate as scoring
+from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, MAX_LENGTH, EvalConfig, RecoveryConfig, zoo_dir
 from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, defend, defender_data
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
@@ -169,6 +170,14 @@ def data_warning(card: dict, model: str, data_name: str, fix: str = "pass your t
     if card.get("dataset") or data_name != DEFAULT_DATASET:
         return None
     return f"{model} has no card naming its data, so it is scored on '{data_name}' (the default); if that is not its task, {fix}"
+
+
+def precision_note(recovery: RecoveryConfig, device: torch.device, fix: str = "--precision fp32 is faster here") -> str | None:
+    """One line when recovery's bf16 steps would run on a device without native bf16 (emulated: slower than fp32, the
+    opposite of why bf16 is the default); `fix` says how to switch (the CLI flag, or the lab's pointer to it)."""
+    if recovery.precision != "bf16" or scoring.bf16_supported(torch.device(device)):
+        return None
+    return f"this {torch.device(device).type} has no native bf16, so recovery's bf16 steps run slower; {fix}"
 
 
 def label_warning(ctx: Context) -> str | None:

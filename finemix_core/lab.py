@@ -232,6 +232,13 @@ def data_warning(lab: LabModel) -> str | None:
     ]
 
 
+def precision_note(lab: LabModel) -> str | None:
+    """One line when the default recovery's bf16 steps would run emulated (slower) on this device; None elsewhere."""
+    from finemix_core.experiment import precision_note as note
+
+    return note(RecoveryConfig(), lab.ctx.device, fix="`finemix defend --precision fp32` is faster here")
+
+
 def asr_label(lab: LabModel) -> str:
     """What every ASR on screen measures, in words: never a suspected trigger passed off as ground truth."""
     if not lab.trigger:
@@ -537,8 +544,9 @@ KEEP_FOUND_NOTE = (
     "accuracy "
     "passes and every trigger the scan saw firing stays quiet on it (≤ 10 %), else the usual low-ρ search runs. "
     "On the full zoo's dev data (new seeds): +1.04 points of clean accuracy on average, all of it on the word "
-    "triggers (Round 19), and +0.33 more with the shorter try at 0.77× the time (Round 20); a kept ρ = 1 takes about "
-    "2 minutes with the scan, a rejected one costs one more fine-tune (docs/recovery.md, Rounds 18–20)."
+    "triggers (Round 19), and +0.33 more with the shorter try at 0.77× the time (Round 20); with recovery in bf16 "
+    "(Round 21) a kept ρ = 1 takes about 1.5 minutes with the scan on 2 cores, a rejected one costs one more fine-tune "
+    "(docs/recovery.md, Rounds 18–21)."
 )
 
 

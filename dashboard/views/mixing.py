@@ -153,6 +153,8 @@ def live() -> None:
         key="keep_found",
         help=state.lab.KEEP_FOUND_NOTE,
     )
+    if note := state.lab.precision_note(lm):
+        st.caption(note)
     if b2.button(
         "Find auto-ρ",
         help=f"Smallest ρ whose mixed+fine-tuned clean DEV accuracy is within {points:g} points of θ_FT's; several "
