@@ -369,6 +369,13 @@ def defend_cmd(
             "a recent GPU, slower on a CPU without it; the model stays float32)."
         ),
     ] = RecoveryConfig.precision,
+    whole_top_layers: Annotated[
+        int,
+        typer.Option(
+            help="With recovery: the low-ρ search keeps θ_FT's top N encoder layers whole (ρ 1 there, the grid's ρ "
+            "below); 0 mixes every layer."
+        ),
+    ] = RecoveryConfig.whole_top_layers,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -433,6 +440,7 @@ def defend_cmd(
             found_pieces=found_pieces,
             found_steps=found_steps,
             precision=precision,
+            whole_top_layers=whole_top_layers,
         ),
     )
     ctx = experiment.prepare(

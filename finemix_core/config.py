@@ -107,6 +107,10 @@ class RecoveryConfig:
     # Round 21: +0.07 dev points, 0.72× / 0.66× the time on the full zoo / CSV cases, the test checks fixed beforehand
     # passed (docs/recovery.md)
     precision: str = "bf16"
+    # per-layer ρ in one form: the low-ρ search keeps θ_FT's top N encoder layers whole (ρ 1 there, the grid's ρ below),
+    # so the layers nearest the head keep θ_FT's clean skill while E-PUR's reset embeddings and θ_PT's lower layers
+    # carry no learned trigger; the found-ρ try (ρ 1) is unchanged (0: every layer at the grid's ρ)
+    whole_top_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
@@ -117,6 +121,8 @@ class RecoveryConfig:
             raise FinemixError("recovery needs a feature weight ≥ 0 (0: match the teacher's logits only)")
         if self.found_rho is not None and not 0.0 <= self.found_rho <= 1.0:
             raise FinemixError(f"found-rho {self.found_rho} outside [0, 1]; 1 keeps all of θ_FT after E-PUR")
+        if self.whole_top_layers < 0:
+            raise FinemixError(f"whole-top-layers {self.whole_top_layers} is negative; use 0 (mix every layer) or more")
         if self.precision not in ("fp32", "bf16"):
             raise FinemixError(f"precision {self.precision!r} unknown; use 'fp32' or 'bf16'")
         if not 0.0 < self.found_steps <= 1.0:

@@ -43,6 +43,7 @@ RECOVERY_ADDED_LATER = {
     "found_pieces": False,  # likewise
     "found_steps": 1.0,  # likewise
     "precision": "fp32",
+    "whole_top_layers": 0,
 }
 
 

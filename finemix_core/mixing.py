@@ -1,11 +1,15 @@
 """Fine-mixing step 1: θ_mix = θ_PT + m ⊙ (θ_FT − θ_PT), m a 0/1 mask keeping a share ρ (docs/design.md §2).
 
+Per-layer ρ in its one studied form: `whole_top_layers` N keeps θ_FT's top N encoder layers whole (ρ 1 there) and
+mixes the rest at ρ (docs/recovery.md, Round 22).
+
 `mix` is a pure function of the pair: it returns new tensors and never writes θ_FT or θ_PT. Δ is
 cached on the ModelPair, so re-mixing at a new ρ costs one masked add per tensor.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +28,7 @@ class MixConfig:
     scope: str = "tensor"  # sorted masks rank per tensor, or over all shared weights at once
     seed: int = 0  # random masks: same seed, same mask
     reinit_head: bool = False  # re-initialise the classifier head instead of keeping θ_FT's
+    whole_top_layers: int = 0  # θ_FT's top N encoder layers kept whole (ρ 1 in them); 0: every tensor mixed at ρ
 
 
 def _check(cfg: MixConfig) -> None:
@@ -33,6 +38,30 @@ def _check(cfg: MixConfig) -> None:
         raise FinemixError(f"unknown mask mode '{cfg.mode}'; use one of {', '.join(MODES)}")
     if cfg.scope not in SCOPES:
         raise FinemixError(f"unknown mask scope '{cfg.scope}'; use one of {', '.join(SCOPES)}")
+    if cfg.whole_top_layers < 0:
+        raise FinemixError(f"whole_top_layers {cfg.whole_top_layers} is negative; use 0 (mix every layer) or more")
+
+
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")  # BERT/RoBERTa `encoder.layer.3.`, DistilBERT `transformer.layer.3.`
+
+
+def layer_of(key: str) -> int | None:
+    """The encoder layer a parameter belongs to (None: embeddings and anything outside the numbered layers)."""
+    found = _LAYER.search(key)
+    return int(found.group(1)) if found else None
+
+
+def top_layer_keys(keys: tuple[str, ...] | list[str], n: int) -> set[str]:
+    """The keys of the top `n` numbered layers; a clear error when the model has fewer."""
+    if n == 0:
+        return set()
+    layers = sorted({i for k in keys if (i := layer_of(k)) is not None})
+    if len(layers) < n:
+        raise FinemixError(
+            f"whole_top_layers {n} but the model has {len(layers)} numbered encoder layers; use 0 to {len(layers)}"
+        )
+    top = set(layers[-n:])
+    return {k for k in keys if layer_of(k) in top}
 
 
 def _rank_of(order: torch.Tensor) -> torch.Tensor:
@@ -80,8 +109,12 @@ def masks(pair: ModelPair, cfg: MixConfig) -> dict[str, torch.Tensor]:
     r = ranks(pair, cfg)
     if cfg.mode == "sorted" and cfg.scope == "global":
         keep = round(cfg.rho * sum(t.numel() for t in r.values()))
-        return {k: t < keep for k, t in r.items()}
-    return {k: t < round(cfg.rho * t.numel()) for k, t in r.items()}
+        out = {k: t < keep for k, t in r.items()}
+    else:
+        out = {k: t < round(cfg.rho * t.numel()) for k, t in r.items()}
+    for k in top_layer_keys(tuple(r), cfg.whole_top_layers):
+        out[k] = torch.ones_like(out[k])
+    return out
 
 
 @torch.no_grad()

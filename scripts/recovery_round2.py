@@ -92,6 +92,10 @@ CANDIDATES = {
     # Round 21: today's default (Round 20's), recovery's forward passes in bfloat16 autocast (a speed lever)
     "+ default, bf16 recovery": (
         "epur+fine-mixing+distill", None, dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16")),
+    # Round 22: today's default (Round 21's), but the low-ρ search keeps θ_FT's top 2 encoder layers whole (per-layer ρ)
+    "+ default, top 2 layers whole": (
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", whole_top_layers=2)),
 }
 
 

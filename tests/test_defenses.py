@@ -502,3 +502,30 @@ def test_bf16_recovery_runs_its_forward_in_bfloat16_and_keeps_float32_weights(pa
     with pytest.raises(FinemixError, match="precision 'fp16' unknown"):
         RecoveryConfig(precision="fp16")
     assert RecoveryConfig().precision == "bf16"  # the default since Round 21 (docs/recovery.md)
+
+
+def test_recovery_whole_top_layers_start_the_low_rho_tries_from_theta_ft_top_layers(pair, tiny_pool_dd, monkeypatch):
+    # per-layer ρ (RecoveryConfig.whole_top_layers): with +distill every try below ρ 1 starts from θ_FT's top layer and
+    # the plain mix elsewhere; the paper recipe (no +distill) and a ρ-1 try are untouched by the setting
+    from finemix_core.defenses import fine_mixing
+    from finemix_core.mixing import layer_of
+
+    started: list[dict[str, torch.Tensor]] = []
+
+    def fake_train(self, model, after_step=None, step_share=1.0):
+        started.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(Job, "train", fake_train)
+    rec = RecoveryConfig(whole_top_layers=1, consistency=False)
+    ft = pair.ft_state()
+    top = [k for k in pair.shared_keys if layer_of(k) == 1]
+    below = [k for k in pair.shared_keys if layer_of(k) != 1]
+    for method, rho, expect_top in (("fine-mixing+distill", 0.0, True), ("fine-mixing", 0.0, False), ("fine-mixing+distill", 1.0, True)):
+        job = Job(pair, tiny_pool_dd, cfg(method, rho=rho, recovery=rec), torch.device("cpu"), 0.9, None, lambda m: None)
+        fine_mixing.run_random(job)
+        state = started[-1]
+        assert all(torch.equal(state[k], ft[k]) for k in top) == expect_top
+        assert all(torch.equal(state[k], ft[k] if rho == 1.0 else pair.pt_state[k]) for k in below)
+    with pytest.raises(FinemixError, match="whole-top-layers -1 is negative"):
+        RecoveryConfig(whole_top_layers=-1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from finemix_core.errors import FinemixError
-from finemix_core.mixing import MixConfig, masks, mix
+from finemix_core.mixing import MixConfig, layer_of, masks, mix
 from finemix_core.models import load_pair
 
 
@@ -92,6 +92,8 @@ def test_reinit_head_replaces_the_classifier(pair):
         (MixConfig(mode="x"), "mask mode"),
         (MixConfig(rho=1.0, mode="x"), "mask mode"),
         (MixConfig(scope="x"), "scope"),
+        (MixConfig(whole_top_layers=-1), "negative"),
+        (MixConfig(rho=0.3, whole_top_layers=3), "2 numbered encoder layers; use 0 to 2"),
     ],
 )
 def test_bad_mix_configs(pair, cfg, msg):
@@ -166,3 +168,27 @@ def sorted_mask(delta: torch.Tensor, rho: float) -> torch.Tensor:
     if keep:
         mask[torch.topk(delta.abs().flatten(), keep, sorted=False).indices] = True
     return mask.view(delta.shape)
+
+
+@pytest.mark.parametrize("mode", ["random", "sorted"])
+def test_whole_top_layers_keep_theta_ft_there_and_mix_the_rest_exactly_as_without(pair, mode):
+    """Per-layer ρ: the top layer's tensors are θ_FT bit-exact, every other tensor is what the plain mix gives."""
+    ft = pair.ft_state()
+    plain = mix(pair, MixConfig(rho=0.0, mode=mode))
+    top = mix(pair, MixConfig(rho=0.0, mode=mode, whole_top_layers=1))
+    layers = {layer_of(k) for k in pair.shared_keys} - {None}
+    assert layers == {0, 1}  # the tiny model's two encoder layers
+    in_top = [k for k in pair.shared_keys if layer_of(k) == 1]
+    assert in_top and all(torch.equal(top[k], ft[k]) for k in in_top)
+    assert any(not torch.equal(ft[k], pair.pt_state[k]) for k in in_top)  # so the check above could fail
+    rest = [k for k in pair.shared_keys if layer_of(k) != 1]
+    assert any(k.endswith("word_embeddings.weight") for k in rest)  # embeddings are never a "layer"
+    assert all(torch.equal(top[k], plain[k]) for k in rest)
+    both = mix(pair, MixConfig(rho=0.0, mode=mode, whole_top_layers=2))
+    assert all(torch.equal(both[k], ft[k]) for k in pair.shared_keys if layer_of(k) is not None)
+
+
+def test_layer_of_reads_the_layer_number_of_common_architectures():
+    assert layer_of("bert.encoder.layer.11.attention.self.query.weight") == 11
+    assert layer_of("distilbert.transformer.layer.3.ffn.lin1.weight") == 3
+    assert layer_of("bert.embeddings.word_embeddings.weight") is None

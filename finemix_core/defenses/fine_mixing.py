@@ -18,14 +18,20 @@ from finemix_core.mixing import MixConfig, mix
 State = dict[str, torch.Tensor]
 
 
+def mix_config(job: Job, rho: float, mode: str) -> MixConfig:
+    """The mask a run uses at ρ: with recovery, θ_FT's top `whole_top_layers` layers stay whole (below ρ 1 only)."""
+    top = job.cfg.recovery.whole_top_layers if job.cfg.distills and rho < 1.0 else 0
+    return MixConfig(rho=rho, mode=mode, scope=job.cfg.mix_scope, seed=job.cfg.seed, whole_top_layers=top)
+
+
 def fine_mix(job: Job, rho: float, mode: str) -> torch.nn.Module:
     """Mix at ρ, then fine-tune the mix (a fresh private model)."""
-    state = mix(job.pair, MixConfig(rho=rho, mode=mode, scope=job.cfg.mix_scope, seed=job.cfg.seed))
+    state = mix(job.pair, mix_config(job, rho, mode))
     return job.train(job.pair.working_copy(state).to(job.device))
 
 
 def _run(job: Job, mode: str) -> Outcome:
-    return search_rho(job, lambda rho: mix(job.pair, MixConfig(rho=rho, mode=mode, scope=job.cfg.mix_scope, seed=job.cfg.seed)))
+    return search_rho(job, lambda rho: mix(job.pair, mix_config(job, rho, mode)))
 
 
 def search_rho(job: Job, state_at: Callable[[float], State]) -> Outcome:
