@@ -398,6 +398,7 @@ def defend_cmd(
     from finemix_core.defenses import DEFAULT_METHOD, DEFENSE_TRAIN, DefenseConfig
     from finemix_core.epur import EpurConfig
     from finemix_core.evaluate import best_device
+    from finemix_core.mixing import top_layer_keys
     from finemix_core.triggers import parse_trigger
 
     check_new(out, overwrite)
@@ -461,6 +462,8 @@ def defend_cmd(
         raise FinemixError(
             f"--epur-k {epur_k} outside 0..{len(ctx.pair.tokenizer)} (the vocabulary size); pick a K in that range"
         )
+    if cfg.distills:
+        top_layer_keys(ctx.pair.shared_keys, whole_top_layers)  # more layers than the model has: refused before the scan
     say = lambda m: tqdm.write(m, file=sys.stderr)  # noqa: E731
     say(ctx.parts(clean_size).line())
     if warn := experiment.label_warning(ctx):

@@ -260,6 +260,18 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "precision 'fp16' unknown; use 'fp32' or 'bf16'",
     ),
     (
+        "whole-top-layers negative",
+        ["defend", "--model", "word-cf", "--whole-top-layers", "-1", "--out", "{tmp}/o"],
+        None,
+        "whole-top-layers -1 is negative; use 0 (mix every layer) or more",
+    ),
+    (
+        "whole-top-layers above the model's layers",
+        ["defend", "--model", "word-cf", "--pretrained", "{pt}", "--epur-k", "5", "--whole-top-layers", "5", "--out", "{tmp}/o"],
+        None,
+        "whole_top_layers 5 but the model has 2 numbered encoder layers; use 0 to 2",
+    ),
+    (
         "augment copies negative",
         ["defend", "--model", "word-cf", "--augment-copies", "-1", "--out", "{tmp}/o"],
         None,

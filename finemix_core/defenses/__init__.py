@@ -45,6 +45,7 @@ from finemix_core.defenses.base import (
 from finemix_core.defenses.fine_pruning import apply_pruning, ffn_activations, ffn_layers, prune_plan
 from finemix_core.epur import flagged_ids, purify, table
 from finemix_core.errors import FinemixError
+from finemix_core.mixing import top_layer_keys
 from finemix_core.evaluate import predict, predict_with_features
 from finemix_core.models import ModelPair
 from finemix_core.remembered import Remember
@@ -301,6 +302,8 @@ def defend(
     device = torch.device(device)
     say = log or (lambda _msg: None)
     use_epur, base, distill = parse_method(cfg.method)
+    if distill:
+        top_layer_keys(pair.shared_keys, cfg.recovery.whole_top_layers)  # too many layers: refused before any work
     suspected = []
     if distill and cfg.recovery.consistency and dd.unlabeled is not None:
         if scan_result is None:
