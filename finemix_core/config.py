@@ -109,7 +109,9 @@ class RecoveryConfig:
     precision: str = "bf16"
     # per-layer ρ in one form: the low-ρ search keeps θ_FT's top N encoder layers whole (ρ 1 there, the grid's ρ below),
     # so the layers nearest the head keep θ_FT's clean skill while E-PUR's reset embeddings and θ_PT's lower layers
-    # carry no learned trigger; the found-ρ try (ρ 1) is unchanged (0: every layer at the grid's ρ)
+    # carry no learned trigger; the found-ρ try (ρ 1) is unchanged (0: every layer at the grid's ρ). Opt-in: Round 22
+    # (N 2) passed its dev rule (+0.56 dev points where the low-ρ search ran) but raised the sentence backdoor's test ASR
+    # by 0.06 — θ_FT's top layers carry part of it (docs/recovery.md)
     whole_top_layers: int = 0
 
     def __post_init__(self) -> None:
