@@ -25,4 +25,7 @@ def test_earlier_rounds_candidates_do_not_follow_later_defaults():
     r20 = cands["+ both, found ρ at half the steps"][2]
     assert (r20.found_steps, r20.precision) == (0.5, "fp32")  # Round 20: half steps, float32
     assert cands["+ default, bf16 recovery"][2] == RecoveryConfig()  # Round 21's candidate is today's default
-    assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name != "+ default, bf16 recovery")
+    # Round 22's candidate is today's default with θ_FT's top two layers kept whole (not adopted: docs/recovery.md)
+    assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(whole_top_layers=2)
+    bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole"}
+    assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name not in bf16)
