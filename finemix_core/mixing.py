@@ -39,7 +39,7 @@ def _check(cfg: MixConfig) -> None:
     if cfg.scope not in SCOPES:
         raise FinemixError(f"unknown mask scope '{cfg.scope}'; use one of {', '.join(SCOPES)}")
     if cfg.whole_top_layers < 0:
-        raise FinemixError(f"whole_top_layers {cfg.whole_top_layers} is negative; use 0 (mix every layer) or more")
+        raise FinemixError(f"whole-top-layers {cfg.whole_top_layers} is negative; use 0 (mix every layer) or more")
 
 
 _LAYER = re.compile(r"\.layers?\.(\d+)\.")  # BERT/RoBERTa `encoder.layer.3.`, DistilBERT `transformer.layer.3.`
@@ -58,7 +58,7 @@ def top_layer_keys(keys: tuple[str, ...] | list[str], n: int) -> set[str]:
     layers = sorted({i for k in keys if (i := layer_of(k)) is not None})
     if len(layers) < n:
         raise FinemixError(
-            f"whole_top_layers {n} but the model has {len(layers)} numbered encoder layers; use 0 to {len(layers)}"
+            f"whole-top-layers {n} but the model has {len(layers)} numbered encoder layers; use 0 to {len(layers)}"
         )
     top = set(layers[-n:])
     return {k for k in keys if layer_of(k) in top}

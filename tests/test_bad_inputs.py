@@ -269,7 +269,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "whole-top-layers above the model's layers",
         ["defend", "--model", "word-cf", "--pretrained", "{pt}", "--epur-k", "5", "--whole-top-layers", "5", "--out", "{tmp}/o"],
         None,
-        "whole_top_layers 5 but the model has 2 numbered encoder layers; use 0 to 2",
+        "whole-top-layers 5 but the model has 2 numbered encoder layers; use 0 to 2",
     ),
     (
         "augment copies negative",

@@ -45,8 +45,8 @@ from finemix_core.defenses.base import (
 from finemix_core.defenses.fine_pruning import apply_pruning, ffn_activations, ffn_layers, prune_plan
 from finemix_core.epur import flagged_ids, purify, table
 from finemix_core.errors import FinemixError
-from finemix_core.mixing import top_layer_keys
 from finemix_core.evaluate import predict, predict_with_features
+from finemix_core.mixing import top_layer_keys
 from finemix_core.models import ModelPair
 from finemix_core.remembered import Remember
 from finemix_core.train import Distillation, Progress, device_of

@@ -24,12 +24,6 @@ def mix_config(job: Job, rho: float, mode: str) -> MixConfig:
     return MixConfig(rho=rho, mode=mode, scope=job.cfg.mix_scope, seed=job.cfg.seed, whole_top_layers=top)
 
 
-def fine_mix(job: Job, rho: float, mode: str) -> torch.nn.Module:
-    """Mix at ρ, then fine-tune the mix (a fresh private model)."""
-    state = mix(job.pair, mix_config(job, rho, mode))
-    return job.train(job.pair.working_copy(state).to(job.device))
-
-
 def _run(job: Job, mode: str) -> Outcome:
     return search_rho(job, lambda rho: mix(job.pair, mix_config(job, rho, mode)))
 
