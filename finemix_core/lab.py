@@ -533,7 +533,9 @@ RHO_CHOICE_NOTE = (
     "more of θ_FT's backdoor with it. Since Round 19 the default first tries keeping θ_FT (ρ = 1) when the scan found a "
     "complete trigger (the toggle below; `--found-rho never` turns it off): ungated it had left the sentence backdoor "
     "firing on 45–58 % of triggered test sentences (Round 16); gated to complete triggers, pieces included, it gave about "
-    "1 dev point back on new seeds. The curve shows what each ρ costs or keeps here."
+    "1 dev point back on new seeds. Per-layer ρ (θ_FT's top two layers kept whole below ρ 1, Round 22) gained dev "
+    "accuracy but let the sentence backdoor fire more on test (ASR 0.22 → 0.28), so it stays opt-in "
+    "(`--whole-top-layers`). The curve shows what each ρ costs or keeps here."
 )
 # under the Mixing lab's toggle: what it does and what it was measured to cost
 KEEP_FOUND_NOTE = (
