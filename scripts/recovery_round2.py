@@ -96,6 +96,10 @@ CANDIDATES = {
     "+ default, top 2 layers whole": (
         "epur+fine-mixing+distill", None,
         dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", whole_top_layers=2)),
+    # Round 23: today's default (Round 21's), recovery also matches θ_FT's last-layer [CLS] states (weight 5; Rounds 11-12)
+    "+ default, features 5": (
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", feature_weight=5.0)),
 }
 
 

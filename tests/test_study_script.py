@@ -27,5 +27,7 @@ def test_earlier_rounds_candidates_do_not_follow_later_defaults():
     assert cands["+ default, bf16 recovery"][2] == RecoveryConfig()  # Round 21's candidate is today's default
     # Round 22's candidate is today's default with θ_FT's top two layers kept whole (not adopted: docs/recovery.md)
     assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(whole_top_layers=2)
-    bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole"}
+    # Round 23's candidate is today's default whose recovery also matches θ_FT's last-layer [CLS] states
+    assert cands["+ default, features 5"][2] == RecoveryConfig(feature_weight=5.0)
+    bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole", "+ default, features 5"}
     assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name not in bf16)
