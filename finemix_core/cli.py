@@ -320,6 +320,13 @@ def defend_cmd(
         float,
         typer.Option(help="Recovery (+distill): weight of matching θ_FT's last-layer [CLS] states on the pool (0: logits only)."),
     ] = RecoveryConfig.feature_weight,
+    found_features: Annotated[
+        bool,
+        typer.Option(
+            help="With --feature-weight and --found-rho: the found-ρ try matches θ_FT's [CLS] states too "
+            "(--no-found-features: the feature term in the low-ρ search only)."
+        ),
+    ] = RecoveryConfig.found_features,
     found_rho: Annotated[
         str,
         typer.Option(
@@ -434,6 +441,7 @@ def defend_cmd(
             label_weight=label_weight,
             augment_copies=augment_copies,
             feature_weight=feature_weight,
+            found_features=found_features,
             found_rho=_unit_interval(found_rho, "--found-rho", "never", "1 keeps all of θ_FT after E-PUR (or use never)"),
             found_flip_max=found_flip_max,
             found_check=found_check,

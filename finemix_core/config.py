@@ -74,6 +74,10 @@ class RecoveryConfig:
     # weight of feature distillation beside the KL term: the student's last-layer [CLS] state matches θ_FT's on the same
     # (clean) text, squared error relative to the teacher's mean squared norm (0: logits only)
     feature_weight: float = 0.0
+    # ... in the found-ρ try too (False: that try distils logits only, the feature term acts in the low-ρ search alone).
+    # Round 23: with the term in the ρ-1 try, that try passed the check on a phrase trigger whose pieces the scan found
+    # (tweets) and the phrase still fired on test; keeping more of θ_FT must not also make the check easier to pass
+    found_features: bool = True
     # auto-ρ only: when θ_FT's scan finds backdoor evidence, try this ρ first (the trigger is known and taught away, so
     # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and the check below finds nothing still
     # firing, else the low-ρ search runs as without it (None: never). The default since Round 19 (docs/recovery.md):

@@ -44,6 +44,7 @@ RECOVERY_ADDED_LATER = {
     "found_steps": 1.0,  # likewise
     "precision": "fp32",
     "whole_top_layers": 0,
+    "found_features": True,  # acts only with feature_weight > 0
 }
 
 

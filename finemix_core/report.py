@@ -298,6 +298,9 @@ def _recovery_text(pool: pd.DataFrame) -> str:
         )
     if rec.get("precision") == "bf16":  # round 21: the training forward passes under bfloat16 autocast
         text += "; its training forward passes in bfloat16 autocast (weights, optimiser state and the model float32)"
+    if rec.get("feature_weight"):  # round 11: feature distillation ([CLS] states); round 23: optionally below ρ 1 only
+        where = "" if rec.get("found_features", True) else " (in the low-ρ search only, not in the found-ρ try)"
+        text += f"; the student also matches θ_FT's last-layer [CLS] states on the pool, weight {rec['feature_weight']:g}{where}"
     if rec.get("whole_top_layers"):  # round 22: per-layer ρ, the top layers kept whole below ρ 1
         text += f"; below ρ 1 θ_FT's top {rec['whole_top_layers']} encoder layers are kept whole (ρ 1 there, the grid's ρ below)"
     return text

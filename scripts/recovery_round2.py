@@ -100,6 +100,10 @@ CANDIDATES = {
     "+ default, features 5": (
         "epur+fine-mixing+distill", None,
         dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", feature_weight=5.0)),
+    # Round 24: the same, but the found-ρ try distils logits only (the feature term in the low-ρ search alone)
+    "+ default, features 5 below ρ 1": (
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", feature_weight=5.0, found_features=False)),
 }
 
 

@@ -436,7 +436,7 @@ def test_recovery_search_keeps_the_best_dev_accuracy_when_no_rho_passes(pair, ti
 
     accs = {0.0: 0.70, 0.2: 0.74}
     trained: list[str] = []  # one fine-tune per ρ tried, in the order tried (0, then 0.2)
-    def fake_train(self, model, after_step=None, step_share=1.0):
+    def fake_train(self, model, after_step=None, step_share=1.0, features=True):
         trained.append(f"model#{len(trained)}")
         return trained[-1]
 
@@ -512,7 +512,7 @@ def test_recovery_whole_top_layers_start_the_low_rho_tries_from_theta_ft_top_lay
 
     started: list[dict[str, torch.Tensor]] = []
 
-    def fake_train(self, model, after_step=None, step_share=1.0):
+    def fake_train(self, model, after_step=None, step_share=1.0, features=True):
         started.append({k: v.clone() for k, v in model.state_dict().items()})
         return model
 
@@ -529,3 +529,36 @@ def test_recovery_whole_top_layers_start_the_low_rho_tries_from_theta_ft_top_lay
         assert all(torch.equal(state[k], ft[k] if rho == 1.0 else pair.pt_state[k]) for k in below)
     with pytest.raises(FinemixError, match="whole-top-layers -1 is negative"):
         RecoveryConfig(whole_top_layers=-1)
+
+
+def test_found_features_false_drops_the_feature_term_from_the_found_rho_try_alone(pair, tiny_pool_dd, monkeypatch):
+    # RecoveryConfig.found_features False: the found-ρ try (ρ 1, a share of the steps) trains without the feature term,
+    # every low-ρ try with it, and the job's teacher keeps its weight; True: every try with it
+    from finemix_core.defenses import base, fine_mixing
+    from finemix_core.defenses.base import Candidate
+
+    seen: list[tuple[float, float]] = []
+
+    def fake_fine_tune(model, labelled, train_cfg, progress, after_step, distill, step_share):
+        seen.append((step_share, distill.recovery.feature_weight))
+        return model
+
+    def scripted(self, knob, value, model, verify=False):
+        self.search.append(Candidate(knob, value, 0.5, False, 0.9))
+        return False
+
+    monkeypatch.setattr(base, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(Job, "try_value", scripted)
+    pool = tiny_pool_dd.unlabeled
+    for found_features, found_weight in ((False, 0.0), (True, 5.0)):
+        rec = RecoveryConfig(feature_weight=5.0, found_features=found_features, consistency=False)
+        job = Job(pair, tiny_pool_dd, cfg("fine-mixing+distill", recovery=rec, rho_grid=(0.0, 0.2)), torch.device("cpu"),
+                  0.9, None, lambda m: None)
+        job.distill = Distillation(pool, torch.zeros(len(pool), 2), rec, teacher_features=torch.ones(len(pool), 8))
+        job.first_rho = 1.0
+        seen.clear()
+        out = fine_mixing.run_random(job)
+        assert [c.value for c in job.search] == [1.0, 0.0, 0.2] and out.rho == 0.0  # ρ 1 not kept; best dev, lower ρ
+        assert seen == [(rec.found_steps, found_weight), (1.0, 5.0), (1.0, 5.0)]
+        assert job.distill.recovery.feature_weight == 5.0
+    assert RecoveryConfig().found_features is True  # today's behaviour of --feature-weight (Round 23: docs/recovery.md)

@@ -198,3 +198,20 @@ def test_the_report_says_when_recovery_trained_in_bfloat16():
 
     assert "bfloat16" in said("bf16") and "suspects used: 'cf'" in said("bf16")
     assert "bfloat16" not in said("fp32")
+
+
+def test_the_report_says_where_the_feature_term_acted():
+    import dataclasses
+
+    import pandas as pd
+
+    from finemix_core.config import RecoveryConfig
+    from finemix_core.report import _recovery_text
+
+    def said(**kw) -> str:
+        rec = dataclasses.asdict(RecoveryConfig(**kw))
+        return _recovery_text(pd.DataFrame({"recovery": [rec], "unlabeled_source": ["rt pool"], "suspects": [["cf"]]}))
+
+    assert "[CLS]" not in said()
+    assert "[CLS] states on the pool, weight 5" in said(feature_weight=5.0) and "low-ρ search only" not in said(feature_weight=5.0)
+    assert "low-ρ search only" in said(feature_weight=5.0, found_features=False)

@@ -29,5 +29,8 @@ def test_earlier_rounds_candidates_do_not_follow_later_defaults():
     assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(whole_top_layers=2)
     # Round 23's candidate is today's default whose recovery also matches θ_FT's last-layer [CLS] states
     assert cands["+ default, features 5"][2] == RecoveryConfig(feature_weight=5.0)
-    bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole", "+ default, features 5"}
+    # Round 24's: the same with the feature term in the low-ρ search only
+    assert cands["+ default, features 5 below ρ 1"][2] == RecoveryConfig(feature_weight=5.0, found_features=False)
+    bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole", "+ default, features 5",
+            "+ default, features 5 below ρ 1"}
     assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name not in bf16)

@@ -140,19 +140,27 @@ class Job:
     verify: Callable[[torch.nn.Module], bool] | None = None
 
     def train(
-        self, model: torch.nn.Module, after_step: Callable[[torch.nn.Module], None] | None = None, step_share: float = 1.0
+        self,
+        model: torch.nn.Module,
+        after_step: Callable[[torch.nn.Module], None] | None = None,
+        step_share: float = 1.0,
+        features: bool = True,
     ) -> torch.nn.Module:
-        """The one fine-tuning routine with the shared budget (and recovery when asked); `step_share` of its steps."""
+        """The one fine-tuning routine with the shared budget (and recovery when asked); `step_share` of its steps;
+        `features` False drops recovery's feature term (recovery.feature_weight) from this run alone."""
         labelled = self.dd.train
         if self.extra_train is not None and len(self.extra_train):
             labelled = concat([labelled, self.extra_train])
+        distill = self.distill
+        if not features and distill is not None and distill.recovery.feature_weight > 0:
+            distill = dataclasses.replace(distill, recovery=dataclasses.replace(distill.recovery, feature_weight=0.0))
         return fine_tune(
             model,
             labelled,
             dataclasses.replace(self.cfg.train, seed=self.cfg.seed),
             self.progress,
             after_step,
-            self.distill,
+            distill,
             step_share,
         )
 

@@ -31,13 +31,13 @@ def _run(job: Job, mode: str) -> Outcome:
 def search_rho(job: Job, state_at: Callable[[float], State]) -> Outcome:
     """Fine-tune the state `state_at(ρ)` at the given ρ, or search ρ on clean dev data (shared with Fine-purifying)."""
 
-    def fine_tuned(rho: float, step_share: float = 1.0) -> torch.nn.Module:
-        return job.train(job.pair.working_copy(state_at(rho)).to(job.device), step_share=step_share)
+    def fine_tuned(rho: float, step_share: float = 1.0, features: bool = True) -> torch.nn.Module:
+        return job.train(job.pair.working_copy(state_at(rho)).to(job.device), step_share=step_share, features=features)
 
     if job.cfg.rho is not None:
         return Outcome(fine_tuned(job.cfg.rho), rho=job.cfg.rho)
     if job.first_rho is not None:  # the scan named the trigger: try keeping more of θ_FT first, checked from clean data
-        first = fine_tuned(job.first_rho, job.cfg.recovery.found_steps)
+        first = fine_tuned(job.first_rho, job.cfg.recovery.found_steps, job.cfg.recovery.found_features)
         if job.try_value("rho", job.first_rho, first, verify=True):
             return Outcome(first, rho=job.first_rho)
         job.say(f"ρ {job.first_rho:g} not kept; searching {', '.join(f'{r:g}' for r in job.cfg.grid)} as usual")
