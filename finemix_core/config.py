@@ -72,12 +72,14 @@ class RecoveryConfig:
     augment_copies: int = 0  # word-dropout copies of every pool text, each labelled by the teacher (augment.py; 0: none)
     augment_drop: float = 0.1  # the chance each whole word is dropped from a copy
     # weight of feature distillation beside the KL term: the student's last-layer [CLS] state matches θ_FT's on the same
-    # (clean) text, squared error relative to the teacher's mean squared norm (0: logits only)
-    feature_weight: float = 0.0
+    # (clean) text, squared error relative to the teacher's mean squared norm (0: logits only). 5 since Round 24, in the
+    # low-ρ search only (below): it gives back about a point of clean accuracy where θ_PT's encoder is distilled
+    # (docs/recovery.md, Rounds 11, 12, 23, 24)
+    feature_weight: float = 5.0
     # ... in the found-ρ try too (False: that try distils logits only, the feature term acts in the low-ρ search alone).
     # Round 23: with the term in the ρ-1 try, that try passed the check on a phrase trigger whose pieces the scan found
     # (tweets) and the phrase still fired on test; keeping more of θ_FT must not also make the check easier to pass
-    found_features: bool = True
+    found_features: bool = False
     # auto-ρ only: when θ_FT's scan finds backdoor evidence, try this ρ first (the trigger is known and taught away, so
     # more of θ_FT's clean skill can stay); kept only if its dev accuracy passes and the check below finds nothing still
     # firing, else the low-ρ search runs as without it (None: never). The default since Round 19 (docs/recovery.md):
@@ -139,10 +141,12 @@ class RecoveryConfig:
             raise FinemixError(f"found-flip-max {self.found_flip_max} outside [0, 1]; 0.1 allows one flipped sentence in ten")
         if not 0.0 <= self.found_min_flip <= 1.0:
             raise FinemixError(f"found-min-flip {self.found_min_flip} outside [0, 1]; 0.95 asks the suspect to fire alone")
-        if self.feature_weight > 0 and self.augment_copies:
-            raise FinemixError("feature distillation and augmented copies cannot be combined; set one of them to 0")
         if self.augment_copies < 0 or not 0 <= self.augment_drop < 1:
             raise FinemixError("recovery needs augment copies ≥ 0 and a word-drop chance in [0, 1)")
+        if self.feature_weight > 0 and self.augment_copies:
+            raise FinemixError(
+                "feature distillation and augmented copies cannot be combined; pass --feature-weight 0 with --augment-copies"
+            )
         if not 0 <= self.consistency_share <= 1 or self.max_suspects < 0 or self.min_pool < 0:
             raise FinemixError("recovery needs a consistency share in [0, 1], max suspects ≥ 0 and a min pool ≥ 0")
 

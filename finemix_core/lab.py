@@ -535,7 +535,9 @@ RHO_CHOICE_NOTE = (
     "firing on 45–58 % of triggered test sentences (Round 16); gated to complete triggers, pieces included, it gave about "
     "1 dev point back on new seeds. Per-layer ρ (θ_FT's top two layers kept whole below ρ 1, Round 22) gained dev "
     "accuracy but let the sentence backdoor fire more on test (ASR 0.22 → 0.28), so it stays opt-in "
-    "(`--whole-top-layers`). The curve shows what each ρ costs or keeps here."
+    "(`--whole-top-layers`). Since Round 24 recovery below ρ 1 also matches θ_FT's last-layer [CLS] states on the "
+    "pool (about a point of clean accuracy back on the test split; not in the ρ-1 try, where it let a phrase trigger "
+    "pass the check: `--feature-weight 0` turns it off). The curve shows what each ρ costs or keeps here."
 )
 # under the Mixing lab's toggle: what it does and what it was measured to cost
 KEEP_FOUND_NOTE = (

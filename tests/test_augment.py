@@ -45,7 +45,7 @@ def test_drop_words_removes_whole_words_only_and_is_seeded(tok):
 
 def test_copies_are_labelled_by_the_teacher_and_keep_the_run_length(tok):
     enc = encode(tok, Dataset.from_dict({"text": ["good movies", "awful plot and dull acting"], "label": [0, 0]}), 32)
-    base = Distillation(enc, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), RecoveryConfig(passes=3.0))
+    base = Distillation(enc, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), RecoveryConfig(passes=3.0, feature_weight=0.0))
     seen = []
 
     def teacher(part):

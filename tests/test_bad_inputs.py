@@ -278,6 +278,12 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "augment copies ≥ 0",
     ),
     (
+        "augment copies beside the default feature term",
+        ["defend", "--model", "word-cf", "--augment-copies", "2", "--out", "{tmp}/o"],
+        None,
+        "pass --feature-weight 0 with --augment-copies",
+    ),
+    (
         "drop-flagged negative",
         ["defend", "--model", "word-cf", "--drop-flagged", "-3", "--out", "{tmp}/o"],
         None,

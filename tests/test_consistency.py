@@ -77,7 +77,7 @@ def test_consistency_loss_is_zero_when_the_trigger_changes_nothing_and_only_the_
 def test_consistency_copies_carry_the_teacher_answer_on_the_clean_text(pair, pool_dd):
     pool = pool_dd.unlabeled
     logits = torch.from_numpy(predict(pair.ft, pool, logits=True)).float()
-    base = Distillation(pool, logits, RecoveryConfig())
+    base = Distillation(pool, logits, RecoveryConfig(feature_weight=0.0))
     ids = text_ids(pair.tokenizer, "cf")
     bigger, n = consistency.with_consistency(base, pair.tokenizer, [ids], 0.5, 0)
     rows = consistency.chosen_rows(len(pool), 0.5, 0)

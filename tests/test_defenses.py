@@ -310,7 +310,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(pair, tiny_pool_dd):
         model,
         tiny_pool_dd.train,
         TrainConfig(lr=3e-3, epochs=1.0, batch_size=4),
-        distill=Distillation(pool, target, RecoveryConfig(weight=10.0, temperature=2.0, passes=8)),
+        distill=Distillation(pool, target, RecoveryConfig(weight=10.0, temperature=2.0, passes=8, feature_weight=0.0)),
     )
     after = distillation_loss(torch.from_numpy(predict(model, pool, logits=True)), target, 2.0).item()
     assert after < before * 0.5, (before, after)
@@ -324,7 +324,7 @@ def test_label_weight_zero_makes_recovery_blind_to_the_labels(pair, tiny_pool_dd
 
     def trained(data, label_weight):
         model = pair.working_copy()
-        rec = RecoveryConfig(passes=2, label_weight=label_weight)
+        rec = RecoveryConfig(passes=2, label_weight=label_weight, feature_weight=0.0)
         fine_tune(model, data, TrainConfig(lr=1e-3, epochs=1.0, batch_size=4), distill=Distillation(pool, target, rec))
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -398,7 +398,7 @@ def test_decision_matching_gives_the_pool_the_teachers_share_of_class_1(pair, ti
 
 
 def test_pool_augmentation_keeps_the_step_count_and_reports_the_real_pool(pair, tiny_pool_dd):
-    rec = RecoveryConfig(passes=3, consistency=False, augment_copies=2)
+    rec = RecoveryConfig(passes=3, consistency=False, augment_copies=2, feature_weight=0.0)
     logs: list[str] = []
     res = defend(pair, tiny_pool_dd, cfg("fine-tuning+distill", recovery=rec), log=logs.append)
     assert res.unlabeled_used == len(tiny_pool_dd.unlabeled)  # the copies are not counted as the defender's text
@@ -459,7 +459,7 @@ def test_a_step_share_stops_the_same_run_early(pair, tiny_pool_dd):
     pool = tiny_pool_dd.unlabeled
     target = torch.tensor([[1.0, -1.0]] * len(pool))
     cfg = TrainConfig(lr=1e-3, epochs=1.0, batch_size=4)
-    distill = Distillation(pool, target, RecoveryConfig(passes=4))
+    distill = Distillation(pool, target, RecoveryConfig(passes=4, feature_weight=0.0))
     steps: dict[float, list[tuple[int, int]]] = {}
     for share in (1.0, 0.5):
         steps[share] = []
@@ -488,7 +488,7 @@ def test_bf16_recovery_runs_its_forward_in_bfloat16_and_keeps_float32_weights(pa
         linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
         seen[precision] = set()
         hook = linear.register_forward_hook(lambda _m, _i, out, p=precision: seen[p].add(out.dtype))
-        distill = Distillation(pool, target, RecoveryConfig(passes=2, precision=precision))
+        distill = Distillation(pool, target, RecoveryConfig(passes=2, precision=precision, feature_weight=0.0))
         trained[precision] = fine_tune(model, tiny_pool_dd.train, cfg, distill=distill)
         hook.remove()
     assert seen == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
@@ -561,4 +561,5 @@ def test_found_features_false_drops_the_feature_term_from_the_found_rho_try_alon
         assert [c.value for c in job.search] == [1.0, 0.0, 0.2] and out.rho == 0.0  # ρ 1 not kept; best dev, lower ρ
         assert seen == [(rec.found_steps, found_weight), (1.0, 5.0), (1.0, 5.0)]
         assert job.distill.recovery.feature_weight == 5.0
-    assert RecoveryConfig().found_features is True  # today's behaviour of --feature-weight (Round 23: docs/recovery.md)
+    # the default since Round 24 (docs/recovery.md): the feature term at weight 5, in the low-ρ search only
+    assert (RecoveryConfig().feature_weight, RecoveryConfig().found_features) == (5.0, False)

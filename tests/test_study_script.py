@@ -24,13 +24,14 @@ def test_earlier_rounds_candidates_do_not_follow_later_defaults():
     assert (r19.found_rho, r19.found_steps, r19.precision) == (1.0, 1.0, "fp32")  # Round 19: full steps, float32
     r20 = cands["+ both, found ρ at half the steps"][2]
     assert (r20.found_steps, r20.precision) == (0.5, "fp32")  # Round 20: half steps, float32
-    assert cands["+ default, bf16 recovery"][2] == RecoveryConfig()  # Round 21's candidate is today's default
+    # Round 21's candidate: Round 24's default without the feature term
+    assert cands["+ default, bf16 recovery"][2] == RecoveryConfig(feature_weight=0.0, found_features=True)
     # Round 22's candidate is today's default with θ_FT's top two layers kept whole (not adopted: docs/recovery.md)
-    assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(whole_top_layers=2)
+    assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(whole_top_layers=2, feature_weight=0.0, found_features=True)
     # Round 23's candidate is today's default whose recovery also matches θ_FT's last-layer [CLS] states
-    assert cands["+ default, features 5"][2] == RecoveryConfig(feature_weight=5.0)
+    assert cands["+ default, features 5"][2] == RecoveryConfig(feature_weight=5.0, found_features=True)
     # Round 24's: the same with the feature term in the low-ρ search only
-    assert cands["+ default, features 5 below ρ 1"][2] == RecoveryConfig(feature_weight=5.0, found_features=False)
+    assert cands["+ default, features 5 below ρ 1"][2] == RecoveryConfig()  # Round 24's candidate is today's default
     bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole", "+ default, features 5",
             "+ default, features 5 below ρ 1"}
     assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name not in bf16)
