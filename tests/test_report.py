@@ -212,6 +212,7 @@ def test_the_report_says_where_the_feature_term_acted():
         rec = dataclasses.asdict(RecoveryConfig(**kw))
         return _recovery_text(pd.DataFrame({"recovery": [rec], "unlabeled_source": ["rt pool"], "suspects": [["cf"]]}))
 
-    assert "[CLS]" not in said()
-    assert "[CLS] states on the pool, weight 5" in said(feature_weight=5.0) and "low-ρ search only" not in said(feature_weight=5.0)
-    assert "low-ρ search only" in said(feature_weight=5.0, found_features=False)
+    assert "[CLS]" not in said(feature_weight=0.0)
+    everywhere = said(feature_weight=5.0, found_features=True)
+    assert "[CLS] states on the pool, weight 5" in everywhere and "low-ρ search only" not in everywhere
+    assert "weight 5 (in the low-ρ search only" in said()  # the default since Round 24
