@@ -140,6 +140,8 @@ def run_key(row: dict) -> str:
         key["recovery"] = {**RECOVERY_ADDED_LATER, **key["recovery"]}
         if key["recovery"].get("found_rho") is None:  # the found_* settings act only with found_rho: no run tells them apart
             key["recovery"] = {k: v for k, v in key["recovery"].items() if not k.startswith("found_")}
+        if not key["recovery"].get("feature_weight"):  # found_features acts only with a feature term: likewise
+            key["recovery"].pop("found_features", None)
     # a run with a fixed ρ is another experiment than the auto-ρ run of the same method
     key["rho_fixed"] = row.get("rho_fixed", None if row.get("rho_auto", True) else row.get("rho"))
     # rows stored before δ was recorded ran with the default (a runs.csv's empty cell reads back as None)

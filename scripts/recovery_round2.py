@@ -29,7 +29,8 @@ from finemix_core.defenses import DefenseConfig, defend, found_rho_to_try
 from finemix_core.evaluate import predict
 from finemix_core.scan import ScanConfig, scan
 
-OLD = RecoveryConfig(consistency=False, min_pool=0, found_rho=None, precision="fp32", feature_weight=0.0, found_features=True)  # round 1's default recovery
+# round 1's default recovery
+OLD = RecoveryConfig(consistency=False, min_pool=0, found_rho=None, precision="fp32", feature_weight=0.0, found_features=True)
 # round 2's "+ both" as it ran, pinned: later defaults (found_rho 1 since Round 19, found_steps 0.5 since Round 20, bf16
 # since Round 21, the feature term below ρ 1 since Round 24) must not change what an earlier round's candidate name means
 BOTH = RecoveryConfig(found_rho=None, found_steps=1.0, precision="fp32", feature_weight=0.0, found_features=True)

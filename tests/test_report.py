@@ -170,6 +170,12 @@ def test_the_found_settings_key_a_run_only_when_found_rho_is_set():
     assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": plain})
     assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": {**opted, "found_min_flip": 0.0}})
     assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": {**opted, "found_pieces": False}})
+    # found_features acts only with a feature term: `--feature-weight 0` keys as a run stored before either existed
+    logits_only = {**opted, "feature_weight": 0.0}
+    before = {k: v for k, v in logits_only.items() if k not in ("feature_weight", "found_features")}
+    assert run_key({**row, "recovery": logits_only}) == run_key({**row, "recovery": {**logits_only, "found_features": True}})
+    assert run_key({**row, "recovery": logits_only}) == run_key({**row, "recovery": before})
+    assert run_key({**row, "recovery": opted}) != run_key({**row, "recovery": {**opted, "found_features": True}})
 
 
 def test_the_report_header_says_when_rho_1_is_tried_first():

@@ -26,9 +26,9 @@ def test_earlier_rounds_candidates_do_not_follow_later_defaults():
     assert (r20.found_steps, r20.precision) == (0.5, "fp32")  # Round 20: half steps, float32
     # Round 21's candidate: Round 24's default without the feature term
     assert cands["+ default, bf16 recovery"][2] == RecoveryConfig(feature_weight=0.0, found_features=True)
-    # Round 22's candidate is today's default with θ_FT's top two layers kept whole (not adopted: docs/recovery.md)
+    # Round 22's candidate is Round 21's default with θ_FT's top two layers kept whole (not adopted: docs/recovery.md)
     assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(whole_top_layers=2, feature_weight=0.0, found_features=True)
-    # Round 23's candidate is today's default whose recovery also matches θ_FT's last-layer [CLS] states
+    # Round 23's candidate is Round 21's default whose every recovery fine-tune also matches θ_FT's [CLS] states
     assert cands["+ default, features 5"][2] == RecoveryConfig(feature_weight=5.0, found_features=True)
     # Round 24's: the same with the feature term in the low-ρ search only
     assert cands["+ default, features 5 below ρ 1"][2] == RecoveryConfig()  # Round 24's candidate is today's default
