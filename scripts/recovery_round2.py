@@ -105,6 +105,10 @@ CANDIDATES = {
     "+ default, features 5 below ρ 1": (
         "epur+fine-mixing+distill", None,
         dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", feature_weight=5.0, found_features=False)),
+    # Round 25: Round 24's (today's default) at feature weight 10 in the low-ρ search
+    "+ default, features 10 below ρ 1": (
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", feature_weight=10.0, found_features=False)),
 }
 
 
