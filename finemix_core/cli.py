@@ -372,8 +372,9 @@ def defend_cmd(
     precision: Annotated[
         str,
         typer.Option(
-            help="Recovery's training arithmetic: fp32, or bf16 (bfloat16 autocast; faster on a CPU with avx512_bf16 or "
-            "a recent GPU, slower on a CPU without it; the model stays float32)."
+            help="Recovery's training arithmetic: auto (bf16 where this device runs it natively, else fp32), fp32, or "
+            "bf16 (bfloat16 autocast; faster on a CPU with avx512_bf16 or a recent GPU, several times slower on a CPU "
+            "without it; the model stays float32)."
         ),
     ] = RecoveryConfig.precision,
     whole_top_layers: Annotated[

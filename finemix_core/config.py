@@ -48,6 +48,9 @@ class TrainConfig:
     seed: int = 0  # controls shuffling and dropout
 
 
+PRECISIONS = ("auto", "fp32", "bf16")  # recovery's training arithmetic (RecoveryConfig.precision)
+
+
 @dataclass(frozen=True)
 class RecoveryConfig:
     """Recovery by distillation from θ_FT on clean unlabelled text (train.Distillation); defaults chosen on dev data
@@ -108,11 +111,13 @@ class RecoveryConfig:
     # the CSV cases, 0.77× / 0.82× the time, and the test split's checks fixed beforehand passed (docs/recovery.md)
     found_steps: float = 0.5
     # the arithmetic recovery's training steps run in: "fp32", or "bf16" = bfloat16 autocast of the forward pass (weights,
-    # optimiser state and the exported model stay float32; 1.6× faster per step on a CPU with avx512_bf16, slower on one
-    # without it: use fp32 there). Results differ from fp32 in the last digits, so a run's key holds it. bf16 since
-    # Round 21: +0.07 dev points, 0.72× / 0.66× the time on the full zoo / CSV cases, the test checks fixed beforehand
-    # passed (docs/recovery.md)
-    precision: str = "bf16"
+    # optimiser state and the exported model stay float32; 1.6× faster per step on a CPU with avx512_bf16, but emulated
+    # and several times SLOWER on an AVX2-only CPU), or "auto" = bf16 where the device runs it natively (a GPU with bf16,
+    # a CPU with avx512_bf16 / AMX), fp32 elsewhere, made concrete before a run (defenses.concrete_precision) so every
+    # row, card and key holds the arithmetic that ran. Results differ from fp32 in the last digits. bf16 was adopted in
+    # Round 21 (+0.07 dev points, 0.72× / 0.66× the time, the test checks passed: a CPU with avx512_bf16); "auto" since
+    # 2026-12-05, when an AVX2-only machine ran bf16 recovery ~6× slower per layer (docs/recovery.md)
+    precision: str = "auto"
     # per-layer ρ in one form: the low-ρ search keeps θ_FT's top N encoder layers whole (ρ 1 there, the grid's ρ below),
     # so the layers nearest the head keep θ_FT's clean skill while E-PUR's reset embeddings and θ_PT's lower layers
     # carry no learned trigger; the found-ρ try (ρ 1) is unchanged (0: every layer at the grid's ρ). Opt-in: Round 22
@@ -131,8 +136,8 @@ class RecoveryConfig:
             raise FinemixError(f"found-rho {self.found_rho} outside [0, 1]; 1 keeps all of θ_FT after E-PUR")
         if self.whole_top_layers < 0:
             raise FinemixError(f"whole-top-layers {self.whole_top_layers} is negative; use 0 (mix every layer) or more")
-        if self.precision not in ("fp32", "bf16"):
-            raise FinemixError(f"precision {self.precision!r} unknown; use 'fp32' or 'bf16'")
+        if self.precision not in PRECISIONS:
+            raise FinemixError(f"precision {self.precision!r} unknown; use 'auto', 'fp32' or 'bf16'")
         if not 0.0 < self.found_steps <= 1.0:
             raise FinemixError(f"found-steps {self.found_steps} outside (0, 1]; it is the share of the usual steps")
         if self.found_check not in ("rescan", "finalists"):

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from finemix_core import store
-from finemix_core.defenses import DefenseConfig
+from finemix_core.defenses import DefenseConfig, concrete_precision
 from finemix_core.errors import FinemixError
 from finemix_core.experiment import Context, prepare, record, run_defense
 from finemix_core.train import Progress
@@ -151,7 +151,7 @@ def run_key(row: dict) -> str:
 
 def planned_key(ctx: Context, spec: RunSpec) -> str:
     """The run key a spec's row will have, known before running it."""
-    cfg = spec.defense
+    cfg = concrete_precision(spec.defense, ctx.device)  # as run_defense will make it
     parts = ctx.parts(spec.clean_size, 256, check=False)  # the same parts run_defense will take (a CSV's by the one rule)
     return run_key(
         {

@@ -20,7 +20,7 @@ from finemix_core import data, store
 from finemix_core.atomic import save_dir
 from finemix_core import evaluate as scoring
 from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, MAX_LENGTH, EvalConfig, RecoveryConfig, zoo_dir
-from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, defend, defender_data
+from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, concrete_precision, defend, defender_data
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
 from finemix_core.mixing import MixConfig, mix_into
@@ -465,6 +465,7 @@ def run_defense(
 ) -> tuple[DefenseResult, RunRow]:
     """Defend, score on test, and return (result, its row). `scan_result`: a scan of θ_FT on the same defender parts
     (`run_scan`), reused by trigger-aware recovery instead of scanning again. `remember`: see finemix_core.remembered."""
+    cfg = concrete_precision(cfg, ctx.device)  # the row says the arithmetic that ran ("auto" made concrete)
     dd = ctx.defender(clean_size, dev_size, cfg.seed, min_pool=cfg.recovery.min_pool if cfg.distills else 0)
     result = defend(ctx.pair, dd, cfg, ctx.device, progress, log, scan_result, remember)
     scores = evaluate(ctx, result.model)

@@ -233,10 +233,17 @@ def data_warning(lab: LabModel) -> str | None:
 
 
 def precision_note(lab: LabModel) -> str | None:
-    """One line when the default recovery's bf16 steps would run emulated (slower) on this device; None elsewhere."""
-    from finemix_core.experiment import precision_note as note
+    """One line when recovery trains in float32 on this device (the default precision "auto": no native bf16 here);
+    None where bfloat16 runs natively."""
+    from finemix_core import evaluate
 
-    return note(RecoveryConfig(), lab.ctx.device, fix="`finemix defend --precision fp32` is faster here")
+    device = lab.ctx.device
+    if RecoveryConfig().precision != "auto" or evaluate.bf16_supported(device):
+        return None
+    return (
+        f"Recovery trains in float32 here: this {device.type} has no native bf16, and emulated bf16 is several times "
+        "slower. Where it has (a recent GPU, a CPU with avx512_bf16), the default uses bfloat16 autocast."
+    )
 
 
 def asr_label(lab: LabModel) -> str:

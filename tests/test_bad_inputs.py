@@ -257,7 +257,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "precision unknown",
         ["defend", "--model", "word-cf", "--precision", "fp16", "--out", "{tmp}/o"],
         None,
-        "precision 'fp16' unknown; use 'fp32' or 'bf16'",
+        "precision 'fp16' unknown; use 'auto', 'fp32' or 'bf16'",
     ),
     (
         "whole-top-layers negative",

@@ -119,9 +119,9 @@ def test_defend_on_a_cardless_model_scans_first_and_the_card_keeps_the_estimate(
     res = CliRunner().invoke(app, [*args, "--epur-k", "5", "--epochs", "1", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert "scanning θ_FT from the clean data first" in res.stderr and "scan (" in res.stderr
-    assert "no native bf16" in res.stderr and "--precision fp32 is faster here" in res.stderr  # the default is bf16
+    assert "no native bf16" not in res.stderr  # the default "auto" trains in fp32 here: nothing slow to warn about
     row = json.loads(res.stdout)
-    assert row["recovery"]["precision"] == "bf16"
+    assert row["recovery"]["precision"] == "fp32"  # "auto" made concrete: the row says the arithmetic that ran
     est = row["scan"]
     assert row["asr"] is None and row["trigger"] is None  # no trigger known: no ground-truth ASR …
     assert est["estimate"] is True and est["suspected_trigger"] and est["flip_after"] is not None  # … an estimate

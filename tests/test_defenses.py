@@ -501,7 +501,31 @@ def test_bf16_recovery_runs_its_forward_in_bfloat16_and_keeps_float32_weights(pa
     assert any(not torch.equal(a[k], b[k]) for k in a)  # another arithmetic: not the fp32 run
     with pytest.raises(FinemixError, match="precision 'fp16' unknown"):
         RecoveryConfig(precision="fp16")
-    assert RecoveryConfig().precision == "bf16"  # the default since Round 21 (docs/recovery.md)
+    assert RecoveryConfig().precision == "auto"  # since 2026-12-05: bf16 only where it runs natively
+
+
+def test_auto_precision_is_made_concrete_for_the_device_before_a_run(pair, tiny_pool_dd, monkeypatch):
+    # "auto" → bf16 on a device with native bf16, fp32 on one without (emulated bf16 is several times slower); an explicit
+    # value is kept as given; fine_tune reached without the resolution makes the same choice (the CLI's row holding the
+    # concrete value: tests/test_cli.py)
+    from finemix_core.defenses import concrete_precision
+
+    auto = DefenseConfig(method="fine-mixing+distill", rho=0.5)
+    for native, expect in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr("finemix_core.evaluate.bf16_supported", lambda device, n=native: n)
+        assert concrete_precision(auto, "cpu").recovery.precision == expect
+        for given in ("fp32", "bf16"):
+            fixed = dataclasses.replace(auto, recovery=RecoveryConfig(precision=given))
+            assert concrete_precision(fixed, "cpu") is fixed
+        model = pair.working_copy()
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        seen: set = set()
+        hook = linear.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+        pool = tiny_pool_dd.unlabeled
+        distill = Distillation(pool, torch.tensor([[1.0, -1.0]] * len(pool)), RecoveryConfig(passes=1, feature_weight=0.0))
+        fine_tune(model, tiny_pool_dd.train, TrainConfig(lr=1e-3, epochs=1.0, batch_size=4), distill=distill)
+        hook.remove()
+        assert seen == {torch.bfloat16 if native else torch.float32}
 
 
 def test_recovery_whole_top_layers_start_the_low_rho_tries_from_theta_ft_top_layers(pair, tiny_pool_dd, monkeypatch):

@@ -36,6 +36,7 @@ from finemix_core.defenses.base import (
     Job,
     RecoveryConfig,
     accuracy,
+    concrete_precision,
     correct_on,
     defender_data,
     first_passing,
@@ -300,6 +301,7 @@ def defend(
     """
     started = time.perf_counter()
     device = torch.device(device)
+    cfg = concrete_precision(cfg, device)  # "auto" → the arithmetic this device runs fast, before any key is made
     say = log or (lambda _msg: None)
     use_epur, base, distill = parse_method(cfg.method)
     if distill:

@@ -85,6 +85,18 @@ class DefenseConfig:
         return self.rho_grid or (RECOVERY_GRID if self.distills else GRID)
 
 
+def concrete_precision(cfg: DefenseConfig, device: torch.device | str) -> DefenseConfig:
+    """`cfg` with recovery's "auto" precision made concrete for `device`: bf16 where it runs natively there (a GPU with
+    bf16, a CPU with avx512_bf16 / AMX), fp32 elsewhere — emulated bf16 is several times slower than fp32. Every run
+    resolves it before it starts, so its row, card and run key hold the arithmetic that ran."""
+    if cfg.recovery.precision != "auto":
+        return cfg
+    from finemix_core.evaluate import bf16_supported
+
+    precision = "bf16" if bf16_supported(torch.device(device)) else "fp32"
+    return dataclasses.replace(cfg, recovery=dataclasses.replace(cfg.recovery, precision=precision))
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One value a dev-only search tried, with the clean dev accuracy it reached."""
