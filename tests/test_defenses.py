@@ -526,6 +526,11 @@ def test_auto_precision_is_made_concrete_for_the_device_before_a_run(pair, tiny_
         fine_tune(model, tiny_pool_dd.train, TrainConfig(lr=1e-3, epochs=1.0, batch_size=4), distill=distill)
         hook.remove()
         assert seen == {torch.bfloat16 if native else torch.float32}
+    # an explicit bf16 on a device without it still gets its one-line warning; the default never needs one
+    from finemix_core.experiment import precision_note
+
+    assert "no native bf16" in precision_note(RecoveryConfig(precision="bf16"), torch.device("cpu"))
+    assert precision_note(RecoveryConfig(), torch.device("cpu")) is None
 
 
 def test_recovery_whole_top_layers_start_the_low_rho_tries_from_theta_ft_top_layers(pair, tiny_pool_dd, monkeypatch):
