@@ -20,6 +20,7 @@ from datasets import Dataset
 from finemix_core.attacks import trigger_field
 from finemix_core.config import EvalConfig
 from finemix_core.data import replace_columns
+from finemix_core.hardware import bf16_supported  # noqa: F401 — re-exported (lab, bench)
 from finemix_core.encoding import Encoded, collate, encode, sorted_batches
 from finemix_core.errors import FinemixError
 from finemix_core.train import device_of
@@ -143,19 +144,3 @@ def score(model: torch.nn.Module, es: EvalSet, batch_size: int = INFER_BATCH) ->
 
 def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 inference is fast here: a GPU that supports it, or a CPU with AVX-512 BF16 / AMX (the lab's fast
-    path and `finemix bench` read this)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()) and _cpu_has_bf16()
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -19,6 +19,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from finemix_core import data, store
 from finemix_core.atomic import save_dir
 from finemix_core import evaluate as scoring
+from finemix_core import hardware
 from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, MAX_LENGTH, EvalConfig, RecoveryConfig, zoo_dir
 from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, concrete_precision, defend, defender_data
 from finemix_core.errors import FinemixError
@@ -175,7 +176,7 @@ def data_warning(card: dict, model: str, data_name: str, fix: str = "pass your t
 def precision_note(recovery: RecoveryConfig, device: torch.device, fix: str = "--precision fp32 is faster here") -> str | None:
     """One line when recovery's bf16 steps would run on a device without native bf16 (emulated: slower than fp32, the
     opposite of why bf16 is the default); `fix` says how to switch (the CLI flag, or the lab's pointer to it)."""
-    if recovery.precision != "bf16" or scoring.bf16_supported(torch.device(device)):
+    if recovery.precision != "bf16" or hardware.bf16_supported(torch.device(device)):
         return None
     return f"this {torch.device(device).type} has no native bf16, so recovery's bf16 steps run slower; {fix}"
 

@@ -235,10 +235,10 @@ def data_warning(lab: LabModel) -> str | None:
 def precision_note(lab: LabModel) -> str | None:
     """One line when recovery trains in float32 on this device (the default precision "auto": no native bf16 here);
     None where bfloat16 runs natively."""
-    from finemix_core import evaluate
+    from finemix_core import hardware
 
     device = lab.ctx.device
-    if RecoveryConfig().precision != "auto" or evaluate.bf16_supported(device):
+    if RecoveryConfig().precision != "auto" or hardware.bf16_supported(device):
         return None
     return (
         f"Recovery trains in float32 here: this {device.type} has no native bf16, and emulated bf16 is several times "

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
+from finemix_core import hardware
 from finemix_core.config import RecoveryConfig, TrainConfig
 from finemix_core.encoding import Encoded, collate, shuffled_bucket_batches
 from finemix_core.errors import FinemixError
@@ -116,8 +117,6 @@ def fine_tune(
     the weights in float32). `step_share` < 1 stops after that share of the steps (the same batches in the
     same order; warm-up and decay fitted to the shorter run).
     """
-    from finemix_core import evaluate  # here, not at the top: evaluate → attacks → this module
-
     if not 0.0 < step_share <= 1.0:
         raise FinemixError(f"step share {step_share} outside (0, 1]")
     torch.manual_seed(cfg.seed)
@@ -135,7 +134,7 @@ def fine_tune(
         total = max(total, total_steps(len(distill.texts), TrainConfig(epochs=rec.passes, batch_size=cfg.batch_size)))
         unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
         # a caller that did not make "auto" concrete (defenses.concrete_precision) gets the same choice here
-        bf16 = rec.precision == "bf16" or (rec.precision == "auto" and evaluate.bf16_supported(device))
+        bf16 = rec.precision == "bf16" or (rec.precision == "auto" and hardware.bf16_supported(device))
     total = max(1, round(total * step_share))  # share 1: every step
     schedule = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
     for batch, labels, step, total in training_batches(data, cfg, device, total):

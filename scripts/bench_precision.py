@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from finemix_core import evaluate, experiment
+from finemix_core import experiment, hardware
 from finemix_core.config import RecoveryConfig
 from finemix_core.defenses import DEFENSE_TRAIN, DefenseConfig, concrete_precision, teacher
 from finemix_core.train import fine_tune
@@ -32,7 +32,7 @@ def main() -> None:
     dd = ctx.defender(128, 256, 0)
     device = torch.device("cpu")
     picked = concrete_precision(DefenseConfig(method="fine-mixing+distill"), device).recovery.precision
-    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}; native bf16: {evaluate.bf16_supported(device)}; "
+    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}; native bf16: {hardware.bf16_supported(device)}; "
           f"'auto' picks {picked}; {args.threads} threads; model {args.model}; seed 0", flush=True)
     seconds = {}
     for precision in ("fp32", "bf16"):

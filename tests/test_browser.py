@@ -111,6 +111,7 @@ def test_live_lab_in_a_real_browser(server, quick_defended, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)  # a slow 2-core machine loads the model after the heading shows (30 s was short)
         page.on("request", lambda r: requests.append(r.url))
 
         # the guided start, the landing page

@@ -110,7 +110,7 @@ def test_defend_on_a_cardless_model_scans_first_and_the_card_keeps_the_estimate(
 
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
-    monkeypatch.setattr("finemix_core.evaluate.bf16_supported", lambda device: False)  # as on a CPU without native bf16
+    monkeypatch.setattr("finemix_core.hardware.bf16_supported", lambda device: False)  # as on a CPU without native bf16
     folder = tmp_path / "handed"
     shutil.copytree(home / "zoo" / "word-cf", folder)
     (folder / "finemix.json").unlink()

@@ -423,6 +423,6 @@ def test_views_reach_finemix_core_only_through_lab():
 
 
 def test_the_mixing_page_says_when_bf16_recovery_would_run_emulated(app, monkeypatch):
-    monkeypatch.setattr("finemix_core.evaluate.bf16_supported", lambda device: False)
+    monkeypatch.setattr("finemix_core.hardware.bf16_supported", lambda device: False)
     open_page(app, "mixing")
     assert any("no native bf16" in c.value for c in app.caption)

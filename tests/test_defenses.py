@@ -512,7 +512,7 @@ def test_auto_precision_is_made_concrete_for_the_device_before_a_run(pair, tiny_
 
     auto = DefenseConfig(method="fine-mixing+distill", rho=0.5)
     for native, expect in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr("finemix_core.evaluate.bf16_supported", lambda device, n=native: n)
+        monkeypatch.setattr("finemix_core.hardware.bf16_supported", lambda device, n=native: n)
         assert concrete_precision(auto, "cpu").recovery.precision == expect
         for given in ("fp32", "bf16"):
             fixed = dataclasses.replace(auto, recovery=RecoveryConfig(precision=given))

@@ -239,7 +239,7 @@ def test_keep_found_outcome_says_whether_rho_1_was_tried_and_why_it_was_rejected
 
 def test_the_lab_says_when_recovery_trains_in_float32_here(tiny_lab, monkeypatch):
     # the default precision "auto": on a device without native bf16 recovery trains in fp32, and the lab says why
-    monkeypatch.setattr("finemix_core.evaluate.bf16_supported", lambda device: False)
+    monkeypatch.setattr("finemix_core.hardware.bf16_supported", lambda device: False)
     assert "float32 here" in lab.precision_note(tiny_lab) and "no native bf16" in lab.precision_note(tiny_lab)
-    monkeypatch.setattr("finemix_core.evaluate.bf16_supported", lambda device: True)
+    monkeypatch.setattr("finemix_core.hardware.bf16_supported", lambda device: True)
     assert lab.precision_note(tiny_lab) is None

@@ -25,13 +25,18 @@ def test_earlier_rounds_candidates_do_not_follow_later_defaults():
     r20 = cands["+ both, found ρ at half the steps"][2]
     assert (r20.found_steps, r20.precision) == (0.5, "fp32")  # Round 20: half steps, float32
     # Round 21's candidate: Round 24's default without the feature term
-    assert cands["+ default, bf16 recovery"][2] == RecoveryConfig(feature_weight=0.0, found_features=True)
+    assert cands["+ default, bf16 recovery"][2] == RecoveryConfig(feature_weight=0.0, found_features=True, precision="bf16")
     # Round 22's candidate is Round 21's default with θ_FT's top two layers kept whole (not adopted: docs/recovery.md)
-    assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(whole_top_layers=2, feature_weight=0.0, found_features=True)
+    assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(
+        whole_top_layers=2, feature_weight=0.0, found_features=True, precision="bf16"
+    )
     # Round 23's candidate is Round 21's default whose every recovery fine-tune also matches θ_FT's [CLS] states
-    assert cands["+ default, features 5"][2] == RecoveryConfig(feature_weight=5.0, found_features=True)
+    assert cands["+ default, features 5"][2] == RecoveryConfig(feature_weight=5.0, found_features=True, precision="bf16")
     # Round 24's: the same with the feature term in the low-ρ search only
-    assert cands["+ default, features 5 below ρ 1"][2] == RecoveryConfig()  # Round 24's candidate is today's default
+    # (today's default where the machine has native bf16: "auto" is bf16 there, and the rounds ran in bf16)
+    assert cands["+ default, features 5 below ρ 1"][2] == RecoveryConfig(precision="bf16")
+    # Round 25's: the same at feature weight 10
+    assert cands["+ default, features 10 below ρ 1"][2] == RecoveryConfig(feature_weight=10.0, precision="bf16")
     bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole", "+ default, features 5",
-            "+ default, features 5 below ρ 1"}
+            "+ default, features 5 below ρ 1", "+ default, features 10 below ρ 1"}
     assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name not in bf16)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from finemix_core import hardware
 from finemix_core.config import RecoveryConfig, TrainConfig
 from finemix_core.defender import DefenderData, defender_data
 from finemix_core.encoding import Encoded, concat
@@ -91,9 +92,7 @@ def concrete_precision(cfg: DefenseConfig, device: torch.device | str) -> Defens
     resolves it before it starts, so its row, card and run key hold the arithmetic that ran."""
     if cfg.recovery.precision != "auto":
         return cfg
-    from finemix_core.evaluate import bf16_supported
-
-    precision = "bf16" if bf16_supported(torch.device(device)) else "fp32"
+    precision = "bf16" if hardware.bf16_supported(torch.device(device)) else "fp32"
     return dataclasses.replace(cfg, recovery=dataclasses.replace(cfg.recovery, precision=precision))
 
 
