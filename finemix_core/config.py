@@ -116,7 +116,7 @@ class RecoveryConfig:
     # a CPU with avx512_bf16 / AMX), fp32 elsewhere, made concrete before a run (defenses.concrete_precision) so every
     # row, card and key holds the arithmetic that ran. Results differ from fp32 in the last digits. bf16 was adopted in
     # Round 21 (+0.07 dev points, 0.72× / 0.66× the time, the test checks passed: a CPU with avx512_bf16); "auto" since
-    # 2026-12-05, when an AVX2-only machine ran bf16 recovery ~6× slower per layer (docs/recovery.md)
+    # 2026-12-05, when an AVX2-only machine ran bf16 recovery 10.4× slower than fp32 (scripts/bench_precision.py)
     precision: str = "auto"
     # per-layer ρ in one form: the low-ρ search keeps θ_FT's top N encoder layers whole (ρ 1 there, the grid's ρ below),
     # so the layers nearest the head keep θ_FT's clean skill while E-PUR's reset embeddings and θ_PT's lower layers

@@ -11,7 +11,6 @@ model is then two inference passes over length-sorted, dynamically padded batche
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -174,8 +174,8 @@ def data_warning(card: dict, model: str, data_name: str, fix: str = "pass your t
 
 
 def precision_note(recovery: RecoveryConfig, device: torch.device, fix: str = "--precision fp32 is faster here") -> str | None:
-    """One line when recovery's bf16 steps would run on a device without native bf16 (emulated: slower than fp32, the
-    opposite of why bf16 is the default); `fix` says how to switch (the CLI flag, or the lab's pointer to it)."""
+    """One line when bf16 recovery was asked for explicitly on a device without native bf16 (emulated: several times
+    slower than fp32; the default "auto" never picks it there); `fix` says how to switch."""
     if recovery.precision != "bf16" or hardware.bf16_supported(torch.device(device)):
         return None
     return f"this {torch.device(device).type} has no native bf16, so recovery's bf16 steps run slower; {fix}"
