@@ -422,7 +422,8 @@ def test_views_reach_finemix_core_only_through_lab():
                 assert not any(a.name.startswith("finemix_core.") for a in node.names), f"{view.name} imports around lab"
 
 
-def test_the_mixing_page_says_when_bf16_recovery_would_run_emulated(app, monkeypatch):
+def test_the_mixing_page_says_when_recovery_trains_in_float32_here(app, monkeypatch):
+    # the default precision "auto" on a device without native bf16: the page says recovery runs in fp32, and why
     monkeypatch.setattr("finemix_core.hardware.bf16_supported", lambda device: False)
     open_page(app, "mixing")
-    assert any("no native bf16" in c.value for c in app.caption)
+    assert any("float32 here" in c.value and "no native bf16" in c.value for c in app.caption)
