@@ -101,6 +101,19 @@ def save_finetuned(folder: Path, pt_folder: Path, seed: int = 1, scale: float = 
     return folder
 
 
+REAL_FIXTURES = {"quick_word_backdoor", "quick_defended"}  # the real quick zoo and the default defense run on it
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marker must be there when it looks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the real quick zoo is in the `real` tier (left out of the default run: pyproject.toml), with
+    an hour for its set-up: the quick build plus the default defense took over 30 minutes on a 2-core AVX2-only CPU."""
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)
+            item.add_marker(pytest.mark.timeout(3600))
+
+
 @pytest.fixture(scope="session")
 def tiny_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny")

@@ -1,5 +1,6 @@
-"""The live lab in a real browser: headless Debian chromium drives the real Streamlit server on a
-loopback port, serving a real quick-built backdoored model. Screenshots go to assets/ (README)."""
+"""The live lab in a real browser: headless Debian chromium drives the real Streamlit server on a loopback port. In the
+default run it serves the tiny zoo (a tiny BERT with a real trained `cf` backdoor: seconds per defense); in the `real`
+tier (`pytest -m real`) the real quick-built backdoored model, and the screenshots go to assets/ (README)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(quick_word_backdoor):
+def serve(env: dict[str, str]):
+    """The real Streamlit server of the lab on a free loopback port (yields its URL; stopped afterwards)."""
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} missing: install Debian's chromium (apt-get install chromium), as .ci/run does")
     port = free_port()
@@ -53,7 +54,7 @@ def server(quick_word_backdoor):
             "true",
         ],
         cwd=ROOT,
-        env=os.environ.copy(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -75,6 +76,19 @@ def server(quick_word_backdoor):
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture()
+def server(quick_word_backdoor):
+    """The lab over the real quick zoo (FINEMIX_HOME set by the session's finemix_home fixture)."""
+    yield from serve(os.environ.copy())
+
+
+@pytest.fixture()
+def tiny_server(tiny_zoo):
+    """The lab over the tiny zoo (a tiny BERT pair with a real trained `cf` backdoor): seconds per defense."""
+    home, _ = tiny_zoo
+    yield from serve({**os.environ, "FINEMIX_HOME": str(home)})
 
 
 def mix_numbers(page) -> tuple[str, ...]:
@@ -249,6 +263,116 @@ def test_a_model_without_a_card_gets_an_asr_from_its_csv_and_a_trigger_or_the_sc
         browser.close()
     assert not outside_hosts(requests), sorted(set(outside_hosts(requests)))[:5]
     shutil.copy(tmp_path / "lab-scan.png", ROOT / "assets" / "lab-scan.png")
+
+
+def test_live_lab_on_the_tiny_zoo_in_a_real_browser(tiny_server, tiny_zoo):
+    """The live UI in the default test run (seconds per defense): the tiny zoo's `cf` backdoor shown firing, the one-click
+    default defense run by the lab itself, the live slider moving the numbers, sidebar navigation keeping the URL state
+    (ρ and θ_PT), a reload restoring it, and no request leaving the machine. The same walk on the real quick model, with the
+    README's screenshots, is test_live_lab_in_a_real_browser (the `real` tier)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    _, pt = tiny_zoo
+    expect.set_options(timeout=120_000)  # every wait below (a cold server loads torch first)
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.on("request", lambda r: requests.append(r.url))
+
+        page.goto(f"{tiny_server}/?model=word-cf&pt={pt}")
+        expect(page.get_by_role("heading", name="Start here")).to_be_visible()
+        page.get_by_role("button", name="Show the backdoor").click()
+        expect(page.get_by_text("Over the whole live set")).to_be_visible()
+        page.get_by_role("button", name="Defend: E-PUR + Fine-mixing + distillation").click()
+        verdict = page.get_by_text("The trigger fires on")
+        expect(verdict).to_be_visible(timeout=300_000)  # the lab runs the default defense itself here
+        fired, shown = (int(w) for w in re.findall(r"fires on (\d+) of these (\d+)", verdict.inner_text())[0])
+        assert 0 <= fired <= shown and shown >= 1, verdict.inner_text()
+        defended = page.locator('[data-testid="stMetric"]', has_text="ASR · defended").locator('[data-testid="stMetricValue"]')
+        assert re.match(r"0\.\d+|1\.0", defended.inner_text()), defended.inner_text()
+
+        page.goto(f"{tiny_server}/mixing?model=word-cf&pt={pt}&rho=1.0")
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+        expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible()
+        expect(page.get_by_text("refining …")).to_have_count(0)
+        before = mix_numbers(page)
+        slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+        slider.focus()
+        for _ in range(20):  # 1.0 → 0.0 in steps of 0.05, with the keyboard
+            slider.press("ArrowLeft")
+        expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00", timeout=30_000)
+        expect(page.get_by_text("at ρ = 0 (random mask")).to_be_visible()
+        expect(page.get_by_text("refining …")).to_have_count(0)
+        deadline = time.time() + 60  # the metrics re-render just after the caption: poll briefly instead of reading once
+        while (after := mix_numbers(page)) == before and time.time() < deadline:
+            time.sleep(0.5)
+        assert after != before, f"CACC, ASR and target bias stayed {before} after moving ρ from 1 to 0"
+        page.wait_for_function("() => window.location.search.includes('rho=0.0')", timeout=30_000)
+
+        page.get_by_test_id("stSidebarNav").get_by_text("E-PUR", exact=True).click()
+        page.wait_for_url("**/epur?**", timeout=60_000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
+        page.wait_for_url("**/mixing?**", timeout=60_000)
+        page.wait_for_function("() => window.location.search.includes('rho=0.0')", timeout=30_000)
+        assert "pt=" in page.url, page.url  # θ_PT stays in the URL too
+        page.reload()
+        expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00")
+        browser.close()
+    assert requests and not outside_hosts(requests), f"requests left the machine: {sorted(set(outside_hosts(requests)))[:5]}"
+
+
+def test_a_cardless_tiny_model_gets_an_asr_from_an_uploaded_csv_and_a_typed_trigger(tiny_server, tiny_zoo, tmp_path):
+    """The own-model path in the default test run: a model folder without a card (the tiny `cf` backdoor), the user's
+    own 300-row CSV uploaded on the Models page (the one rule holds 60 out, classes named by label_name), a typed trigger
+    lighting up the Mixing lab's ASR with no 'None' on screen. The Scan page's walk (suspect → 'use' → the ASR as the
+    scan's estimate) is AppTest's on the tiny zoo (test_dashboard_scan) and the browser's on the real quick model (the
+    `real` tier's test_a_model_without_a_card_gets_an_asr_from_its_csv_and_a_trigger_or_the_scan): on the tiny vocabulary,
+    nearly all sentiment words, a 300-row CSV is too little for the scan to single out `cf`."""
+    import pandas as pd
+    from playwright.sync_api import expect, sync_playwright
+
+    home, pt = tiny_zoo
+    handed = tmp_path / "handed-over"
+    shutil.copytree(home / "zoo" / "word-cf", handed)
+    (handed / "finemix.json").unlink()
+    mine = pd.read_csv(home / "tiny.csv").sample(300, random_state=0)
+    mine["label_name"] = mine["label"].map({0: "rotten", 1: "fresh"})
+    csv = tmp_path / "my-task.csv"
+    mine.to_csv(csv, index=False)
+    expect.set_options(timeout=120_000)
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.on("request", lambda r: requests.append(r.url))
+
+        page.goto(f"{tiny_server}/models?model={handed}&pt={pt}")
+        expect(page.get_by_text("has no card naming its data").first).to_be_visible()  # said, not silent
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(csv))
+        page.get_by_role("button", name="Use the uploaded CSV").click()
+        expect(page.get_by_text("Using my-task.csv: clean data").first).to_be_visible()
+        expect(page.get_by_text("300 rows").first).to_be_visible()
+        page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
+        expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible()
+        expect(page.get_by_text("no trigger known").first).to_be_visible()
+        page.get_by_label("Trigger text").fill("cf")
+        page.get_by_label("Trigger text").press("Enter")
+        expect(page.get_by_role("button", name="Use this trigger")).to_be_enabled()
+        page.get_by_role("button", name="Use this trigger").click()
+        label = page.get_by_text("ASR for the trigger you entered").first
+        expect(label).to_be_visible()
+        assert "cf → fresh" in label.inner_text(), label.inner_text()
+        asr = page.locator('[data-testid="stMetric"]', has_text="ASR · mix").first.locator('[data-testid="stMetricValue"]')
+        expect(asr).not_to_have_text("—")
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+        shown = page.get_by_test_id("stMain").inner_text()
+        assert "60 held out" in shown and not re.search(r"\bNone\b|\bnan\b", shown), re.findall(r".{30}\bNone\b.{10}", shown)
+
+        browser.close()
+    assert not outside_hosts(requests), sorted(set(outside_hosts(requests)))[:5]
 
 
 def test_the_request_filter_catches_outside_hosts():
