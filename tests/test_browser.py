@@ -101,6 +101,53 @@ def mix_numbers(page) -> tuple[str, ...]:
     )
 
 
+def slide_rho_to_zero(page, before: tuple[str, ...]) -> tuple[str, ...]:
+    """On the Mixing lab at ρ 1 (showing `before`): the slider moved to 0 with the keyboard; the numbers once refined."""
+    from playwright.sync_api import expect
+
+    slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+    slider.focus()
+    for _ in range(20):  # 1.0 → 0.0 in steps of 0.05, with the keyboard
+        slider.press("ArrowLeft")
+    expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00", timeout=30_000)
+    # every key press reruns the fragment; wait for the one that reached ρ = 0, not an intermediate step
+    expect(page.get_by_text("at ρ = 0 (random mask")).to_be_visible(timeout=120_000)
+    # first numbers come from a slice of the live set; wait for the refinement to the full set
+    expect(page.get_by_text("refining …")).to_have_count(0, timeout=120_000)
+    deadline = time.time() + 60  # the metrics re-render just after the caption: poll briefly instead of reading once
+    while (after := mix_numbers(page)) == before and time.time() < deadline:
+        time.sleep(0.5)
+    return after
+
+
+def upload_csv_and_enter_trigger(page, models_url: str, csv: Path) -> None:
+    """A card-less model's Models page says so; the user's 300-row CSV (`my-task.csv`, label_name rotten / fresh) is
+    uploaded and used; on the Mixing lab the typed trigger `cf` lights up the ASR, and no page text reads None or nan."""
+    from playwright.sync_api import expect
+
+    page.goto(models_url)
+    expect(page.get_by_text("has no card naming its data").first).to_be_visible(timeout=240_000)  # said, not silent
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(csv))
+    page.get_by_role("button", name="Use the uploaded CSV").click()
+    expect(page.get_by_text("Using my-task.csv: clean data").first).to_be_visible(timeout=240_000)
+    expect(page.get_by_text("300 rows").first).to_be_visible()
+    page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
+    expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=240_000)
+    expect(page.get_by_text("no trigger known").first).to_be_visible(timeout=60_000)
+    page.get_by_label("Trigger text").fill("cf")
+    page.get_by_label("Trigger text").press("Enter")  # Streamlit commits a text input on Enter (or blur)
+    expect(page.get_by_role("button", name="Use this trigger")).to_be_enabled(timeout=60_000)
+    page.get_by_role("button", name="Use this trigger").click()
+    label = page.get_by_text("ASR for the trigger you entered").first
+    expect(label).to_be_visible(timeout=240_000)
+    assert "cf → fresh" in label.inner_text(), label.inner_text()  # the class named by the CSV's label_name column
+    asr = page.locator('[data-testid="stMetric"]', has_text="ASR · mix").first.locator('[data-testid="stMetricValue"]')
+    expect(asr).not_to_have_text("—", timeout=120_000)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
+    shown = page.get_by_test_id("stMain").inner_text()
+    assert "60 held out" in shown and not re.search(r"\bNone\b|\bnan\b", shown), re.findall(r".{30}\bNone\b.{10}", shown)
+
+
 def outside_hosts(urls: list[str]) -> list[str]:
     """Requests that left the machine: anything but loopback (and in-page data:/blob: URLs)."""
     from urllib.parse import urlparse
@@ -154,18 +201,7 @@ def test_live_lab_in_a_real_browser(server, quick_defended, tmp_path):
         before = mix_numbers(page)
         page.screenshot(path=shots / "lab-mixing-rho1.png", full_page=True)
 
-        slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
-        slider.focus()
-        for _ in range(20):  # 1.0 → 0.0 in steps of 0.05, with the keyboard
-            slider.press("ArrowLeft")
-        expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00", timeout=30_000)
-        # every key press reruns the fragment; wait for the one that reached ρ = 0, not an intermediate step
-        expect(page.get_by_text("at ρ = 0 (random mask")).to_be_visible(timeout=120_000)
-        # first numbers come from a slice of the live set; wait for the refinement to the full set
-        expect(page.get_by_text("refining …")).to_have_count(0, timeout=120_000)
-        deadline = time.time() + 60  # the metrics re-render just after the caption: poll briefly instead of reading once
-        while (after := mix_numbers(page)) == before and time.time() < deadline:
-            time.sleep(0.5)
+        after = slide_rho_to_zero(page, before)
         assert after != before, f"CACC, ASR and target bias stayed {before} after moving ρ from 1 to 0"
         assert all("[" in v for v in after), f"every live rate shows its interval: {after}"
         page.wait_for_function("() => window.location.search.includes('rho=0.0')", timeout=30_000)  # shareable URL follows
@@ -218,27 +254,7 @@ def test_a_model_without_a_card_gets_an_asr_from_its_csv_and_a_trigger_or_the_sc
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("request", lambda r: requests.append(r.url))
 
-        page.goto(f"{server}/models?model={handed}")
-        expect(page.get_by_text("has no card naming its data").first).to_be_visible(timeout=240_000)  # said, not silent
-        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(csv))
-        page.get_by_role("button", name="Use the uploaded CSV").click()
-        expect(page.get_by_text("Using my-task.csv: clean data").first).to_be_visible(timeout=240_000)
-        expect(page.get_by_text("300 rows").first).to_be_visible()
-        page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
-        expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=240_000)
-        expect(page.get_by_text("no trigger known").first).to_be_visible(timeout=60_000)
-        page.get_by_label("Trigger text").fill("cf")
-        page.get_by_label("Trigger text").press("Enter")  # Streamlit commits a text input on Enter (or blur)
-        expect(page.get_by_role("button", name="Use this trigger")).to_be_enabled(timeout=60_000)
-        page.get_by_role("button", name="Use this trigger").click()
-        label = page.get_by_text("ASR for the trigger you entered").first
-        expect(label).to_be_visible(timeout=240_000)
-        assert "cf → fresh" in label.inner_text(), label.inner_text()  # the class named by the CSV's label_name column
-        asr = page.locator('[data-testid="stMetric"]', has_text="ASR · mix").first.locator('[data-testid="stMetricValue"]')
-        expect(asr).not_to_have_text("—", timeout=120_000)
-        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
-        shown = page.get_by_test_id("stMain").inner_text()
-        assert "60 held out" in shown and not re.search(r"\bNone\b|\bnan\b", shown), re.findall(r".{30}\bNone\b.{10}", shown)
+        upload_csv_and_enter_trigger(page, f"{server}/models?model={handed}", csv)
 
         page.goto(f"{server}/mixing?model={handed}&data=rt")
         expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible(timeout=240_000)
@@ -298,16 +314,7 @@ def test_live_lab_on_the_tiny_zoo_in_a_real_browser(tiny_server, tiny_zoo):
         expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible()
         expect(page.get_by_text("refining …")).to_have_count(0)
         before = mix_numbers(page)
-        slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
-        slider.focus()
-        for _ in range(20):  # 1.0 → 0.0 in steps of 0.05, with the keyboard
-            slider.press("ArrowLeft")
-        expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00", timeout=30_000)
-        expect(page.get_by_text("at ρ = 0 (random mask")).to_be_visible()
-        expect(page.get_by_text("refining …")).to_have_count(0)
-        deadline = time.time() + 60  # the metrics re-render just after the caption: poll briefly instead of reading once
-        while (after := mix_numbers(page)) == before and time.time() < deadline:
-            time.sleep(0.5)
+        after = slide_rho_to_zero(page, before)
         assert after != before, f"CACC, ASR and target bias stayed {before} after moving ρ from 1 to 0"
         page.wait_for_function("() => window.location.search.includes('rho=0.0')", timeout=30_000)
 
@@ -349,28 +356,7 @@ def test_a_cardless_tiny_model_gets_an_asr_from_an_uploaded_csv_and_a_typed_trig
         page.set_default_timeout(120_000)
         page.on("request", lambda r: requests.append(r.url))
 
-        page.goto(f"{tiny_server}/models?model={handed}&pt={pt}")
-        expect(page.get_by_text("has no card naming its data").first).to_be_visible()  # said, not silent
-        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(csv))
-        page.get_by_role("button", name="Use the uploaded CSV").click()
-        expect(page.get_by_text("Using my-task.csv: clean data").first).to_be_visible()
-        expect(page.get_by_text("300 rows").first).to_be_visible()
-        page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
-        expect(page.locator('[data-testid="stMetric"]', has_text="ASR · mix")).to_be_visible()
-        expect(page.get_by_text("no trigger known").first).to_be_visible()
-        page.get_by_label("Trigger text").fill("cf")
-        page.get_by_label("Trigger text").press("Enter")
-        expect(page.get_by_role("button", name="Use this trigger")).to_be_enabled()
-        page.get_by_role("button", name="Use this trigger").click()
-        label = page.get_by_text("ASR for the trigger you entered").first
-        expect(label).to_be_visible()
-        assert "cf → fresh" in label.inner_text(), label.inner_text()
-        asr = page.locator('[data-testid="stMetric"]', has_text="ASR · mix").first.locator('[data-testid="stMetricValue"]')
-        expect(asr).not_to_have_text("—")
-        page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
-        shown = page.get_by_test_id("stMain").inner_text()
-        assert "60 held out" in shown and not re.search(r"\bNone\b|\bnan\b", shown), re.findall(r".{30}\bNone\b.{10}", shown)
-
+        upload_csv_and_enter_trigger(page, f"{tiny_server}/models?model={handed}&pt={pt}", csv)
         browser.close()
     assert not outside_hosts(requests), sorted(set(outside_hosts(requests)))[:5]
 
