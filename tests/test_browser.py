@@ -4,6 +4,7 @@ tier (`pytest -m real`) the real quick-built backdoored model, and the screensho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -99,6 +100,22 @@ def mix_numbers(page) -> tuple[str, ...]:
         page.locator('[data-testid="stMetric"]', has_text=label).first.locator('[data-testid="stMetricValue"]').inner_text()
         for label in labels
     )
+
+
+@contextlib.contextmanager
+def browser_page(requests: list[str]):
+    """A page in headless chromium that records every request URL into `requests`, every wait up to 120 s (a cold lab
+    server loads torch and the model after its first heading shows)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=120_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.on("request", lambda r: requests.append(r.url))
+        yield page
+        browser.close()
 
 
 def slide_rho_to_zero(page, before: tuple[str, ...]) -> tuple[str, ...]:
@@ -286,17 +303,11 @@ def test_live_lab_on_the_tiny_zoo_in_a_real_browser(tiny_server, tiny_zoo):
     default defense run by the lab itself, the live slider moving the numbers, sidebar navigation keeping the URL state
     (ρ and θ_PT), a reload restoring it, and no request leaving the machine. The same walk on the real quick model, with the
     README's screenshots, is test_live_lab_in_a_real_browser (the `real` tier)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     _, pt = tiny_zoo
-    expect.set_options(timeout=120_000)  # every wait below (a cold server loads torch first)
     requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.on("request", lambda r: requests.append(r.url))
-
+    with browser_page(requests) as page:
         page.goto(f"{tiny_server}/?model=word-cf&pt={pt}")
         expect(page.get_by_role("heading", name="Start here")).to_be_visible()
         page.get_by_role("button", name="Show the backdoor").click()
@@ -326,7 +337,6 @@ def test_live_lab_on_the_tiny_zoo_in_a_real_browser(tiny_server, tiny_zoo):
         assert "pt=" in page.url, page.url  # θ_PT stays in the URL too
         page.reload()
         expect(page.locator('[data-testid="stSliderThumbValue"]').first).to_have_text("0.00")
-        browser.close()
     assert requests and not outside_hosts(requests), f"requests left the machine: {sorted(set(outside_hosts(requests)))[:5]}"
 
 
@@ -338,7 +348,6 @@ def test_a_cardless_tiny_model_gets_an_asr_from_an_uploaded_csv_and_a_typed_trig
     `real` tier's test_a_model_without_a_card_gets_an_asr_from_its_csv_and_a_trigger_or_the_scan): on the tiny vocabulary,
     nearly all sentiment words, a 300-row CSV is too little for the scan to single out `cf`."""
     import pandas as pd
-    from playwright.sync_api import expect, sync_playwright
 
     home, pt = tiny_zoo
     handed = tmp_path / "handed-over"
@@ -348,16 +357,9 @@ def test_a_cardless_tiny_model_gets_an_asr_from_an_uploaded_csv_and_a_typed_trig
     mine["label_name"] = mine["label"].map({0: "rotten", 1: "fresh"})
     csv = tmp_path / "my-task.csv"
     mine.to_csv(csv, index=False)
-    expect.set_options(timeout=120_000)
     requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.on("request", lambda r: requests.append(r.url))
-
+    with browser_page(requests) as page:
         upload_csv_and_enter_trigger(page, f"{tiny_server}/models?model={handed}&pt={pt}", csv)
-        browser.close()
     assert not outside_hosts(requests), sorted(set(outside_hosts(requests)))[:5]
 
 
