@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from finemix_core import data, zoo
 from finemix_core.atomic import check_new, check_writable, write_csv
-from finemix_core.config import RecoveryConfig, zoo_dir
+from finemix_core.config import DEFAULT_CLEAN_SIZE, RecoveryConfig, zoo_dir
 from finemix_core.errors import FinemixError
 from finemix_core.remembered import Remember
 
@@ -287,7 +287,10 @@ def defend_cmd(
     unlabeled: Annotated[
         str | None, typer.Option(help="Clean unlabelled texts for recovery: .txt (one per line) or CSV with text.")
     ] = None,
-    clean_size: Annotated[int, typer.Option(help="Clean training examples for the fine-tune step.")] = 128,
+    clean_size: Annotated[
+        int,
+        typer.Option(help="Clean training examples for the fine-tune step (the default takes a smaller CSV's whole train part)."),
+    ] = DEFAULT_CLEAN_SIZE,
     rho: Annotated[str, typer.Option(help="Reserve ratio in [0, 1], or 'auto' (chosen on clean dev accuracy).")] = "auto",
     delta: Annotated[
         float, typer.Option(help="auto-ρ / prune-ratio tolerance: allowed drop of clean dev accuracy vs θ_FT (0.02 = 2 points).")
@@ -546,7 +549,11 @@ def scan_cmd(
         str | None, typer.Option(help="Measure this trigger (text to insert) instead of searching; e.g. a suspect after defend.")
     ] = None,
     target: Annotated[int | None, typer.Option(help="With --trigger: the class it should flip to (default: every class).")] = None,
-    clean_size: Annotated[int, typer.Option(help="Labelled clean examples (search set; the reference trains on them).")] = 128,
+    clean_size: Annotated[
+        int,
+        typer.Option(help="Labelled clean examples (search set; the reference trains on them; the default takes a smaller "
+                     "CSV's whole train part)."),
+    ] = DEFAULT_CLEAN_SIZE,
     threshold: Annotated[float | None, typer.Option(help="Excess flip from which the verdict says 'backdoor'.")] = None,
     no_inversion: Annotated[bool, typer.Option("--no-inversion", help="Skip trigger inversion (faster; E-PUR only).")] = False,
     seed: Annotated[int, typer.Option(help="Clean-set draw and insertion positions.")] = 0,

@@ -21,6 +21,9 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 DEFAULT_DATASET = "rt"
 DEFAULT_TARGET = 1  # the attacker's target label (1 = positive for the sentiment sets)
 MAX_LENGTH = 128  # tokens; Rotten Tomatoes sentences average ~25 word pieces
+# labelled clean examples the defender fine-tunes on (the paper's budget); a user's CSV whose train part holds fewer rows
+# gets all of them when this default is asked for (experiment.Context.labelled_size); an explicit larger number is refused
+DEFAULT_CLEAN_SIZE = 128
 
 
 def finemix_home() -> Path:

@@ -20,7 +20,15 @@ from finemix_core import data, store
 from finemix_core.atomic import save_dir
 from finemix_core import evaluate as scoring
 from finemix_core import hardware
-from finemix_core.config import DEFAULT_DATASET, DEFAULT_TARGET, MAX_LENGTH, EvalConfig, RecoveryConfig, zoo_dir
+from finemix_core.config import (
+    DEFAULT_CLEAN_SIZE,
+    DEFAULT_DATASET,
+    DEFAULT_TARGET,
+    MAX_LENGTH,
+    EvalConfig,
+    RecoveryConfig,
+    zoo_dir,
+)
 from finemix_core.defenses import DefenderData, DefenseConfig, DefenseResult, concrete_precision, defend, defender_data
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import EvalSet, Scores, make_eval_set, predict, score
@@ -74,7 +82,7 @@ class Context:
             what = f"{self.data_name} dev split beyond its first {n_dev} examples"
         else:
             train, dev = self.clean_splits["train"], self.clean_splits["dev"]
-            self._check_clean_size(clean_size)
+            clean_size = self.labelled_size(clean_size)
             pool = data.clean_split(train, clean_size, seed)[1]
             what = f"{data.display_name(self.clean_data)} train rows beyond the {clean_size} labelled ones"
         parts = [(pool, what)] if len(pool) else []
@@ -106,14 +114,22 @@ class Context:
                 avoid.update(part["text"])
         return exclude, avoid
 
-    def _check_clean_size(self, clean_size: int) -> None:
+    def labelled_size(self, clean_size: int) -> int:
+        """The labelled set a run takes: `clean_size`; from a CSV whose train part holds fewer rows, all of them when
+        `clean_size` is the default (a user's few hundred rows must fit the default: 212 rows leave 112), else refused
+        with the fix."""
+        if self.clean_data is None:
+            return clean_size
         train = self.clean_splits["train"]
-        if clean_size > len(train):
-            raise FinemixError(
-                f"clean-size {clean_size} is larger than the {len(train)} train rows of {data.display_name(self.clean_data)} "
-                f"(the one rule keeps its dev and held-out parts apart); lower --clean-size to at most {len(train)} "
-                "or bring more labelled rows"
-            )
+        if clean_size <= len(train):
+            return clean_size
+        if clean_size == DEFAULT_CLEAN_SIZE:
+            return len(train)
+        raise FinemixError(
+            f"clean-size {clean_size} is larger than the {len(train)} train rows of {data.display_name(self.clean_data)} "
+            f"(the one rule keeps its dev and held-out parts apart); lower --clean-size to at most {len(train)} "
+            "or bring more labelled rows"
+        )
 
     def parts(self, clean_size: int = 128, dev_size: int = 256, check: bool = True) -> "DataParts":
         """How the data is parted for this run (the CLI prints it, the card and the lab's caption show it); with
@@ -125,9 +141,7 @@ class Context:
                 len(self.dsd["test"]), self.data_name, self.split_seed,
             )
         train, dev = self.clean_splits["train"], self.clean_splits["dev"]
-        if check:
-            self._check_clean_size(clean_size)
-        labelled = min(clean_size, len(train))
+        labelled = self.labelled_size(clean_size) if check else min(clean_size, len(train))
         held_out = len(self.clean_splits["test"])
         return DataParts(
             data.display_name(self.clean_data), len(train) + len(dev) + held_out, labelled, min(dev_size, len(dev)),
@@ -467,6 +481,7 @@ def run_defense(
     """Defend, score on test, and return (result, its row). `scan_result`: a scan of θ_FT on the same defender parts
     (`run_scan`), reused by trigger-aware recovery instead of scanning again. `remember`: see finemix_core.remembered."""
     cfg = concrete_precision(cfg, ctx.device)  # the row says the arithmetic that ran ("auto" made concrete)
+    clean_size = ctx.labelled_size(clean_size)  # the row says the labelled set that ran (a small CSV's whole train part)
     dd = ctx.defender(clean_size, dev_size, cfg.seed, min_pool=cfg.recovery.min_pool if cfg.distills else 0)
     result = defend(ctx.pair, dd, cfg, ctx.device, progress, log, scan_result, remember)
     scores = evaluate(ctx, result.model)
@@ -580,7 +595,7 @@ def run_scan(
     With `given` and a cfg that searches nothing, only those triggers are measured."""
     from finemix_core.scan import scan
 
-    dd = ctx.defender(clean_size, dev_size, seed)
+    dd = ctx.defender(ctx.labelled_size(clean_size), dev_size, seed)
     pair = ctx.pair if model is None else dataclasses.replace(ctx.pair, ft=model.cpu().eval())
     return scan(pair, dd, cfg, given=given, progress=progress, cancelled=cancelled, log=log)
 

@@ -209,14 +209,15 @@ def csv_rule_text() -> str:
     return (
         f"One rule parts it, here and in the CLI alike: dev and held-out each get {data.CSV_SHARE:.0%} of the rows (at "
         f"least {data.CSV_PART_MIN}, at most {data.CSV_DEV_MAX} dev and {data.CSV_HELD_OUT_MAX} held out); the 128 "
-        "labelled examples come from the rest, and the rows left over are the unlabelled pool. Dev decides auto-ρ; the "
+        "labelled examples come from the rest (all of it when it holds fewer), and the rows left over are the unlabelled "
+        "pool. Dev decides auto-ρ; the "
         "held-out part is what a model without a card naming its data is scored on, and the defense never sees it."
     )
 
 
 def data_parts(lab: LabModel, clean_size: int = 128):
     """How the data is parted (experiment.DataParts): what the lab's caption and Export say."""
-    return lab.ctx.parts(clean_size, check=False)  # a small CSV still shows its parts; the defense says the fix
+    return lab.ctx.parts(clean_size, check=False)  # a small CSV: the default labelled set is its whole train part
 
 
 def data_warning(lab: LabModel) -> str | None:
@@ -492,6 +493,7 @@ def tuned_curve(
     from finemix_core.executor import RUN_KINDS
 
     trig = lab.ctx.trigger_text  # points scored with another ASR probe are not this curve's
+    clean_size = lab.ctx.parts(clean_size, check=False).labelled  # what the runs record (a small CSV: its train part)
     mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in RUN_KINDS and r["config"].get("trigger") == trig]
     mine = [
         c
@@ -768,6 +770,7 @@ def compare_table(lab: LabModel, seed: int = 0, clean_size: int = 128) -> Compar
     if hist.empty:
         return CompareTable(hist, list(COMPARED_METHODS), hist)
     trig = lab.ctx.trigger_text  # rows scored with another ASR probe measured another ASR
+    clean_size = lab.ctx.parts(clean_size, check=False).labelled  # what the runs record (a small CSV: its train part)
     mine = hist[(hist["clean n"] == clean_size) & (hist["seed"] == seed) & hist.trigger.map(lambda t: (t or None) == trig)]
     fixed = mine[mine["fixed budget"] & mine.method.isin(COMPARED_METHODS)].drop_duplicates("method")
     order = {m: i for i, m in enumerate(COMPARED_METHODS)}

@@ -19,7 +19,13 @@ from finemix_core.config import finemix_home, zoo_dir
 from finemix_core.evaluate import score
 from finemix_core.models import load_classifier, read_card
 
-BENCH_CLEAN = {"rt": "rt-clean-0", "amazon": "amazon-clean-1", "tweets": "tweets-clean-2", "sms-spam": "sms-spam-clean-3"}
+BENCH_CLEAN = {  # the first clean scan-bench member of each dataset (scripts/scan_bench.py population)
+    "rt": "rt-clean-0",
+    "amazon": "amazon-clean-1",
+    "tweets": "tweets-clean-2",
+    "sms-spam": "sms-spam-clean-3",
+    "bbc": "bbc-clean-4",
+}
 
 
 def source_of(model: str) -> tuple[Path, str | None]:
@@ -74,11 +80,14 @@ def main() -> None:
             "asr_met": ctx.floor is not None and after.asr <= ctx.floor + 0.05,
             "cacc_met_1pt": after.cacc >= before.cacc - 0.01,
             "cacc_met_2pt": after.cacc >= before.cacc - 0.02,
+            # the defended model's own errors toward the target on clean non-target text: an ASR near it means the
+            # trigger no longer adds anything; the floor is the same measure's trigger-on value for a clean model
+            "target_bias": round(after.target_bias, 4) if after.target_bias is not None else None,
         }
         rows.append(row)
         print(
             f"{model:24s} {row['candidate']:32s} CACC {before.cacc:.3f} → {after.cacc:.3f} ({row['cacc_change_points']:+.1f}) "
-            f"ASR {before.asr:.3f} → {after.asr:.3f} (floor {row['floor']})",
+            f"ASR {before.asr:.3f} → {after.asr:.3f} (floor {row['floor']}, target bias {row['target_bias']})",
             flush=True,
         )
         pd.DataFrame(rows).to_csv(args.out, index=False)

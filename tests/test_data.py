@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 from finemix_core import data
 from finemix_core.encoding import encode
 from finemix_core.errors import FinemixError
+from finemix_core.config import DEFAULT_CLEAN_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +153,16 @@ def test_one_rule_parts_a_users_csv_the_same_in_cli_and_lab(tmp_path, tiny_pair_
         seen.append((dd.texts, dd.unlabeled_texts, dd.dev.input_ids, tuple(ctx.dsd["test"]["text"])))
     assert seen[0] == seen[1]
     assert "held out" in cli.parts(labelled).line() and f"{n} rows" in cli.parts(labelled).line()
-    if sizes[0] < 128:  # the default 128 on a small file: one line naming the fix
-        with pytest.raises(FinemixError, match=f"lower --clean-size to at most {sizes[0]}"):
-            cli.defender(128, 256, 0)
+    if sizes[0] < DEFAULT_CLEAN_SIZE:  # the default on a small file: its whole train part, the same in CLI and lab
+        for ctx in (cli, in_lab):
+            dd = ctx.defender(DEFAULT_CLEAN_SIZE, 256, 0)
+            assert ctx.labelled_size(DEFAULT_CLEAN_SIZE) == len(dd.texts) == sizes[0] and len(dd.unlabeled_texts) == 0
+            assert ctx.parts(DEFAULT_CLEAN_SIZE).labelled == sizes[0]
+        assert set(dd.texts) == texts["train"]
+        with pytest.raises(FinemixError, match=f"lower --clean-size to at most {sizes[0]}"):  # a number asked for: the fix
+            cli.defender(DEFAULT_CLEAN_SIZE + 1, 256, 0)
+    else:
+        assert cli.labelled_size(DEFAULT_CLEAN_SIZE) == DEFAULT_CLEAN_SIZE
 
 
 def test_too_few_rows_are_refused_with_the_minimum():

@@ -131,6 +131,37 @@ def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path
     assert row["search"] and (out / "model.safetensors").is_file()
 
 
+def test_the_default_fits_a_csv_too_small_for_128_labelled_rows(tiny_zoo, tmp_path, monkeypatch):
+    """A user's 200 rows leave 100 train rows by the one rule: the default labelled set is all of them (not an error
+    asking for --clean-size), the card and the parts line say 100, and recovery's pool is general text alone."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from finemix_core.cli import app
+
+    home, pt = tiny_zoo
+    monkeypatch.setenv("FINEMIX_HOME", str(home))
+    folder = tmp_path / "someones-model"
+    shutil.copytree(home / "zoo" / "word-cf", folder)
+    (folder / "finemix.json").unlink()
+    small = tmp_path / "small.csv"
+    small.write_text("\n".join((home / "tiny.csv").read_text().splitlines()[:201]) + "\n")  # header + 200 rows
+    assert data.csv_part_sizes(200) == (100, 50, 50)
+    out = tmp_path / "cleaned"
+    args = ["defend", "--model", str(folder), "--pretrained", str(pt), "--clean-data", str(small), "--trigger", "cf"]
+    args += ["--target", "1", "--epur-k", "5", "--epochs", "1", "--out", str(out), "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)
+    assert row["clean_size"] == 100 and "100 labelled · 50 dev · 0 unlabelled pool · 50 held out" in row["parts"]
+    assert row["unlabeled_n"] == 1000 and row["unlabeled_source"].startswith("offline general text")
+    assert json.loads((out / "finemix.json").read_text())["clean_size"] == 100
+    asked = CliRunner().invoke(app, args[:-3] + ["--clean-size", "101", "--out", str(tmp_path / "o2")])
+    assert asked.exit_code != 0 and "lower --clean-size to at most 100" in asked.output and not (tmp_path / "o2").exists()
+
+
 def test_labels_that_do_not_match_the_models_ids_are_said(ctx, tiny_zoo, tmp_path):
     """θ_FT below chance on a CSV's dev part: the file's ids (or the sorted order of its class names) are not the
     model's. Named negative/positive, the tiny sentiment rows sort into the model's order (0 negative) and pass; named
