@@ -164,6 +164,11 @@ def test_an_uploaded_csv_becomes_the_labs_data(tiny_zoo, monkeypatch):
     assert lab.display_name(str(path)) == "again.csv" and not list(path.parent.glob(".tmp-*"))  # … shown by its name
     lm = lab.load("word-cf", str(pt), n_interactive=8, data_name=str(path))
     assert lm.ctx.data_name == str(path) and len(lm.ctx.dsd["test"]) == 15 and len(lm.interactive.clean) == 8  # the one rule
+    # 60 rows leave 30 train rows, under the default 128 labelled: a defense takes all 30 (the lab has no --clean-size
+    # to lower), its row says so, and the Compare page finds the run it stored
+    _, row = lab.Workbench(lm).defend_method("fine-tuning")
+    assert row.clean_size == 30 and "30 labelled · 15 dev · 0 unlabelled pool · 15 held out" in row.parts
+    assert "fine-tuning" in set(lab.compare_table(lm).rows.method)
 
 
 def test_a_curve_point_computed_in_the_lab_is_the_sweeps_stored_run(tiny_lab, tmp_path, monkeypatch):
