@@ -210,8 +210,8 @@ def csv_rule_text() -> str:
         f"One rule parts it, here and in the CLI alike: dev and held-out each get {data.CSV_SHARE:.0%} of the rows (at "
         f"least {data.CSV_PART_MIN}, at most {data.CSV_DEV_MAX} dev and {data.CSV_HELD_OUT_MAX} held out); the 128 "
         "labelled examples come from the rest (all of it when it holds fewer), and the rows left over are the unlabelled "
-        "pool. Dev decides auto-ρ; the "
-        "held-out part is what a model without a card naming its data is scored on, and the defense never sees it."
+        "pool. Dev decides auto-ρ; the held-out part is what a model without a card naming its data is scored on, and the "
+        "defense never sees it."
     )
 
 

@@ -6,9 +6,9 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 from finemix_core import data
+from finemix_core.config import DEFAULT_CLEAN_SIZE
 from finemix_core.encoding import encode
 from finemix_core.errors import FinemixError
-from finemix_core.config import DEFAULT_CLEAN_SIZE
 
 
 @pytest.fixture(scope="module")
