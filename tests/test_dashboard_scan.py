@@ -163,3 +163,22 @@ def test_a_handed_over_model_with_an_entered_trigger_gets_an_asr_in_every_view(h
     csv_texts = Path(path).read_text()
     at.switch_page("views/playground.py").run()
     assert next(t.value for t in at.text_area if t.label == "Sentence") in csv_texts  # the Playground speaks the user's data
+
+
+def test_a_csv_too_small_for_128_labelled_rows_is_said_as_its_own_size_on_every_page(cardless):
+    """100 rows leave 50 train rows by the one rule: the default labelled set is all 50, and the pages that name the
+    budget say 50, not 128 (the lab has no --clean-size; the defense takes the same 50)."""
+    from finemix_core import lab
+
+    at, _ = cardless
+    rows = Path(at.query_params["data"]).read_text().splitlines()[:101]  # header + 100 rows
+    at.query_params["data"] = str(lab.save_upload(("\n".join(rows) + "\n").encode(), "small.csv"))
+    at.run()
+    at.switch_page("views/mixing.py").run()
+    assert not at.exception, at.exception
+    assert "50 labelled · 25 dev · 0 unlabelled pool · 25 held out" in texts(at)
+    assert any(b.label == "Fine-tune the mix (50 clean examples)" for b in at.button)
+    at.switch_page("views/compare.py").run()
+    assert "seed 0, 50 clean examples" in texts(at) and "128 clean examples)" not in texts(at)
+    at.switch_page("views/curve.py").run()
+    assert "50 clean examples" in texts(at)

@@ -80,11 +80,20 @@ def test_bad_unlabeled_files_get_one_line(tmp_path, content, name, expected):
     assert "\n" not in str(info.value)
 
 
+def cardless_copy(home, tmp_path):
+    """The tiny zoo's word-cf backdoor as someone hands it over: a folder without its card (nothing says `cf`)."""
+    import shutil
+
+    folder = tmp_path / "someones-model"
+    shutil.copytree(home / "zoo" / "word-cf", folder)
+    (folder / "finemix.json").unlink()
+    return folder
+
+
 def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path, monkeypatch):
     """A model the project has never seen: no card, only a clean CSV — split into train and dev for the defender, its
     test tenth held out for scoring alone."""
     import json
-    import shutil
 
     from typer.testing import CliRunner
 
@@ -92,9 +101,7 @@ def test_cli_defends_a_cardless_folder_from_a_clean_csv_alone(tiny_zoo, tmp_path
 
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
-    folder = tmp_path / "someones-model"
-    shutil.copytree(home / "zoo" / "word-cf", folder)
-    (folder / "finemix.json").unlink()
+    folder = cardless_copy(home, tmp_path)
     out = tmp_path / "cleaned"
     res = CliRunner().invoke(
         app,
@@ -135,7 +142,6 @@ def test_the_default_fits_a_csv_too_small_for_128_labelled_rows(tiny_zoo, tmp_pa
     """A user's 200 rows leave 100 train rows by the one rule: the default labelled set is all of them (not an error
     asking for --clean-size), the card and the parts line say 100, and recovery's pool is general text alone."""
     import json
-    import shutil
 
     from typer.testing import CliRunner
 
@@ -143,9 +149,7 @@ def test_the_default_fits_a_csv_too_small_for_128_labelled_rows(tiny_zoo, tmp_pa
 
     home, pt = tiny_zoo
     monkeypatch.setenv("FINEMIX_HOME", str(home))
-    folder = tmp_path / "someones-model"
-    shutil.copytree(home / "zoo" / "word-cf", folder)
-    (folder / "finemix.json").unlink()
+    folder = cardless_copy(home, tmp_path)
     small = tmp_path / "small.csv"
     small.write_text("\n".join((home / "tiny.csv").read_text().splitlines()[:201]) + "\n")  # header + 200 rows
     assert data.csv_part_sizes(200) == (100, 50, 50)

@@ -15,6 +15,7 @@ lm, bench = state.page(
     "backdoored model's.",
 )
 seed = int(st.session_state["seed"])
+labelled = lab.data_parts(lm).labelled  # 128, or a small CSV's whole train part
 table = lab.compare_table(lm, seed)
 COLUMNS = [
     "method",
@@ -37,7 +38,7 @@ COLUMNS = [
 
 # stored results first: drawn before any long job below, so they stay final (not greyed out) while it runs
 if table.rows.empty:
-    st.info(f"No fixed-budget run stored yet for this model (seed {seed}, 128 clean examples).")
+    st.info(f"No fixed-budget run stored yet for this model (seed {seed}, {labelled} clean examples).")
 else:
     rows = lab.with_intervals(
         table.rows.rename(columns={"CACC": "cacc", "ASR": "asr", "n test": "n_clean", "n non-target": "n_nontarget"})
@@ -58,7 +59,7 @@ else:
 
 if table.missing:
     st.caption(
-        f"No stored run yet (seed {seed}, 128 clean examples) for: {', '.join(table.missing)}. Measured here: "
+        f"No stored run yet (seed {seed}, {labelled} clean examples) for: {', '.join(table.missing)}. Measured here: "
         + "; ".join(f"{m} {lab.measured_seconds(lm, m)}" for m in table.missing)
         + "."
     )

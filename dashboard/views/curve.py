@@ -26,8 +26,8 @@ curve = lab.tuned_curve(lm, method, seed=seed)
 
 if curve.missing:
     st.caption(
-        f"No stored point yet at ρ = {', '.join(f'{r:g}' for r in curve.missing)} for `{method}` (seed {seed}, 128 clean "
-        f"examples). Each is one fine-tune; `{method}` {lab.measured_seconds(lm, method)}."
+        f"No stored point yet at ρ = {', '.join(f'{r:g}' for r in curve.missing)} for `{method}` (seed {seed}, "
+        f"{lab.data_parts(lm).labelled} clean examples). Each is one fine-tune; `{method}` {lab.measured_seconds(lm, method)}."
     )
 # stored points are drawn first, so they stay final (not greyed) while missing ones are computed below
 points = curve.points

@@ -129,7 +129,7 @@ def live() -> None:
     b1, b2, b3 = st.columns([2, 1, 1])
     method = state.lab.recipe_method(recipe, mode)
     if b1.button(
-        "Fine-tune the mix (128 clean examples)",
+        f"Fine-tune the mix ({state.lab.data_parts(lm).labelled} clean examples)",
         help=f"Fine-mixing step 2 at this ρ; {method} {state.lab.measured_seconds(lm, method)}",
     ):
         update, bar = state.progress("fine-tuning")
