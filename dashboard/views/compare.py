@@ -10,9 +10,9 @@ from finemix_core.errors import FinemixError
 
 lm, bench = state.page(
     "Compare",
-    "Every defense on the chosen model with the same budget (128 clean examples, same fine-tuning), scored on the full "
-    "test split. Lower ASR is better, but only down to the clean floor (dashed line), and only if CACC stays near the "
-    "backdoored model's.",
+    "Every defense on the chosen model with the same budget (128 clean examples, or all of a small CSV's train part; the "
+    "same fine-tuning), scored on the full test split. Lower ASR is better, but only down to the clean floor (dashed "
+    "line), and only if CACC stays near the backdoored model's.",
 )
 seed = int(st.session_state["seed"])
 labelled = lab.data_parts(lm).labelled  # 128, or a small CSV's whole train part
