@@ -595,7 +595,7 @@ def run_scan(
     With `given` and a cfg that searches nothing, only those triggers are measured."""
     from finemix_core.scan import scan
 
-    dd = ctx.defender(ctx.labelled_size(clean_size), dev_size, seed)
+    dd = ctx.defender(clean_size, dev_size, seed)  # a small CSV's default: its whole train part (Context.defender)
     pair = ctx.pair if model is None else dataclasses.replace(ctx.pair, ft=model.cpu().eval())
     return scan(pair, dd, cfg, given=given, progress=progress, cancelled=cancelled, log=log)
 

@@ -493,7 +493,7 @@ def tuned_curve(
     from finemix_core.executor import RUN_KINDS
 
     trig = lab.ctx.trigger_text  # points scored with another ASR probe are not this curve's
-    clean_size = lab.ctx.parts(clean_size, check=False).labelled  # what the runs record (a small CSV: its train part)
+    clean_size = lab.ctx.labelled_size(clean_size)  # what the runs record (a small CSV: its train part)
     mine = [r["config"] for r in store.runs(model=lab.name) if r["kind"] in RUN_KINDS and r["config"].get("trigger") == trig]
     mine = [
         c
@@ -770,7 +770,7 @@ def compare_table(lab: LabModel, seed: int = 0, clean_size: int = 128) -> Compar
     if hist.empty:
         return CompareTable(hist, list(COMPARED_METHODS), hist)
     trig = lab.ctx.trigger_text  # rows scored with another ASR probe measured another ASR
-    clean_size = lab.ctx.parts(clean_size, check=False).labelled  # what the runs record (a small CSV: its train part)
+    clean_size = lab.ctx.labelled_size(clean_size)  # what the runs record (a small CSV: its train part)
     mine = hist[(hist["clean n"] == clean_size) & (hist["seed"] == seed) & hist.trigger.map(lambda t: (t or None) == trig)]
     fixed = mine[mine["fixed budget"] & mine.method.isin(COMPARED_METHODS)].drop_duplicates("method")
     order = {m: i for i, m in enumerate(COMPARED_METHODS)}
