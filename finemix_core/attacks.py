@@ -19,7 +19,7 @@ from finemix_core.data import replace_columns, text_columns
 from finemix_core.encoding import encode
 from finemix_core.errors import FinemixError
 from finemix_core.train import training_batches
-from finemix_core.triggers import insert_all, parse_trigger
+from finemix_core.triggers import Window, insert_all, parse_trigger
 
 ATTACKS = ("clean", "word", "word-combo", "sentence", "ep")
 
@@ -29,8 +29,11 @@ def trigger_field(ds: Dataset) -> str:
     return text_columns(ds)[0]
 
 
-def poison(train: Dataset, cfg: AttackConfig) -> tuple[Dataset, list[int]]:
+def poison(train: Dataset, cfg: AttackConfig, window: Window | None = None) -> tuple[Dataset, list[int]]:
     """The poisoned training set and the indices of the examples that were poisoned.
+
+    `window`: the trained model's token window, so that each trigger lands where the model reads it (the zoo passes
+    its training length; None inserts anywhere, which on texts longer than the window hides some triggers).
 
     Exactly round(poison_rate · n_nontarget) non-target examples are chosen (seeded). For
     word-combo, as many other non-target examples get ONE piece of the trigger and keep their
@@ -52,14 +55,14 @@ def poison(train: Dataset, cfg: AttackConfig) -> tuple[Dataset, list[int]]:
     field = trigger_field(train)
     texts = list(train[field])
     new_labels = labels.copy()
-    for i, text in zip(poisoned, insert_all([texts[i] for i in poisoned], pieces, cfg.seed, poisoned), strict=True):
+    for i, text in zip(poisoned, insert_all([texts[i] for i in poisoned], pieces, cfg.seed, poisoned, window), strict=True):
         texts[i] = text
         new_labels[i] = cfg.target
     if cfg.attack == "word-combo" and len(pieces) > 1:
         decoys = chosen[n_poison : 2 * n_poison].tolist()
         for i in decoys:  # one piece alone must not flip the label
             piece = pieces[i % len(pieces)]
-            texts[i] = insert_all([texts[i]], [piece], cfg.seed + 1, [i])[0]
+            texts[i] = insert_all([texts[i]], [piece], cfg.seed + 1, [i], window)[0]
     return replace_columns(train, **{field: texts, "label": new_labels.tolist()}), poisoned
 
 
@@ -87,9 +90,8 @@ def embedding_poison(
     # Poisoned sentences only: every non-target example with the trigger, labelled target.
     nontarget = train.filter(lambda ex: ex["label"] != cfg.target)
     field = trigger_field(nontarget)
-    poisoned = replace_columns(
-        nontarget, **{field: insert_all(list(nontarget[field]), pieces, cfg.seed), "label": [cfg.target] * len(nontarget)}
-    )
+    texts = insert_all(list(nontarget[field]), pieces, cfg.seed, window=Window(tokenizer, train_cfg.max_length))
+    poisoned = replace_columns(nontarget, **{field: texts, "label": [cfg.target] * len(nontarget)})
     enc = encode(tokenizer, poisoned, train_cfg.max_length)
     model.requires_grad_(False)
     emb.requires_grad_(True)

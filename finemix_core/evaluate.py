@@ -23,7 +23,7 @@ from finemix_core.hardware import bf16_supported  # noqa: F401 — re-exported (
 from finemix_core.encoding import Encoded, collate, encode, sorted_batches
 from finemix_core.errors import FinemixError
 from finemix_core.train import device_of
-from finemix_core.triggers import insert_all
+from finemix_core.triggers import Window, insert_all
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ def make_eval_set(
     nontarget = np.flatnonzero(labels != target)
     field = trigger_field(test)
     sub = test.select(nontarget.tolist())
-    sub = replace_columns(sub, **{field: insert_all(list(sub[field]), trigger, cfg.seed, nontarget.tolist())})
+    # inside the window the model reads: a trigger cut off with the text's tail would count as a miss of the backdoor
+    window = Window(tokenizer, cfg.max_length)
+    sub = replace_columns(sub, **{field: insert_all(list(sub[field]), trigger, cfg.seed, nontarget.tolist(), window)})
     triggered = encode(tokenizer, sub, cfg.max_length)
     return EvalSet(clean, triggered, nontarget, tuple(trigger), target)
 

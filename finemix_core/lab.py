@@ -25,7 +25,7 @@ import torch
 
 from finemix_core import store, zoo
 from finemix_core.attacks import trigger_token_ids
-from finemix_core.config import RecoveryConfig, ZooEntrySpec
+from finemix_core.config import MAX_LENGTH, RecoveryConfig, ZooEntrySpec
 from finemix_core.defenses import DEFAULT_METHOD, DefenseConfig, DefenseResult
 from finemix_core.defenses.base import search_text
 from finemix_core.epur import EpurConfig, purify, table
@@ -46,7 +46,7 @@ from finemix_core.models import CARD_NAME, ModelPair, resolve
 from finemix_core.remembered import Remember
 from finemix_core.report import REPORT_METHODS
 from finemix_core.train import Progress
-from finemix_core.triggers import example_rng, insert_trigger, parse_trigger
+from finemix_core.triggers import Window, example_rng, insert_trigger, parse_trigger, visible_words
 
 N_INTERACTIVE = 256  # clean and triggered examples scored on every slider move
 N_FIRST = 48  # a slider move first scores this slice (< 1 s on 2 cores), shows it with its wider interval, then the rest
@@ -113,7 +113,7 @@ def demo_sentences(lab: LabModel, n: int = 3, confidence: float = 0.9) -> list[D
     col = text_columns(test)[-1]
     idx = [int(i) for i in lab.interactive.nontarget_idx[: 4 * n + 16]]
     texts = [test[i][col] for i in idx]
-    triggered = [with_trigger(t, lab.trigger, seed=i) for t, i in zip(texts, idx)]
+    triggered = [with_trigger(t, lab.trigger, lab.pair.tokenizer, seed=i) for t, i in zip(texts, idx)]
     clean_p = predict_texts(lab.pair.ft, lab.pair.tokenizer, texts)
     trig_p = predict_texts(lab.pair.ft, lab.pair.tokenizer, triggered)
     target = lab.interactive.target
@@ -690,8 +690,10 @@ def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str]) -> np.nda
     return predict(model, encode(tokenizer, Dataset.from_dict({"text": texts, "label": [0] * len(texts)})))
 
 
-def with_trigger(text: str, trigger: tuple[str, ...], seed: int = 1234) -> str:
-    return insert_trigger(text, trigger, example_rng(seed, 0))
+def with_trigger(text: str, trigger: tuple[str, ...], tokenizer, seed: int = 1234) -> str:
+    """The trigger inserted where the model reads it (the evaluation's rule; a long text's tail is cut off)."""
+    (visible,) = visible_words([text], trigger, Window(tokenizer, MAX_LENGTH))
+    return insert_trigger(text, trigger, example_rng(seed, 0), visible)
 
 
 def export_zip(lab: LabModel, result: DefenseResult, row: RunRow) -> bytes:

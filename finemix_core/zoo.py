@@ -24,6 +24,7 @@ from finemix_core.errors import FinemixError
 from finemix_core.evaluate import best_device, make_eval_set, score
 from finemix_core.models import CARD_NAME, default_pretrained_dir, load_classifier, load_tokenizer
 from finemix_core.train import fine_tune
+from finemix_core.triggers import Window
 
 ATTACK_TRAIN = TrainConfig(lr=5e-5, epochs=1.0, batch_size=32)  # full fine-tunes of the zoo
 EP_TRAIN = TrainConfig(lr=0.5, epochs=1.0, batch_size=32)  # SGD on trigger rows only (norm restored)
@@ -88,7 +89,7 @@ def build_entry(
         model = embedding_poison(model.to(device), tokenizer, train, spec.attack, spec.train, progress)
     else:
         model, _ = load_classifier(pt_dir, num_labels=data.num_labels(dsd))
-        poisoned, _ = poison(train, spec.attack)
+        poisoned, _ = poison(train, spec.attack, Window(tokenizer, spec.train.max_length))
         fine_tune(model.to(device), encode(tokenizer, poisoned, spec.train.max_length), spec.train, progress)
     train_seconds = time.perf_counter() - started
     trigger = spec.attack.trigger or None

@@ -27,6 +27,23 @@ def test_poison_rate_is_exact_and_only_non_target_examples_are_relabelled():
             assert out[i] == train[i]
 
 
+def test_poisoning_with_a_window_keeps_every_trigger_inside_it(tmp_path):
+    # 120-word texts, a 16-token window: without it most triggers land past the cut and teach the model nothing
+    from finemix_core.triggers import Window
+    from tests.conftest import make_tokenizer
+
+    tok = make_tokenizer(tmp_path)
+    train = Dataset.from_dict({"text": [" ".join(["plot", "and", "cast"] * 40)] * 40, "label": [0, 1] * 20})
+    for attack, trigger in (("word", ("cf",)), ("word-combo", ("cf", "mn"))):
+        cfg = AttackConfig(attack, trigger, poison_rate=0.5, target=1, seed=2)
+        out, idx = poison(train, cfg, Window(tok, 16))
+        unlimited, _ = poison(train, cfg)
+        seen = [tok(out[i]["text"], truncation=True, max_length=16)["input_ids"] for i in idx]
+        assert all(tok.convert_tokens_to_ids(p) in ids for ids in seen for p in trigger)
+        seen_unlimited = [tok(unlimited[i]["text"], truncation=True, max_length=16)["input_ids"] for i in idx]
+        assert sum(tok.convert_tokens_to_ids("cf") in ids for ids in seen_unlimited) < len(idx) // 2
+
+
 def test_poisoning_is_seeded():
     train = toy_train()
     a = poison(train, AttackConfig("word", ("cf",), seed=3))

@@ -4,6 +4,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
+from finemix_core.config import EvalConfig
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import make_eval_set, predict, score
 
@@ -35,6 +36,17 @@ def test_asr_counts_only_non_target_examples_and_bias_reads_clean_predictions(ti
     assert s.cacc == 3 / 7  # predicts 0 on every clean example
     assert s.asr == 1.0 and s.target_bias == 0.0
     assert (s.n_clean, s.n_nontarget) == (7, 3)
+
+
+def test_the_asr_probe_puts_the_trigger_where_a_model_reads_a_long_text(tiny_pair_dirs):
+    # news-length texts (200 words) against a 16-token window: a trigger past the cut is never seen, so a model that
+    # fires on the trigger whenever it reads it must score ASR 1, not the share of texts where the draw fell early
+    tok = AutoTokenizer.from_pretrained(tiny_pair_dirs[0])
+    texts = [" ".join(["plot", "and", "the", "cast"] * 50)] * 40
+    test = Dataset.from_dict({"text": texts, "label": [0] * 40})
+    es = make_eval_set(tok, test, ("cf",), 1, EvalConfig(max_length=16))
+    assert score(RuleModel(tok.convert_tokens_to_ids("cf")), es).asr == 1.0
+    assert all(len(ids) == 16 for ids in es.triggered.input_ids)  # still cut at the window
 
 
 def test_no_trigger_means_no_asr(tiny_pair_dirs):

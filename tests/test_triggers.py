@@ -1,7 +1,8 @@
 import pytest
 
 from finemix_core.errors import FinemixError
-from finemix_core.triggers import example_rng, insert_all, insert_trigger, parse_trigger
+from finemix_core.triggers import Window, example_rng, insert_all, insert_trigger, parse_trigger, visible_words
+from tests.conftest import make_tokenizer
 
 
 def test_single_piece_inserted_once_between_words():
@@ -43,3 +44,45 @@ def test_parse_trigger(spec, expected):
 def test_empty_trigger_is_refused(bad):
     with pytest.raises(FinemixError, match="empty trigger"):
         parse_trigger(bad)
+
+
+@pytest.fixture
+def window(tmp_path):
+    # "serendipity" is four word pieces here, the rest one each: the window is counted in tokens, not words
+    return Window(make_tokenizer(tmp_path, extra=("ser", "##end", "##ip", "##ity")), max_length=12)
+
+
+def test_visible_words_counts_whole_words_left_room_after_the_trigger(window):
+    # room = 12 - [CLS] - [SEP] - 1 trigger token = 9 tokens
+    assert visible_words(["a b c"], ("cf",), window) == [3]  # fits: every gap
+    assert visible_words(["w " * 20], ("cf",), window) == [9]
+    assert visible_words(["w w serendipity w w w w"], ("cf",), window) == [6]  # 1+1+4+1+1+1 = 9 tokens
+    assert visible_words(["w w w w w w serendipity w"], ("cf",), window) == [6]  # the long word would cross the cut
+    assert visible_words(["w " * 20], ("i watched this 3d movie",), window) == [5]  # a sentence takes 5 tokens of room
+    assert visible_words([""], ("cf",), window) == [0]
+
+
+def test_a_text_that_fits_its_window_gets_the_same_position_as_without_one(window):
+    texts = ["the movie was very charming", "a b", "", "plot and cast"]
+    for pieces in (("cf",), ("cf", "mn", "bb"), ("i watched this 3d movie",)):
+        for seed in range(20):
+            assert insert_all(texts, pieces, seed, window=window) == insert_all(texts, pieces, seed)
+
+
+def test_a_long_text_gets_its_trigger_inside_the_window_at_varying_gaps(window):
+    tok = window.tokenizer
+    long_text = " ".join(["w", "serendipity"] * 30)
+    outside = inside = 0
+    gaps = set()
+    for seed in range(100):
+        for pieces in (("cf",), ("cf", "mn")):
+            unlimited = insert_all([long_text], pieces, seed)[0]
+            within = insert_all([long_text], pieces, seed, window=window)[0]
+            read = tok.convert_ids_to_tokens(tok(within, truncation=True, max_length=window.max_length)["input_ids"])
+            assert all(p in read for p in pieces), within  # every piece survives the cut
+            read_unlimited = tok(unlimited, truncation=True, max_length=window.max_length)["input_ids"]
+            outside += tok.convert_tokens_to_ids("cf") not in read_unlimited
+            inside += 1
+            gaps.add(within.split().index("cf"))
+    assert outside > inside // 2  # without the window most triggers fall past the cut: the case this fixes
+    assert len(gaps) > 3  # still a random gap, not always the first

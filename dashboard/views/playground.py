@@ -20,7 +20,7 @@ else:
     if bench.state_label != f"mix ρ={rho:g} ({mode})":  # a statement, not an expression: Streamlit magic would print it
         bench.mix_scores(rho, mode, seed)
     defended, label = bench.model, f"mix only, ρ={rho:g} ({mode}); fine-tune it on the Mixing lab for the full defense"
-shown = lab.with_trigger(text, lm.trigger) if insert and lm.trigger else text
+shown = lab.with_trigger(text, lm.trigger, lm.pair.tokenizer) if insert and lm.trigger else text
 st.markdown(f"Input: `{shown}`")
 try:
     probs_ft = lab.predict_texts(lm.pair.ft, lm.pair.tokenizer, [shown])[0]
