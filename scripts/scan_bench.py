@@ -10,6 +10,7 @@ positives on clean models, recall, the true trigger's rank, the share of the tru
 reaches (both measured on the test split, which the scan never sees), seconds per model.
 
     python scripts/scan_bench.py [--n 40] [--out assets/scan]        # long: ~2 min per model on 2 cores
+    python scripts/scan_bench.py --dataset bbc --out assets/scan/bbc  # one dataset's members only
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ def test_asr(model_dir: Path, dataset: str, trigger: tuple[str, ...], target: in
 
 
 def run_member(m: Member, root: Path) -> dict:
-    card = zoo.build_entry(spec(m), root / "models", eval_limit=400)
+    folder = root / "models" / m.name
+    # a member built by a run killed before its scan is kept (builds take minutes; the folder appears only when whole)
+    built = folder / "finemix.json"
+    card = json.loads(built.read_text()) if built.is_file() else zoo.build_entry(spec(m), root / "models", eval_limit=400)
     started = time.perf_counter()
     ctx = experiment.prepare_defender(str(root / "models" / m.name))  # the card's dataset; the scan drops the card
     result = experiment.run_scan(ctx, ScanConfig())
@@ -287,6 +291,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("assets/scan"))
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--dataset", choices=DATASETS, help="only this dataset's members (e.g. a rerun after a change)")
     parser.add_argument("--zoo", action="store_true", help="scan the zoo's five entries instead (assets/scan/zoo.md)")
     args = parser.parse_args()
     if args.zoo:
@@ -298,7 +303,7 @@ def main() -> None:
     done = {json.loads(line)["name"]: json.loads(line) for line in results.read_text().splitlines()} if results.exists() else {}
     if not args.summary_only:
         for m in population(args.n):
-            if m.name in done:
+            if m.name in done or (args.dataset and m.dataset != args.dataset):
                 continue
             print(f"[{len(done) + 1}/{args.n}] {m.name} ({m.trigger or 'clean'})", file=sys.stderr, flush=True)
             row = run_member(m, root)
@@ -306,7 +311,8 @@ def main() -> None:
             with results.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(f"   → {row['verdict']} score {row['score']:.2f} rank {row.get('rank')} in {row['seconds']:.0f} s", file=sys.stderr)
-    print(summarise(rerank(list(done.values()), root), args.out))
+    rows = [r for r in done.values() if not args.dataset or r["dataset"] == args.dataset]
+    print(summarise(rerank(rows, root), args.out))
 
 
 if __name__ == "__main__":
