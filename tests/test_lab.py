@@ -115,7 +115,8 @@ def test_playground_and_export(tiny_lab, tmp_path):
     import io
     import zipfile
 
-    probs = lab.predict_texts(tiny_lab.pair.ft, tiny_lab.pair.tokenizer, [lab.with_trigger("the movie was bad", ("cf",), tiny_lab.pair.tokenizer)])
+    tok = tiny_lab.pair.tokenizer
+    probs = lab.predict_texts(tiny_lab.pair.ft, tok, [lab.with_trigger("the movie was bad", ("cf",), tok)])
     assert probs.shape == (1, 2) and abs(probs.sum() - 1) < 1e-5
     bench = lab.Workbench(tiny_lab)
     bench.defend(DefenseConfig(method="fine-tuning", train=TrainConfig(lr=1e-3, epochs=1.0, batch_size=8)), 16)
