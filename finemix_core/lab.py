@@ -690,6 +690,12 @@ def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str]) -> np.nda
     return predict(model, encode(tokenizer, Dataset.from_dict({"text": texts, "label": [0] * len(texts)})))
 
 
+def tokens_read(text: str, tokenizer) -> tuple[int, int]:
+    """(word pieces the model reads, word pieces the text has), [CLS] and [SEP] counted: a longer text is cut off."""
+    total = len(tokenizer(text)["input_ids"])
+    return min(total, MAX_LENGTH), total
+
+
 def with_trigger(text: str, trigger: tuple[str, ...], tokenizer, seed: int = 1234) -> str:
     """The trigger inserted where the model reads it (the evaluation's rule; a long text's tail is cut off)."""
     (visible,) = visible_words([text], trigger, Window(tokenizer, MAX_LENGTH))

@@ -111,6 +111,16 @@ def test_bf16_fast_path_agrees_with_fp32_and_follows_every_mix(tiny_lab):
     assert next(bench.model.parameters()).dtype == torch.float32  # the fp32 working model is untouched
 
 
+def test_tokens_read_says_where_a_long_text_is_cut(tiny_lab):
+    tok = tiny_lab.pair.tokenizer
+    assert lab.tokens_read("the movie was bad", tok) == (6, 6)  # [CLS] 4 words [SEP]: all read
+    assert lab.tokens_read("plot " * 200, tok) == (lab.MAX_LENGTH, 202)
+    long_text = "plot " * 200
+    shown = lab.with_trigger(long_text, ("cf",), tok)
+    read = tok(shown, truncation=True, max_length=lab.MAX_LENGTH)["input_ids"]
+    assert tok.convert_tokens_to_ids("cf") in read  # the Playground's insertion lands inside what is read
+
+
 def test_playground_and_export(tiny_lab, tmp_path):
     import io
     import zipfile

@@ -22,6 +22,12 @@ else:
     defended, label = bench.model, f"mix only, ρ={rho:g} ({mode}); fine-tune it on the Mixing lab for the full defense"
 shown = lab.with_trigger(text, lm.trigger, lm.pair.tokenizer) if insert and lm.trigger else text
 st.markdown(f"Input: `{shown}`")
+read, total = lab.tokens_read(shown, lm.pair.tokenizer)
+if total > read:
+    st.caption(
+        f"The models read the first {read} of this text's {total} word pieces; the rest is cut off. An inserted trigger "
+        "goes among the words they read, as in every ASR this lab measures."
+    )
 try:
     probs_ft = lab.predict_texts(lm.pair.ft, lm.pair.tokenizer, [shown])[0]
     probs_def = lab.predict_texts(defended, lm.pair.tokenizer, [shown])[0]
