@@ -28,7 +28,7 @@ import numpy as np
 from finemix_core import data, experiment, zoo
 from finemix_core.config import AttackConfig, EvalConfig, TrainConfig, ZooEntrySpec, finemix_home
 from finemix_core.evaluate import make_eval_set, score
-from finemix_core.models import default_pretrained_dir, load_classifier, load_tokenizer
+from finemix_core.models import CARD_NAME, default_pretrained_dir, load_classifier, load_tokenizer
 from finemix_core.scan import ScanConfig, Suspect, prefer_minimal, text_ids
 
 DATASETS = ("rt", "amazon", "tweets", "sms-spam", "bbc")
@@ -101,10 +101,10 @@ def test_asr(model_dir: Path, dataset: str, trigger: tuple[str, ...], target: in
 def run_member(m: Member, root: Path) -> dict:
     folder = root / "models" / m.name
     # a member built by a run killed before its scan is kept (builds take minutes; the folder appears only when whole)
-    built = folder / "finemix.json"
+    built = folder / CARD_NAME
     card = json.loads(built.read_text()) if built.is_file() else zoo.build_entry(spec(m), root / "models", eval_limit=400)
     started = time.perf_counter()
-    ctx = experiment.prepare_defender(str(root / "models" / m.name))  # the card's dataset; the scan drops the card
+    ctx = experiment.prepare_defender(str(folder))  # the card's dataset; the scan drops the card
     result = experiment.run_scan(ctx, ScanConfig())
     seconds = time.perf_counter() - started
     row = {**dataclasses.asdict(m), "true_asr": card.get("asr"), "cacc": card["cacc"], **result.as_json(), "wall": seconds}
