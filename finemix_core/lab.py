@@ -46,7 +46,7 @@ from finemix_core.models import CARD_NAME, ModelPair, resolve
 from finemix_core.remembered import Remember
 from finemix_core.report import REPORT_METHODS
 from finemix_core.train import Progress
-from finemix_core.triggers import Window, example_rng, insert_trigger, parse_trigger, visible_words
+from finemix_core.triggers import Window, insert_all, parse_trigger
 
 N_INTERACTIVE = 256  # clean and triggered examples scored on every slider move
 N_FIRST = 48  # a slider move first scores this slice (< 1 s on 2 cores), shows it with its wider interval, then the rest
@@ -698,8 +698,7 @@ def tokens_read(text: str, tokenizer) -> tuple[int, int]:
 
 def with_trigger(text: str, trigger: tuple[str, ...], tokenizer, seed: int = 1234) -> str:
     """The trigger inserted where the model reads it (the evaluation's rule; a long text's tail is cut off)."""
-    (visible,) = visible_words([text], trigger, Window(tokenizer, MAX_LENGTH))
-    return insert_trigger(text, trigger, example_rng(seed, 0), visible)
+    return insert_all([text], trigger, seed, [0], Window(tokenizer, MAX_LENGTH))[0]
 
 
 def export_zip(lab: LabModel, result: DefenseResult, row: RunRow) -> bytes:
