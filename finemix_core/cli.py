@@ -387,6 +387,14 @@ def defend_cmd(
             "below); 0 mixes every layer."
         ),
     ] = RecoveryConfig.whole_top_layers,
+    two_pass_below: Annotated[
+        float,
+        typer.Option(
+            help="With recovery: a step reads its labelled and pool batches in two forward passes instead of one padded "
+            "pass when, over the run's batches, two read at most this share of one pass's tokens (long labelled texts "
+            "beside short pool texts); 0 always one pass, 1 whenever cheaper."
+        ),
+    ] = RecoveryConfig.two_pass_below,
     lr: Annotated[float | None, typer.Option(help="Fine-tune learning rate (default: the documented defense budget).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Fine-tune epochs (default: the documented defense budget).")] = None,
     trigger: Annotated[str | None, typer.Option(help="Known trigger for scoring, 'w1+w2' (default: the card's).")] = None,
@@ -454,6 +462,7 @@ def defend_cmd(
             found_steps=found_steps,
             precision=precision,
             whole_top_layers=whole_top_layers,
+            two_pass_below=two_pass_below,
         ),
     )
     ctx = experiment.prepare(

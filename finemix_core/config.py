@@ -127,6 +127,14 @@ class RecoveryConfig:
     # (N 2) passed its dev rule (+0.56 dev points where the low-ρ search ran) but raised the sentence backdoor's test ASR
     # by 0.06 — θ_FT's top layers carry part of it (docs/recovery.md)
     whole_top_layers: int = 0
+    # a recovery step reads a labelled batch and a pool batch; one padded forward pass over both is cheapest when the two
+    # are alike in length, but long labelled articles beside short pool texts make it mostly padding. Two passes (each
+    # part padded to its own width: the same losses, dropout's draws differ) when, over the run's planned batches, they
+    # read at most this share of one pass's tokens (train.pass_share; 0: always one pass). 0.75: two passes only where
+    # they save a quarter or more (bbc's articles beside general text 0.61, amazon/sms-spam CSVs ~0.67); on rt, whose
+    # pool is its own dev text, the share is 0.78–0.82 on seeds 0–8, so the zoo keeps the one-pass step its report
+    # measured (docs/recovery.md, "Two passes for long texts")
+    two_pass_below: float = 0.75
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.weight < 0 or self.passes <= 0 or self.drop_flagged < 0:
@@ -139,6 +147,8 @@ class RecoveryConfig:
             raise FinemixError(f"found-rho {self.found_rho} outside [0, 1]; 1 keeps all of θ_FT after E-PUR")
         if self.whole_top_layers < 0:
             raise FinemixError(f"whole-top-layers {self.whole_top_layers} is negative; use 0 (mix every layer) or more")
+        if not 0.0 <= self.two_pass_below <= 1.0:
+            raise FinemixError(f"two-pass-below {self.two_pass_below} outside [0, 1]; 0 keeps one pass, 1 splits whenever cheaper")
         if self.precision not in PRECISIONS:
             raise FinemixError(f"precision {self.precision!r} unknown; use 'auto', 'fp32' or 'bf16'")
         if not 0.0 < self.found_steps <= 1.0:

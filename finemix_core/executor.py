@@ -45,6 +45,7 @@ RECOVERY_ADDED_LATER = {
     "precision": "fp32",
     "whole_top_layers": 0,
     "found_features": True,  # acts only with feature_weight > 0
+    "two_pass_below": 0.0,  # every step was one padded pass before it
 }
 
 

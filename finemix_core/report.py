@@ -303,6 +303,11 @@ def _recovery_text(pool: pd.DataFrame) -> str:
         text += f"; the student also matches θ_FT's last-layer [CLS] states on the pool, weight {rec['feature_weight']:g}{where}"
     if rec.get("whole_top_layers"):  # round 22: per-layer ρ, the top layers kept whole below ρ 1
         text += f"; below ρ 1 θ_FT's top {rec['whole_top_layers']} encoder layers are kept whole (ρ 1 there, the grid's ρ below)"
+    if rec.get("two_pass_below"):  # 2026-12-05: long labelled texts beside short pool texts, two forward passes a step
+        text += (
+            f"; a step's labelled and pool batches in two forward passes where, over the run's batches, that reads at most "
+            f"{rec['two_pass_below']:.0%} of one padded pass's tokens (else one pass)"
+        )
     return text
 
 

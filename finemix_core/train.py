@@ -88,6 +88,31 @@ def training_batches(
             return
 
 
+def pass_share(data: Encoded, distill: Distillation, cfg: TrainConfig) -> float:
+    """Tokens a recovery run reads with its labelled and pool batches in two forward passes, as a share of what one
+    padded pass over both reads: over the run's planned steps (the same seeded batches `fine_tune` draws; the full run,
+    so a shorter `step_share` try decides as the full run does). Near 1 when the two kinds of text are alike in length;
+    about 0.6 with long labelled articles beside short pool texts, whose one pass is mostly padding."""
+    total = max(
+        total_steps(len(data), cfg),
+        total_steps(len(distill.texts), TrainConfig(epochs=distill.recovery.passes, batch_size=cfg.batch_size)),
+    )
+    labelled, pool = _cycle(data, cfg.batch_size, cfg.seed), _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
+    one = two = 0
+    for _ in range(total):
+        a, b = next(labelled), next(pool)
+        wa, wb = max(len(data.input_ids[i]) for i in a), max(len(distill.texts.input_ids[i]) for i in b)
+        one += (len(a) + len(b)) * max(wa, wb)
+        two += len(a) * wa + len(b) * wb
+    return two / one
+
+
+def two_passes(data: Encoded, distill: Distillation, cfg: TrainConfig) -> bool:
+    """Whether recovery's steps run the labelled and pool batches as two forward passes (recovery.two_pass_below)."""
+    below = distill.recovery.two_pass_below
+    return below > 0 and len(distill.texts) > 0 and pass_share(data, distill, cfg) <= below
+
+
 def _joint(labelled: dict[str, torch.Tensor], unlabelled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One padded batch holding both parts, so a step is one forward pass (cheaper than two on CPU)."""
     width = max(labelled["input_ids"].shape[1], unlabelled["input_ids"].shape[1])
@@ -114,7 +139,8 @@ def fine_tune(
     (fine-pruning uses it to keep pruned neurons at zero). With `distill`, every step adds
     weight · T²·KL(teacher ‖ model) on a batch of the unlabelled texts (same batch size), the labelled cross-entropy
     scaled by the recovery's label weight; its forward pass in the recovery's precision (bf16: autocast, the losses and
-    the weights in float32). `step_share` < 1 stops after that share of the steps (the same batches in the
+    the weights in float32); the labelled and pool batches in one padded forward pass, or in two when the run's batches
+    make that much cheaper (`two_passes`). `step_share` < 1 stops after that share of the steps (the same batches in the
     same order; warm-up and decay fitted to the shorter run).
     """
     if not 0.0 < step_share <= 1.0:
@@ -135,6 +161,7 @@ def fine_tune(
         unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
         # a caller that did not make "auto" concrete (defenses.concrete_precision) gets the same choice here
         bf16 = rec.precision == "bf16" or (rec.precision == "auto" and hardware.bf16_supported(device))
+        split = two_passes(data, distill, cfg)  # decided on the full run's batches, before the step share cuts it
     total = max(1, round(total * step_share))  # share 1: every step
     schedule = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
     for batch, labels, step, total in training_batches(data, cfg, device, total):
@@ -142,14 +169,22 @@ def fine_tune(
             loss = model(**batch, labels=labels).loss
         else:
             idx = next(unlabelled)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = model(**_joint(batch, collate(distill.texts, idx, device)), output_hidden_states=features)
+            pool_batch = collate(distill.texts, idx, device)
             n = len(labels)
-            loss = rec.label_weight * F.cross_entropy(out.logits[:n].float(), labels) + rec.weight * distillation_loss(
-                out.logits[n:], distill.teacher_logits[idx].to(device), rec.temperature
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                if split:  # each part padded to its own width: the same losses, dropout's draws differ
+                    labelled_logits = model(**batch).logits
+                    pool_out = model(**pool_batch, output_hidden_states=features)
+                    pool_logits, pool_hidden = pool_out.logits, pool_out.hidden_states
+                else:
+                    out = model(**_joint(batch, pool_batch), output_hidden_states=features)
+                    labelled_logits, pool_logits = out.logits[:n], out.logits[n:]
+                    pool_hidden = [h[n:] for h in out.hidden_states] if features else None
+            loss = rec.label_weight * F.cross_entropy(labelled_logits.float(), labels) + rec.weight * distillation_loss(
+                pool_logits, distill.teacher_logits[idx].to(device), rec.temperature
             )
             if features:
-                student = out.hidden_states[-1][n:, 0]
+                student = pool_hidden[-1][:, 0]
                 loss = loss + rec.feature_weight * feature_loss(student, distill.teacher_features[idx].to(device), scale)
         loss.backward()
         optimizer.step()

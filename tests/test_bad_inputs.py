@@ -266,6 +266,12 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
         "whole-top-layers -1 is negative; use 0 (mix every layer) or more",
     ),
     (
+        "two-pass-below above 1",
+        ["defend", "--model", "word-cf", "--two-pass-below", "1.5", "--out", "{tmp}/o"],
+        None,
+        "two-pass-below 1.5 outside [0, 1]; 0 keeps one pass, 1 splits whenever cheaper",
+    ),
+    (
         "whole-top-layers above the model's layers",
         ["defend", "--model", "word-cf", "--pretrained", "{pt}", "--epur-k", "5", "--whole-top-layers", "5", "--out", "{tmp}/o"],
         None,

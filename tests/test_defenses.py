@@ -31,7 +31,16 @@ from finemix_core.defenses import first_passing, guarded_pool
 from finemix_core.defenses.base import Job, paired_se
 from finemix_core.config import RecoveryConfig
 from finemix_core.evaluate import predict, predict_with_features
-from finemix_core.train import Distillation, distillation_loss, feature_loss, fine_tune, total_steps
+from finemix_core.encoding import Encoded
+from finemix_core.train import (
+    Distillation,
+    distillation_loss,
+    feature_loss,
+    fine_tune,
+    pass_share,
+    total_steps,
+    two_passes,
+)
 from finemix_core.epur import EpurConfig, embedding_key
 from finemix_core.errors import FinemixError
 from finemix_core.models import load_pair
@@ -502,6 +511,66 @@ def test_bf16_recovery_runs_its_forward_in_bfloat16_and_keeps_float32_weights(pa
     with pytest.raises(FinemixError, match="precision 'fp16' unknown"):
         RecoveryConfig(precision="fp16")
     assert RecoveryConfig().precision == "auto"  # since 2026-12-05: bf16 only where it runs natively
+
+
+def test_pass_share_counts_two_passes_against_one_padded_pass():
+    # 8 labelled texts of 10 tokens beside 8 pool texts of 4, batches of 4: one pass pads 8 rows to 10 (80 tokens), two
+    # passes read 4·10 + 4·4 = 56, at every step: 0.7 exactly; texts alike in length: 1
+    def enc(n, length):
+        return Encoded([[5] * length] * n, [[0] * length] * n, [0] * n, 0)
+
+    cfg = TrainConfig(batch_size=4)
+    short = Distillation(enc(8, 4), torch.zeros(8, 2), RecoveryConfig(passes=2, feature_weight=0.0))
+    assert pass_share(enc(8, 10), short, cfg) == pytest.approx(0.7)
+    assert pass_share(enc(8, 4), short, cfg) == pytest.approx(1.0)
+    assert two_passes(enc(8, 10), short, cfg)  # the default's bar 0.75
+    assert not two_passes(enc(8, 10), dataclasses.replace(short, recovery=RecoveryConfig(two_pass_below=0.6, feature_weight=0.0)), cfg)
+    assert not two_passes(enc(8, 10), dataclasses.replace(short, recovery=RecoveryConfig(two_pass_below=0.0, feature_weight=0.0)), cfg)
+    with pytest.raises(FinemixError, match="two-pass-below 1.5 outside"):
+        RecoveryConfig(two_pass_below=1.5)
+
+
+def test_two_passes_give_one_padded_pass_gradients_without_dropout(pair, tiny_pool_dd):
+    # the same losses, so the same gradients: with dropout off, the first step's gradient (labelled CE + KL + feature
+    # term) is one padded pass's up to float rounding; with dropout the draws differ; two passes call the model twice a step
+    base = tiny_pool_dd.unlabeled
+    ids = [s[:-1] + s[1:-1] * 3 + s[-1:] for s in base.input_ids]  # pool texts 3-4× the labelled ones' length
+    pool = Encoded(ids, [[0] * len(s) for s in ids], base.labels, base.pad_id)
+    assert min(map(len, ids)) > max(map(len, tiny_pool_dd.train.input_ids))  # every step pads one part
+    target = torch.tensor([[1.0, -1.0]] * len(pool))
+    feats = torch.from_numpy(predict_with_features(pair.ft, pool)[1]) + 0.5
+    cfg = TrainConfig(lr=1e-3, epochs=1.0, batch_size=4)
+
+    def first_step(below: float, dropout: bool) -> tuple[dict[str, torch.Tensor], int]:
+        model = pair.working_copy()
+        if not dropout:
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = 0.0
+        model.requires_grad_(True)  # as fine_tune makes it
+        calls, grads = [], {}
+        hook = model.register_forward_hook(lambda *_: calls.append(1))
+        def keep_first(param: torch.Tensor, name: str) -> None:
+            if name not in grads:
+                grads[name] = param.grad.detach().clone()
+
+        for name, param in model.named_parameters():
+            param.register_post_accumulate_grad_hook(lambda p, n=name: keep_first(p, n))
+        rec = RecoveryConfig(passes=2, precision="fp32", two_pass_below=below)
+        fine_tune(model, tiny_pool_dd.train, cfg, distill=Distillation(pool, target, rec, teacher_features=feats))
+        hook.remove()
+        return grads, len(calls)
+
+    one, one_calls = first_step(0.0, dropout=False)
+    two, two_calls = first_step(1.0, dropout=False)
+    steps = total_steps(len(pool), TrainConfig(epochs=2, batch_size=4))
+    assert (one_calls, two_calls) == (steps, 2 * steps)
+    assert sum(g.abs().sum().item() for g in one.values()) > 0
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-4)
+    one_d, _ = first_step(0.0, dropout=True)
+    two_d, _ = first_step(1.0, dropout=True)
+    assert any(not torch.allclose(one_d[k], two_d[k], atol=1e-6, rtol=1e-4) for k in one_d)
 
 
 def test_auto_precision_is_made_concrete_for_the_device_before_a_run(pair, tiny_pool_dd, monkeypatch):

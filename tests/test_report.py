@@ -153,6 +153,21 @@ def test_a_recovery_stored_before_its_label_weight_existed_keys_as_weight_one():
     assert run_key({**row, "recovery": {**old, "label_weight": 0.0}}) != run_key({**row, "recovery": now})
 
 
+def test_a_recovery_stored_before_two_passes_existed_keys_as_one_pass():
+    """Every step was one padded pass before `two_pass_below`: such a row is the same experiment as two_pass_below 0,
+    not as today's default (which may split a step where the texts differ in length)."""
+    import dataclasses
+
+    from finemix_core.config import RecoveryConfig
+    from finemix_core.executor import run_key
+
+    now = dataclasses.asdict(RecoveryConfig())
+    old = {k: v for k, v in now.items() if k != "two_pass_below"}
+    row = {"model": "word-cf", "method": "epur+fine-mixing+distill", "seed": 0, "train": {"lr": 1e-4}, "rho_auto": True}
+    assert run_key({**row, "recovery": old}) == run_key({**row, "recovery": {**now, "two_pass_below": 0.0}})
+    assert run_key({**row, "recovery": old}) != run_key({**row, "recovery": now})
+
+
 def test_the_found_settings_key_a_run_only_when_found_rho_is_set():
     """found_check / found_flip_max / found_min_flip act only with found_rho: without it two runs differing in them are
     the same experiment (a stored default run stays reusable when their defaults change); with it they are not."""
@@ -222,3 +237,19 @@ def test_the_report_says_where_the_feature_term_acted():
     everywhere = said(feature_weight=5.0, found_features=True)
     assert "[CLS] states on the pool, weight 5" in everywhere and "low-ρ search only" not in everywhere
     assert "weight 5 (in the low-ρ search only" in said()  # the default since Round 24
+
+
+def test_the_report_says_when_a_step_may_run_in_two_passes():
+    import dataclasses
+
+    import pandas as pd
+
+    from finemix_core.config import RecoveryConfig
+    from finemix_core.report import _recovery_text
+
+    def said(**kw) -> str:
+        rec = dataclasses.asdict(RecoveryConfig(**kw))
+        return _recovery_text(pd.DataFrame({"recovery": [rec], "unlabeled_source": ["rt pool"], "suspects": [["cf"]]}))
+
+    assert "at most 75% of one padded pass's tokens" in said()
+    assert "two forward passes" not in said(two_pass_below=0.0)

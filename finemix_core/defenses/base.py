@@ -150,6 +150,15 @@ class Job:
     first_rho: float | None = None
     verify: Callable[[torch.nn.Module], bool] | None = None
 
+    def labelled(self) -> Encoded:
+        """The labelled set every fine-tune reads: the clean examples, plus their triggered copies with true labels."""
+        if self.extra_train is not None and len(self.extra_train):
+            return concat([self.dd.train, self.extra_train])
+        return self.dd.train
+
+    def train_config(self) -> TrainConfig:
+        return dataclasses.replace(self.cfg.train, seed=self.cfg.seed)
+
     def train(
         self,
         model: torch.nn.Module,
@@ -159,16 +168,14 @@ class Job:
     ) -> torch.nn.Module:
         """The one fine-tuning routine with the shared budget (and recovery when asked); `step_share` of its steps;
         `features` False drops recovery's feature term (recovery.feature_weight) from this run alone."""
-        labelled = self.dd.train
-        if self.extra_train is not None and len(self.extra_train):
-            labelled = concat([labelled, self.extra_train])
+        labelled = self.labelled()
         distill = self.distill
         if not features and distill is not None and distill.recovery.feature_weight > 0:
             distill = dataclasses.replace(distill, recovery=dataclasses.replace(distill.recovery, feature_weight=0.0))
         return fine_tune(
             model,
             labelled,
-            dataclasses.replace(self.cfg.train, seed=self.cfg.seed),
+            self.train_config(),
             self.progress,
             after_step,
             distill,
