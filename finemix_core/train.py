@@ -114,7 +114,7 @@ def two_passes(data: Encoded, distill: Distillation, cfg: TrainConfig) -> bool:
 
 
 def _joint(labelled: dict[str, torch.Tensor], unlabelled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One padded batch holding both parts, so a step is one forward pass (cheaper than two on CPU)."""
+    """One padded batch holding both parts, so a step is one forward pass (cheaper than two when they are alike in length)."""
     width = max(labelled["input_ids"].shape[1], unlabelled["input_ids"].shape[1])
     return {
         k: torch.cat(
@@ -175,17 +175,17 @@ def fine_tune(
                 if split:  # each part padded to its own width: the same losses, dropout's draws differ
                     labelled_logits = model(**batch).logits
                     pool_out = model(**pool_batch, output_hidden_states=features)
-                    pool_logits, pool_hidden = pool_out.logits, pool_out.hidden_states
+                    pool_logits = pool_out.logits
+                    pool_cls = pool_out.hidden_states[-1][:, 0] if features else None
                 else:
                     out = model(**_joint(batch, pool_batch), output_hidden_states=features)
                     labelled_logits, pool_logits = out.logits[:n], out.logits[n:]
-                    pool_hidden = [h[n:] for h in out.hidden_states] if features else None
+                    pool_cls = out.hidden_states[-1][n:, 0] if features else None
             loss = rec.label_weight * F.cross_entropy(labelled_logits.float(), labels) + rec.weight * distillation_loss(
                 pool_logits, distill.teacher_logits[idx].to(device), rec.temperature
             )
             if features:
-                student = pool_hidden[-1][:, 0]
-                loss = loss + rec.feature_weight * feature_loss(student, distill.teacher_features[idx].to(device), scale)
+                loss = loss + rec.feature_weight * feature_loss(pool_cls, distill.teacher_features[idx].to(device), scale)
         loss.backward()
         optimizer.step()
         schedule.step()

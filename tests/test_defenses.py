@@ -573,6 +573,22 @@ def test_two_passes_give_one_padded_pass_gradients_without_dropout(pair, tiny_po
     assert any(not torch.allclose(one_d[k], two_d[k], atol=1e-6, rtol=1e-4) for k in one_d)
 
 
+def test_defend_says_when_recovery_steps_run_in_two_passes(pair):
+    # long pool texts beside short labelled ones: the default splits and says so with the share; --two-pass-below 0 does not
+    train = Dataset.from_dict({"text": POS * 3 + NEG * 3, "label": [1] * 18 + [0] * 18})
+    dev = Dataset.from_dict({"text": POS + NEG, "label": [1] * 6 + [0] * 6})
+    pool = Dataset.from_dict({"text": [" ".join(POS + NEG)] * 8, "label": [0] * 8})
+    dd = defender_data(pair.tokenizer, train, dev, 16, 12, 0, 32, unlabeled=pool, unlabeled_source="long pool")
+    said = {}
+    for below in (0.75, 0.0):
+        logs: list[str] = []
+        rec = RecoveryConfig(consistency=False, two_pass_below=below, feature_weight=0.0)
+        defend(pair, dd, cfg("fine-tuning+distill", recovery=rec), log=logs.append)
+        said[below] = [line for line in logs if "two forward passes" in line]
+    assert len(said[0.75]) == 1 and "of the tokens one padded pass would; --two-pass-below 0.75" in said[0.75][0]
+    assert said[0.0] == []
+
+
 def test_auto_precision_is_made_concrete_for_the_device_before_a_run(pair, tiny_pool_dd, monkeypatch):
     # "auto" → bf16 on a device with native bf16, fp32 on one without (emulated bf16 is several times slower); an explicit
     # value is kept as given; fine_tune reached without the resolution makes the same choice (the CLI's row holding the
