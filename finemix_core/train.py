@@ -107,10 +107,14 @@ def pass_share(data: Encoded, distill: Distillation, cfg: TrainConfig) -> float:
     return two / one
 
 
-def two_passes(data: Encoded, distill: Distillation, cfg: TrainConfig) -> bool:
-    """Whether recovery's steps run the labelled and pool batches as two forward passes (recovery.two_pass_below)."""
+def two_pass_share(data: Encoded, distill: Distillation, cfg: TrainConfig) -> float | None:
+    """The run's `pass_share` when its steps run the labelled and pool batches as two forward passes (at most
+    recovery.two_pass_below), else None (one padded pass)."""
     below = distill.recovery.two_pass_below
-    return below > 0 and len(distill.texts) > 0 and pass_share(data, distill, cfg) <= below
+    if below <= 0 or not len(distill.texts):
+        return None
+    share = pass_share(data, distill, cfg)
+    return share if share <= below else None
 
 
 def _joint(labelled: dict[str, torch.Tensor], unlabelled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -140,7 +144,7 @@ def fine_tune(
     weight · T²·KL(teacher ‖ model) on a batch of the unlabelled texts (same batch size), the labelled cross-entropy
     scaled by the recovery's label weight; its forward pass in the recovery's precision (bf16: autocast, the losses and
     the weights in float32); the labelled and pool batches in one padded forward pass, or in two when the run's batches
-    make that much cheaper (`two_passes`). `step_share` < 1 stops after that share of the steps (the same batches in the
+    make that much cheaper (`two_pass_share`). `step_share` < 1 stops after that share of the steps (the same batches in the
     same order; warm-up and decay fitted to the shorter run).
     """
     if not 0.0 < step_share <= 1.0:
@@ -161,7 +165,7 @@ def fine_tune(
         unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
         # a caller that did not make "auto" concrete (defenses.concrete_precision) gets the same choice here
         bf16 = rec.precision == "bf16" or (rec.precision == "auto" and hardware.bf16_supported(device))
-        split = two_passes(data, distill, cfg)  # decided on the full run's batches, before the step share cuts it
+        split = two_pass_share(data, distill, cfg) is not None  # on the full run's batches, before step_share cuts it
     total = max(1, round(total * step_share))  # share 1: every step
     schedule = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
     for batch, labels, step, total in training_batches(data, cfg, device, total):

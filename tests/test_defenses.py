@@ -39,7 +39,7 @@ from finemix_core.train import (
     fine_tune,
     pass_share,
     total_steps,
-    two_passes,
+    two_pass_share,
 )
 from finemix_core.epur import EpurConfig, embedding_key
 from finemix_core.errors import FinemixError
@@ -523,9 +523,11 @@ def test_pass_share_counts_two_passes_against_one_padded_pass():
     short = Distillation(enc(8, 4), torch.zeros(8, 2), RecoveryConfig(passes=2, feature_weight=0.0))
     assert pass_share(enc(8, 10), short, cfg) == pytest.approx(0.7)
     assert pass_share(enc(8, 4), short, cfg) == pytest.approx(1.0)
-    assert two_passes(enc(8, 10), short, cfg)  # the default's bar 0.75
-    assert not two_passes(enc(8, 10), dataclasses.replace(short, recovery=RecoveryConfig(two_pass_below=0.6, feature_weight=0.0)), cfg)
-    assert not two_passes(enc(8, 10), dataclasses.replace(short, recovery=RecoveryConfig(two_pass_below=0.0, feature_weight=0.0)), cfg)
+    assert two_pass_share(enc(8, 10), short, cfg) == pytest.approx(0.7)  # under the default's bar 0.75: two passes
+    assert two_pass_share(enc(8, 4), short, cfg) is None
+    for below in (0.6, 0.0):
+        bar = dataclasses.replace(short, recovery=RecoveryConfig(two_pass_below=below, feature_weight=0.0))
+        assert two_pass_share(enc(8, 10), bar, cfg) is None
     with pytest.raises(FinemixError, match="two-pass-below 1.5 outside"):
         RecoveryConfig(two_pass_below=1.5)
 

@@ -50,7 +50,7 @@ from finemix_core.evaluate import predict, predict_with_features
 from finemix_core.mixing import top_layer_keys
 from finemix_core.models import ModelPair
 from finemix_core.remembered import Remember
-from finemix_core.train import Distillation, Progress, device_of, pass_share, two_passes
+from finemix_core.train import Distillation, Progress, device_of, two_pass_share
 
 REGISTRY: dict[str, Defense] = {
     "none": fine_tuning.keep,
@@ -375,8 +375,7 @@ def defend(
                 f"trigger-aware recovery: {', '.join(repr(s.trigger) for s in suspected)} (scan's suspects) inserted into "
                 f"{n_pool} pool texts (taught θ_FT's answer without it) and {len(job.extra_train)} labelled examples"
             )
-    if job.distill is not None and two_passes(job.labelled(), job.distill, job.train_config()):
-        share = pass_share(job.labelled(), job.distill, job.train_config())
+    if job.distill is not None and (share := two_pass_share(job.labelled(), job.distill, job.train_config())) is not None:
         say(
             f"recovery steps: the labelled and pool batches in two forward passes (they read {share:.0%} of the tokens "
             f"one padded pass would; --two-pass-below {cfg.recovery.two_pass_below:g})"
