@@ -132,10 +132,10 @@ class RecoveryConfig:
     # part padded to its own width: the same losses, dropout's draws differ) when, over the run's planned batches, they
     # read at most this share of one pass's tokens (train.pass_share; 0: always one pass). 0.75: two passes only where
     # they save a quarter or more (bbc's articles beside general text 0.59–0.60, the sms-spam CSV 0.72; the amazon,
-    # tweets and rt CSVs came out over 0.75); on rt, whose pool is its own dev text, the share is 0.78–0.82 on seeds
-    # 0–8, so the zoo keeps the one-pass step its report measured. On the six CSV cases the accuracy checks fixed beforehand passed; steps took 0.75× (sms-spam) and 0.6×
-    # (bbc) in a paired bench; the rule's own time check, against stored runs, failed (docs/recovery.md, "Two passes
-    # for long texts", says why and that 0.75 was kept anyway)
+    # tweets and rt CSVs came out over 0.75); rt's own pool gives 0.78–0.82 on seeds 0–8, so the zoo keeps the one-pass
+    # step its report measured. Steps took 0.75× (sms-spam) and 0.59× (bbc) in a paired bench; the accuracy checks fixed
+    # beforehand passed, the time check against stored runs did not (docs/recovery.md, "Two passes for long texts",
+    # says why and that 0.75 was kept anyway)
     two_pass_below: float = 0.75
 
     def __post_init__(self) -> None:

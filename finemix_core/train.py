@@ -88,15 +88,18 @@ def training_batches(
             return
 
 
+def recovery_steps(data: Encoded, distill: Distillation, cfg: TrainConfig) -> int:
+    """Steps of a full recovery run: the longer of the labelled epochs and the recovery's passes over the pool."""
+    pool_passes = TrainConfig(epochs=distill.recovery.passes, batch_size=cfg.batch_size)
+    return max(total_steps(len(data), cfg), total_steps(len(distill.texts), pool_passes))
+
+
 def pass_share(data: Encoded, distill: Distillation, cfg: TrainConfig) -> float:
     """Tokens a recovery run reads with its labelled and pool batches in two forward passes, as a share of what one
     padded pass over both reads: over the run's planned steps (the same seeded batches `fine_tune` draws; the full run,
     so a shorter `step_share` try decides as the full run does). Near 1 when the two kinds of text are alike in length;
     about 0.6 with long labelled articles beside short pool texts, whose one pass is mostly padding."""
-    total = max(
-        total_steps(len(data), cfg),
-        total_steps(len(distill.texts), TrainConfig(epochs=distill.recovery.passes, batch_size=cfg.batch_size)),
-    )
+    total = recovery_steps(data, distill, cfg)
     labelled, pool = _cycle(data, cfg.batch_size, cfg.seed), _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
     one = two = 0
     for _ in range(total):
@@ -161,7 +164,7 @@ def fine_tune(
         rec = distill.recovery
         features = rec.feature_weight > 0
         scale = distill.feature_scale if features else 1.0
-        total = max(total, total_steps(len(distill.texts), TrainConfig(epochs=rec.passes, batch_size=cfg.batch_size)))
+        total = recovery_steps(data, distill, cfg)
         unlabelled = _cycle(distill.texts, cfg.batch_size, cfg.seed + 1)
         # a caller that did not make "auto" concrete (defenses.concrete_precision) gets the same choice here
         bf16 = rec.precision == "bf16" or (rec.precision == "auto" and hardware.bf16_supported(device))

@@ -1,6 +1,7 @@
 """Recovery steps in one padded forward pass or in two (`RecoveryConfig.two_pass_below`): the same recovery fine-tune
 on a model's real defender data, both ways, in alternating rounds so that a machine whose speed drifts over minutes
 slows both alike; seconds, the ratio and the run's token share (`train.pass_share`) measured in one run.
+The defender's data is built as the CLI builds it, without trigger-aware recovery's copies (they need a scan).
 
     FINEMIX_HOME=… .venv/bin/python scripts/bench_two_pass.py --model DIR --clean-data rows.csv --steps-share 0.1
 
