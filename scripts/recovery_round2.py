@@ -109,6 +109,14 @@ CANDIDATES = {
     "+ default, features 10 below ρ 1": (
         "epur+fine-mixing+distill", None,
         dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", feature_weight=10.0, found_features=False)),
+    # Round 25 on a CPU without native bf16 (2026-12-06): today's default as `auto` runs it there (fp32), and the
+    # candidate in the same arithmetic, so the pair differs in the feature weight alone
+    "+ default, fp32": (
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="fp32", feature_weight=5.0, found_features=False)),
+    "+ default, fp32, features 10 below ρ 1": (
+        "epur+fine-mixing+distill", None,
+        dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="fp32", feature_weight=10.0, found_features=False)),
 }
 
 
