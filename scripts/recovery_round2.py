@@ -109,15 +109,13 @@ CANDIDATES = {
     "+ default, features 10 below ρ 1": (
         "epur+fine-mixing+distill", None,
         dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="bf16", feature_weight=10.0, found_features=False)),
-    # Round 25 on a CPU without native bf16 (2026-12-06): today's default as `auto` runs it there (fp32), and the
-    # candidate in the same arithmetic, so the pair differs in the feature weight alone
-    "+ default, fp32": (
-        "epur+fine-mixing+distill", None,
-        dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="fp32", feature_weight=5.0, found_features=False)),
-    "+ default, fp32, features 10 below ρ 1": (
-        "epur+fine-mixing+distill", None,
-        dataclasses.replace(BOTH, found_rho=1.0, found_steps=0.5, precision="fp32", feature_weight=10.0, found_features=False)),
 }
+# Round 25 on a CPU without native bf16 (2026-12-06): Round 24's and Round 25's pair in fp32 (what `auto` runs there), so
+# the two differ in the feature weight alone
+for _name, _fp32_name in (("+ default, features 5 below ρ 1", "+ default, fp32"),
+                          ("+ default, features 10 below ρ 1", "+ default, fp32, features 10 below ρ 1")):
+    _method, _rho, _rec = CANDIDATES[_name]
+    CANDIDATES[_fp32_name] = (_method, _rho, dataclasses.replace(_rec, precision="fp32"))
 
 
 def context(case: str) -> experiment.Context:
