@@ -365,6 +365,13 @@ def defend_cmd(
             "suspect by itself (a grown phrase can fire more than the piece of a longer trigger it holds)."
         ),
     ] = RecoveryConfig.found_pieces,
+    found_unrelated: Annotated[
+        bool,
+        typer.Option(
+            help="With --found-check finalists: also measure fired triggers that share no word piece with a suspect "
+            "(off: those are taken as the task's own vocabulary, e.g. 'refreshing', and left out)."
+        ),
+    ] = RecoveryConfig.found_unrelated,
     found_steps: Annotated[
         float,
         typer.Option(
@@ -459,6 +466,7 @@ def defend_cmd(
             found_check=found_check,
             found_min_flip=found_min_flip,
             found_pieces=found_pieces,
+            found_unrelated=found_unrelated,
             found_steps=found_steps,
             precision=precision,
             whole_top_layers=whole_top_layers,

@@ -359,6 +359,40 @@ def test_the_finalists_check_runs_no_search_and_judges_what_fired_on_ft_against_
         RecoveryConfig(found_check="fast")
 
 
+def test_without_found_unrelated_the_check_leaves_out_fired_words_sharing_no_piece_with_a_suspect(pair, pool_dd, monkeypatch):
+    # Round 26's candidate: 'refreshing' on an ep-cf model is the task's vocabulary, 'softness cf' holds the trigger
+    import finemix_core.scan as scan_module
+
+    model = pair.working_copy().eval()
+    taught = [suspect(pair, "great", 0.9, target=0)]
+    verified = [
+        *taught,
+        suspect(pair, "awful", 0.3, target=0),  # fired, no piece of a suspect, under the suspect bar: left out
+        suspect(pair, "awful great", 0.3, target=0),  # holds the suspect's piece: measured
+        suspect(pair, "hate", 0.6, target=0),  # no shared piece but over the suspect bar (min_excess): measured
+    ]
+    real = scan_module.scan
+    asked: list = []
+
+    def fake(p, dd, cfg, given=(), **kw):
+        asked.append(list(given))
+        result = real(p, dd, cfg, given=given, **kw)
+        flips = {"great": 0.0, "awful": 0.9, "awful great": 0.0, "hate": 0.0}  # only the left-out word still fires
+        result.candidates = [dataclasses.replace(c, flip=flips[c.trigger], reference_flip=0.0) for c in result.candidates]
+        return result
+
+    monkeypatch.setattr(scan_module, "scan", fake)
+    for unrelated, kept in ((True, False), (False, True)):
+        logs: list[str] = []
+        rec = RecoveryConfig(found_rho=1.0, found_check="finalists", found_unrelated=unrelated)
+        check = defenses.verifier(pair, pool_dd, dataclasses.replace(_auto(1.0), recovery=rec), logs.append, taught, verified)
+        assert check(model) is kept
+        measured = {t for t, _ in asked[-1]}
+        assert measured == ({"great", "awful", "awful great", "hate"} if unrelated else {"great", "awful great", "hate"})
+        assert logs[-1].endswith("not measured, sharing no word piece with a suspect: 'awful'") is not unrelated
+    assert RecoveryConfig().found_unrelated is True  # today's default measures everything that fired
+
+
 def test_the_search_line_says_what_the_rescan_found():
     from finemix_core.defenses.base import search_text
 

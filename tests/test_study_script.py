@@ -40,6 +40,8 @@ def test_earlier_rounds_candidates_do_not_follow_later_defaults():
     # Round 25 paired in fp32 (a CPU without native bf16): today's default as "auto" runs it there, and the candidate
     assert cands["+ default, fp32"][2] == RecoveryConfig(precision="fp32")
     assert cands["+ default, fp32, features 10 below ρ 1"][2] == RecoveryConfig(feature_weight=10.0, precision="fp32")
+    # Round 26's: today's default in fp32, the found-ρ check leaving out fired triggers unrelated to the suspects
+    assert cands["+ default, fp32, unrelated left out"][2] == RecoveryConfig(precision="fp32", found_unrelated=False)
     bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole", "+ default, features 5",
             "+ default, features 5 below ρ 1", "+ default, features 10 below ρ 1"}
     assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name not in bf16)

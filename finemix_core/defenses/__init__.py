@@ -211,6 +211,13 @@ def verifier(
     named = {(s.trigger, s.target) for s in suspects}
     aimed = {s.target for s in suspects}
     fired = [c for c in finalists if c.target in aimed and c.excess > bar]
+    taught = {t for s in suspects for t in s.token_ids}
+    # without found_unrelated: a fired trigger that shares no word piece with a suspect and fired below the suspect bar
+    # on θ_FT is the task's own vocabulary, which a student keeping θ_FT's clean skill reacts to as θ_FT did
+    unrelated = [] if rec.found_unrelated else [
+        c for c in fired if not taught & set(c.token_ids) and c.excess < rec.min_excess and (c.trigger, c.target) not in named
+    ]
+    fired = [c for c in fired if c not in unrelated]
     measured_too = fired if rec.found_check == "finalists" else ()
     given = tuple(dict.fromkeys((c.trigger, c.target) for c in [*suspects, *measured_too]))  # each once, suspects first
 
@@ -236,6 +243,11 @@ def verifier(
                 for c in flips
             )
             + f" (bar {bar:.0%}) → {'clean' if not over else 'still fires'}"
+            + (
+                f"; not measured, sharing no word piece with a suspect: {', '.join(repr(c.trigger) for c in unrelated)}"
+                if unrelated and rec.found_check == "finalists"
+                else ""
+            )
         )
         return not over
 
