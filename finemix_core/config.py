@@ -109,11 +109,12 @@ class RecoveryConfig:
     # measured alone on θ_FT): a grown phrase around a piece of a sentence trigger fires more than the piece (Round 18)
     found_pieces: bool = True
     # ... and the "finalists" check also measures fired triggers that share no word piece with any suspect recovery
-    # taught away and fired on θ_FT below the suspect bar (min_excess) — True since Round 16. False (Round 26's candidate):
-    # those are left out as the task's own vocabulary ('refreshing', 'delivers': θ_FT, a better sentiment model than a
-    # 128-example reference, reacts to them more, and so does any student that keeps its clean skill); phrases holding a
-    # suspect's piece ('softness cf', '3d durable refreshing worth') and strong second triggers are still measured
-    found_unrelated: bool = True
+    # taught away and fired on θ_FT below the suspect bar (min_excess). False since Round 26: those are left out as the
+    # task's own vocabulary ('refreshing': θ_FT, a better sentiment model than a 128-example reference, reacts to it
+    # more, and so does any student that keeps its clean skill); phrases holding a suspect's piece ('softness cf',
+    # '3d durable refreshing worth') and strong second triggers are still measured. +2.4 dev points where it changed the
+    # decision (word-cf 1, 2, ep-cf 5), the test checks fixed beforehand passed (docs/recovery.md). True: Rounds 16–25
+    found_unrelated: bool = False
     # ... and the found-ρ try trains for this share of the usual steps (the same batches in the same order, stopped
     # early, the schedule fitted to the shorter run): at ρ 1 the student starts as θ_FT, so recovery has less to do.
     # 0.5 since Round 20: a ρ-1 try costs ~60 s instead of ~120 s, +0.33 dev points on the full zoo, −0.42 (one row) on

@@ -269,7 +269,13 @@ def _found_rho_text(rec) -> str:
     return (
         f"Before that, when θ_FT's scan reached its verdict and its best suspect alone flips ≥ {rec.found_min_flip:.0%} of "
         f"held-aside dev sentences{pieces}, ρ {rec.found_rho:g} is tried first{share} and kept only if its dev accuracy passes "
-        f"and nothing the scan saw firing flips more than {rec.found_flip_max:.0%} on it. "
+        f"and nothing the scan saw firing flips more than {rec.found_flip_max:.0%} on it"
+        + (
+            "" if rec.found_unrelated else
+            " (words that share no piece with a suspect and fired below the suspect bar on θ_FT are left out: the task's "
+            "own vocabulary)"
+        )
+        + ". "
     )
 
 

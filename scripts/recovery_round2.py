@@ -30,10 +30,13 @@ from finemix_core.evaluate import predict
 from finemix_core.scan import ScanConfig, scan
 
 # round 1's default recovery
-OLD = RecoveryConfig(consistency=False, min_pool=0, found_rho=None, precision="fp32", feature_weight=0.0, found_features=True)
+OLD = RecoveryConfig(consistency=False, min_pool=0, found_rho=None, precision="fp32", feature_weight=0.0, found_features=True,
+                     found_unrelated=True)
 # round 2's "+ both" as it ran, pinned: later defaults (found_rho 1 since Round 19, found_steps 0.5 since Round 20, bf16
-# since Round 21, the feature term below ρ 1 since Round 24) must not change what an earlier round's candidate name means
-BOTH = RecoveryConfig(found_rho=None, found_steps=1.0, precision="fp32", feature_weight=0.0, found_features=True)
+# since Round 21, the feature term below ρ 1 since Round 24, unrelated words left out of the check since Round 26) must not
+# change what an earlier round's candidate name means
+BOTH = RecoveryConfig(found_rho=None, found_steps=1.0, precision="fp32", feature_weight=0.0, found_features=True,
+                      found_unrelated=True)
 # (name, method, ρ (None = auto on the method's grid), recovery)
 CANDIDATES = {
     "round-1 default": ("epur+fine-mixing+distill", None, OLD),
@@ -119,6 +122,7 @@ for _name, _fp32_name in (("+ default, features 5 below ρ 1", "+ default, fp32"
 
 # Round 26 (2026-12-06): today's default in fp32, but the found-ρ check leaves out fired triggers that share no word piece
 # with a taught suspect and fired below the suspect bar on θ_FT (the task's own vocabulary, e.g. 'refreshing')
+# (the default since Round 26)
 CANDIDATES["+ default, fp32, unrelated left out"] = (
     CANDIDATES["+ default, fp32"][0], None, dataclasses.replace(CANDIDATES["+ default, fp32"][2], found_unrelated=False)
 )

@@ -341,7 +341,10 @@ def test_the_finalists_check_runs_no_search_and_judges_what_fired_on_ft_against_
         return result
 
     monkeypatch.setattr(scan_module, "scan", fake)
-    cfg = dataclasses.replace(_auto(1.0), recovery=RecoveryConfig(found_rho=1.0, found_check="finalists"))
+    # every fired trigger measured (Rounds 16–25; since Round 26 'awful', sharing no piece with 'great', is left out:
+    # the test below)
+    rec = RecoveryConfig(found_rho=1.0, found_check="finalists", found_unrelated=True)
+    cfg = dataclasses.replace(_auto(1.0), recovery=rec)
     check = defenses.verifier(pair, pool_dd, cfg, lambda _m: None, taught, verified)
     cases = [
         ({"great": (0.1, 0.0), "awful": (0.5, 0.45)}, True),  # awful moves the reference as much
@@ -390,7 +393,7 @@ def test_without_found_unrelated_the_check_leaves_out_fired_words_sharing_no_pie
         measured = {t for t, _ in asked[-1]}
         assert measured == ({"great", "awful", "awful great", "hate"} if unrelated else {"great", "awful great", "hate"})
         assert logs[-1].endswith("not measured, sharing no word piece with a suspect: 'awful'") is not unrelated
-    assert RecoveryConfig().found_unrelated is True  # today's default measures everything that fired
+    assert RecoveryConfig().found_unrelated is False  # the default since Round 26 leaves the unrelated words out
 
 
 def test_the_search_line_says_what_the_rescan_found():

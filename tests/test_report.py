@@ -203,6 +203,9 @@ def test_the_report_header_says_when_rho_1_is_tried_first():
     assert _found_rho_text(RecoveryConfig(found_rho=None)) == ""  # `--found-rho never`: the low-ρ search alone
     assert "trained for 50% of the usual steps" in _found_rho_text(RecoveryConfig(found_steps=0.5))
     assert "usual steps" not in _found_rho_text(RecoveryConfig(found_steps=1.0))
+    assert "the task's own vocabulary" in said  # Round 26: unrelated words left out of the check
+    assert "own vocabulary" not in _found_rho_text(RecoveryConfig(found_unrelated=True))
+    assert said.endswith("on θ_FT are left out: the task's own vocabulary). ")
 
 
 def test_the_report_says_when_recovery_trained_in_bfloat16():
