@@ -214,9 +214,7 @@ def verifier(
     taught = {t for s in suspects for t in s.token_ids}
     # without found_unrelated: a fired trigger that shares no word piece with a suspect and fired below the suspect bar
     # on θ_FT is the task's own vocabulary, which a student keeping θ_FT's clean skill reacts to as θ_FT did
-    unrelated = [] if rec.found_unrelated else [
-        c for c in fired if not taught & set(c.token_ids) and c.excess < rec.min_excess and (c.trigger, c.target) not in named
-    ]
+    unrelated = [] if rec.found_unrelated else [c for c in fired if not taught & set(c.token_ids) and c.excess < rec.min_excess]
     fired = [c for c in fired if c not in unrelated]
     measured_too = fired if rec.found_check == "finalists" else ()
     given = tuple(dict.fromkeys((c.trigger, c.target) for c in [*suspects, *measured_too]))  # each once, suspects first
