@@ -120,9 +120,8 @@ for _name, _fp32_name in (("+ default, features 5 below ρ 1", "+ default, fp32"
     _method, _rho, _rec = CANDIDATES[_name]
     CANDIDATES[_fp32_name] = (_method, _rho, dataclasses.replace(_rec, precision="fp32"))
 
-# Round 26 (2026-12-06): today's default in fp32, but the found-ρ check leaves out fired triggers that share no word piece
-# with a taught suspect and fired below the suspect bar on θ_FT (the task's own vocabulary, e.g. 'refreshing')
-# (the default since Round 26)
+# Round 26 (2026-12-06; the default since): today's default in fp32, but the found-ρ check leaves out fired triggers that
+# share no word piece with a taught suspect and fired below the suspect bar on θ_FT (the task's own vocabulary)
 CANDIDATES["+ default, fp32, unrelated left out"] = (
     CANDIDATES["+ default, fp32"][0], None, dataclasses.replace(CANDIDATES["+ default, fp32"][2], found_unrelated=False)
 )

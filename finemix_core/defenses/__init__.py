@@ -203,7 +203,9 @@ def verifier(
     the held-aside dev sentences on it. "finalists": no fresh search; the suspects as above, and every other trigger
     θ_FT's scan verified (`finalists`) that fired on θ_FT — toward a suspect's class, more than the bar over the clean
     reference — flips at most that much more than the reference on the candidate. (Words pushing to the other classes
-    are the task's own vocabulary: a model that keeps θ_FT's clean skill reacts to them, as θ_FT did.)"""
+    are the task's own vocabulary: a model that keeps θ_FT's clean skill reacts to them, as θ_FT did; so, unless
+    `recovery.found_unrelated`, are words toward it that share no word piece with a suspect and fired under the suspect
+    bar on θ_FT.)"""
     from finemix_core.scan import ScanConfig, scan
 
     rec = cfg.recovery
@@ -214,9 +216,11 @@ def verifier(
     taught = {t for s in suspects for t in s.token_ids}
     # without found_unrelated: a fired trigger that shares no word piece with a suspect and fired below the suspect bar
     # on θ_FT is the task's own vocabulary, which a student keeping θ_FT's clean skill reacts to as θ_FT did
-    unrelated = [] if rec.found_unrelated else [c for c in fired if not taught & set(c.token_ids) and c.excess < rec.min_excess]
-    fired = [c for c in fired if c not in unrelated]
-    measured_too = fired if rec.found_check == "finalists" else ()
+    finalists_check = rec.found_check == "finalists"
+    unrelated = [
+        c for c in fired if not rec.found_unrelated and not taught & set(c.token_ids) and c.excess < rec.min_excess
+    ] if finalists_check else []
+    measured_too = [c for c in fired if c not in unrelated] if finalists_check else ()
     given = tuple(dict.fromkeys((c.trigger, c.target) for c in [*suspects, *measured_too]))  # each once, suspects first
 
     def verify(model: torch.nn.Module) -> bool:
@@ -241,11 +245,8 @@ def verifier(
                 for c in flips
             )
             + f" (bar {bar:.0%}) → {'clean' if not over else 'still fires'}"
-            + (
-                f"; not measured, sharing no word piece with a suspect: {', '.join(repr(c.trigger) for c in unrelated)}"
-                if unrelated and rec.found_check == "finalists"
-                else ""
-            )
+            + (f"; not measured, sharing no word piece with a suspect: {', '.join(repr(c.trigger) for c in unrelated)}"
+               if unrelated else "")
         )
         return not over
 
