@@ -234,6 +234,7 @@ class Screen:
         self.rows = {t: np.flatnonzero(self.base != t) for t in range(n_labels)}
         self.calls = 0  # sentences scored (a benchmark figure)
         self._memo: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}  # (model, trigger) → its row: stages share them
+        self._one: dict[tuple[int, tuple[int, ...], int], float] = {}  # (model, trigger, class) → that class's mean
 
     def scores(self, triggers: Sequence[tuple[int, ...]], model: torch.nn.Module | None = None) -> np.ndarray:
         """[candidate, class] → mean probability of the class over sentences not already in it (θ_FT's unless `model`)."""
@@ -249,6 +250,35 @@ class Screen:
                     [block[self.rows[t], t].mean() if len(self.rows[t]) else 0.0 for t in range(self.n_labels)]
                 )
         return np.array([self._memo[(id(model), t)] for t in triggers]).reshape(len(triggers), self.n_labels)
+
+    def target_scores(
+        self, triggers: Sequence[tuple[int, ...]], targets: Sequence[int], model: torch.nn.Module | None = None
+    ) -> np.ndarray:
+        """[candidate] → the mean probability of its own target class, as `scores(...)[i, targets[i]]`, but each
+        candidate is scored only on the sentences that mean reads (not already in its target): growth and the
+        reference's side of the excess need one class each, so this halves their passes on a two-class task."""
+        model = model or self.model
+        new = list(
+            dict.fromkeys(
+                (trig, int(t)) for trig, t in zip(triggers, targets)
+                if (id(model), trig) not in self._memo and (id(model), trig, int(t)) not in self._one and len(self.rows[int(t)])
+            )
+        )
+        if new:
+            parts = [self.insert(trig, self.rows[t]) for trig, t in new]
+            probs = predict(model, concat(parts))
+            start = 0
+            for (trig, t), part in zip(new, parts):
+                self._one[(id(model), trig, t)] = float(probs[start : start + len(part), t].mean())
+                start += len(part)
+            self.calls += sum(len(part) for part in parts)
+
+        def one(trig: tuple[int, ...], t: int) -> float:
+            if (id(model), trig) in self._memo:
+                return float(self._memo[(id(model), trig)][t])
+            return self._one.get((id(model), trig, t), 0.0)  # no sentence outside t: as `scores` gives it
+
+        return np.array([one(trig, int(t)) for trig, t in zip(triggers, targets)], dtype=float)
 
 
 # ---- candidates ------------------------------------------------------------------------------------------------
@@ -362,7 +392,7 @@ def grow(
     """Grow a trigger a token at a time (a `##` piece only on the right, a word on either side) while θ_FT's mean
     probability of `target` rises by at least `min_gain`: rebuilds phrases and the rest of multi-piece words."""
     current = seed
-    best = screen.scores([current])[0, target]
+    best = screen.target_scores([current], [target])[0]
     while len(current) < cfg.max_tokens and best < 0.999:
         options = []
         for tok in pool:
@@ -373,7 +403,7 @@ def grow(
                 options.append((tok,) + current)
         if not options:
             break
-        sc = screen.scores(options)[:, target]
+        sc = screen.target_scores(options, [target] * len(options))
         k = int(np.argmax(sc))
         if sc[k] < best + cfg.min_gain:
             break
@@ -579,8 +609,8 @@ def scan(
         # finalists by their screened excess over the reference (a word that moves any classifier of the task ranks low)
         sc = screen.scores(cands)
         best_t = sc.argmax(1)
-        excess = sc - screen.scores(cands, reference)
-        order = np.argsort(-excess[np.arange(len(cands)), best_t], kind="stable")
+        excess = sc[np.arange(len(cands)), best_t] - screen.target_scores(cands, best_t, reference)
+        order = np.argsort(-excess, kind="stable")
         seen_text: set[tuple[str, int]] = set()
         for i in order:
             key = (trigger_text(tok, cands[i]), int(best_t[i]))

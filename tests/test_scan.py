@@ -310,3 +310,30 @@ def test_an_identical_scan_is_read_back_and_a_changed_model_is_scanned_again(tin
     other = load_pair(models["zorblat"], pt)  # other weights, the same data: not the same scan
     with pytest.raises(AssertionError, match="re-ran"):
         scan(other, defender(other, csv), FAST_SCAN)
+
+
+def test_one_class_scores_match_the_full_screen_on_half_the_sentences(tiny_scan):
+    """Growth and the reference's side of the excess read one class per candidate: scoring only the sentences that
+    class's mean reads gives the same numbers as the full screen (up to float rounding) from fewer sentences."""
+    from finemix_core.encoding import cut
+    from finemix_core.scan import Screen
+
+    pt, csv, models = tiny_scan
+    pair = load_pair(models["cf"], pt)
+    dd = defender(pair, csv)
+    search = cut(dd.train, 64).subset(range(24))
+    cands = [text_ids(pair.tokenizer, w) for w in ("cf", "great", "awful", "zorblat", "the movie")]
+    targets = [1, 1, 0, 1, 0]
+    one = Screen(pair.ft, pair.tokenizer, search, 2, 0)
+    got = one.target_scores(cands, targets)
+    full = Screen(pair.ft, pair.tokenizer, search, 2, 0)
+    want = full.scores(cands)[np.arange(len(cands)), targets]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert got[0] > 0.9 and got[0] > got[3]  # the planted trigger still ranks as it did
+    assert one.calls == sum(len(one.rows[t]) for t in targets) < full.calls == len(cands) * 24
+    assert np.array_equal(one.target_scores(cands, targets), got) and one.calls == sum(len(one.rows[t]) for t in targets)
+    # a candidate the full screen already scored is read from it, not scored again
+    both = full.target_scores(cands[:2], targets[:2])
+    assert full.calls == len(cands) * 24 and np.array_equal(both, want[:2])
+    # another model (the reference's side) is scored on its own
+    assert one.target_scores(cands[:1], [1], model=load_pair(models["clean"], pt).ft)[0] < 0.9
