@@ -288,7 +288,11 @@ def test_a_model_without_a_card_gets_an_asr_from_its_csv_and_a_trigger_or_the_sc
         page.screenshot(path=tmp_path / "lab-scan.png", full_page=True)
         page.get_by_role("button", name="Use 'cf' → fresh").click()
         page.wait_for_function("() => window.location.search.includes('tsrc=scan')", timeout=60_000)
+        # the chosen probe's button turns disabled once that rerun is drawn; a click on the sidebar before then can be
+        # lost, and the Scan page says "ASR for the suspected trigger" too, so the URL must show the page changed
+        expect(page.get_by_role("button", name="Use 'cf' → fresh")).to_be_disabled(timeout=60_000)
         page.get_by_test_id("stSidebarNav").get_by_text("Mixing lab", exact=True).click()
+        page.wait_for_url("**/mixing?**", timeout=60_000)
         expect(page.get_by_text("ASR for the suspected trigger").first).to_be_visible(timeout=240_000)
         asr = page.locator('[data-testid="stMetric"]', has_text="ASR · mix").first.locator('[data-testid="stMetricValue"]')
         expect(asr).not_to_have_text("—", timeout=120_000)

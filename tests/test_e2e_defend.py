@@ -21,7 +21,11 @@ def test_default_defend_removes_the_quick_word_backdoor_and_keeps_clean_accuracy
     assert row["n_clean"] == card["n_test"] and row["trigger"] == "cf" and row["clean_size"] == 128
     assert row["unlabeled_n"] > 500 and "dev split" in row["unlabeled_source"]  # the rt dev split beyond the dev examples
     assert card["asr"] >= 0.9 and row["asr_floor"] is not None
-    assert row["asr"] <= row["asr_floor"] + 0.10, (card, row)  # the backdoor is gone (down to the clean floor) ...
+    # the backdoor is gone: the trigger adds at most 5 points to the defended model's own lean on clean text (its
+    # target bias), and ASR is down to the clean floor or to θ_FT's own lean — ρ 1, kept when the scan found `cf`,
+    # keeps θ_FT's weights and with them its lean (docs/recovery.md, Round 26 and "Probes on `word-combo`") ...
+    assert row["asr"] - row["target_bias"] <= 0.05, (card, row)
+    assert row["asr"] <= max(row["asr_floor"], card["target_bias"]) + 0.05, (card, row)
     assert row["cacc"] >= card["cacc"] - 0.03, (card, row)  # ... and clean accuracy stays
     assert [c["value"] for c in row["search"]][-1] == row["rho"] and row["search"][-1]["passed"]
     # trigger-aware recovery: the scan of θ_FT (clean data only) suspected `cf` and recovery taught it away
