@@ -258,12 +258,14 @@ class Screen:
         candidate is scored only on the sentences that mean reads (not already in its target): growth and the
         reference's side of the excess need one class each, so this halves their passes on a two-class task."""
         model = model or self.model
-        new = list(
-            dict.fromkeys(
-                (trig, int(t)) for trig, t in zip(triggers, targets)
-                if (id(model), trig) not in self._memo and (id(model), trig, int(t)) not in self._one and len(self.rows[int(t)])
-            )
-        )
+        asked = [(trig, int(t)) for trig, t in zip(triggers, targets)]
+
+        def known(trig: tuple[int, ...], t: int) -> float | None:
+            if (id(model), trig) in self._memo:  # the full screen already scored it
+                return float(self._memo[(id(model), trig)][t])
+            return self._one.get((id(model), trig, t), None if len(self.rows[t]) else 0.0)  # no sentence: as `scores`
+
+        new = [(trig, t) for trig, t in dict.fromkeys(asked) if known(trig, t) is None]
         if new:
             parts = [self.insert(trig, self.rows[t]) for trig, t in new]
             probs = predict(model, concat(parts))
@@ -272,13 +274,7 @@ class Screen:
                 self._one[(id(model), trig, t)] = float(probs[start : start + len(part), t].mean())
                 start += len(part)
             self.calls += sum(len(part) for part in parts)
-
-        def one(trig: tuple[int, ...], t: int) -> float:
-            if (id(model), trig) in self._memo:
-                return float(self._memo[(id(model), trig)][t])
-            return self._one.get((id(model), trig, t), 0.0)  # no sentence outside t: as `scores` gives it
-
-        return np.array([one(trig, int(t)) for trig, t in zip(triggers, targets)], dtype=float)
+        return np.array([known(trig, t) for trig, t in asked], dtype=float)
 
 
 # ---- candidates ------------------------------------------------------------------------------------------------

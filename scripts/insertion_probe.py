@@ -52,7 +52,7 @@ def main() -> None:
     print(f"dev split of seed {args.seed}: {len(rows)} non-target sentences; share called class {args.target}")
     for spec in args.model:
         name, folder = spec.split("=", 1)
-        model = load_classifier(folder)[0].eval()
+        model = load_classifier(folder)[0]  # in eval mode
         cells = [f"plain {np.mean(predict(model, dev.subset(rows)).argmax(1) == args.target):.3f}"]
         for label, triggers in variants.items():
             rates = [np.mean(predict(model, insert(t, rows)).argmax(1) == args.target) for t in triggers]
