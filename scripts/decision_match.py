@@ -15,6 +15,9 @@ held-aside dev sentences).
 `--goal dev` (Round 8) measures the goal share on the dev texts instead (labels unused), judged by two-fold
 cross-fitting; the kept model is then the one fitted on all dev texts.
 
+`--away-from-suspect` (Round 27) keeps a dev-fitted shift only if it lowers the margin of the class the scan's best
+candidate pushes to (never towards the suspected target); otherwise the shift is zero. Each cross-fitted half obeys it too.
+
 `--test` also scores both on the test split with the true trigger: run it only after the rule was applied on dev.
 """
 
@@ -58,12 +61,21 @@ def errors(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return float((pred[labels == 0] == 1).mean()), float((pred[labels == 1] == 0).mean())
 
 
+def away_from(b: np.ndarray, target: int | None) -> np.ndarray:
+    """b if it lowers the margin of class `target` over the other class (two classes), else no shift."""
+    if target is None or b[target] - b[1 - target] >= 0:
+        return np.zeros_like(b)
+    return b
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", required=True, help="folder of MODEL__CANDIDATE__sSEED model folders")
     ap.add_argument("--out", required=True)
     ap.add_argument("--goal", choices=("pool", "dev"), default="pool",
                     help="pool: Round 7 (θ_FT's share on the distillation pool); dev: Round 8 (on the dev texts, cross-fitted)")
+    ap.add_argument("--away-from-suspect", action="store_true",
+                    help="Round 27: keep a dev-fitted shift only if it moves the boundary away from the scan's best candidate's class")
     ap.add_argument("--test", action="store_true", help="also score on the test split (only after the dev rule decided)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -126,12 +138,19 @@ def main() -> None:
             crossed = np.empty_like(dev_def)
             for fit, judge in (halves, halves[::-1]):
                 b_half = decision_shift(dev_def[fit], float((dev_teacher[fit].argmax(1) == 1).mean()))
+                if args.away_from_suspect:
+                    b_half = away_from(b_half, best.target if best else None)
                 crossed[judge] = dev_def[judge] + b_half
             c01, c10 = errors(crossed, labels)
             b = decision_shift(dev_def, float((dev_teacher.argmax(1) == 1).mean()))  # the model a defender would keep
+            fitted = float(b[1] - b[0])
+            if args.away_from_suspect:
+                b = away_from(b, best.target if best else None)
             matched = apply_shift(defended, b)
             row |= {
-                "dev_shift": round(float(b[1] - b[0]), 4),
+                "dev_shift_fitted": round(fitted, 4),
+                "suspect_target": best.target if best else None,
+                "dev_shift": round(float(b[1] - b[0]), 4),  # after the direction rule (--away-from-suspect)
                 "crossfit_dev_acc": round(float((crossed.argmax(1) == labels).mean()), 4),
                 "crossfit_err_0to1": round(c01, 3), "crossfit_err_1to0": round(c10, 3),
                 "crossfit_distance": round(abs(c01 - f01) + abs(c10 - f10), 3),

@@ -126,6 +126,13 @@ CANDIDATES["+ default, fp32, unrelated left out"] = (
     CANDIDATES["+ default, fp32"][0], None, dataclasses.replace(CANDIDATES["+ default, fp32"][2], found_unrelated=False)
 )
 
+# Round 27 (2026-12-06): today's default as `auto` runs it (Round 26's, precision made concrete by `defend`); Round 27's
+# candidate is a correction applied afterwards to these saved models (scripts/decision_match.py --away-from-suspect)
+CANDIDATES["+ default, Round 26"] = (
+    CANDIDATES["+ default, fp32"][0], None,
+    dataclasses.replace(CANDIDATES["+ default, fp32, unrelated left out"][2], precision="auto"),
+)
+
 
 def context(case: str) -> experiment.Context:
     if case.startswith("csv:"):
