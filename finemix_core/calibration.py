@@ -61,6 +61,16 @@ def decision_shift(logits: np.ndarray, goal_share: float) -> np.ndarray:
     return np.array([threshold / 2, -threshold / 2])
 
 
+def away_from(shift: np.ndarray, target: int | None) -> np.ndarray:
+    """`shift` (two classes) if it lowers the margin of class `target` over the other one, else no shift: a correction
+    may move the boundary away from a suspected backdoor target, never towards it (None: no suspect, no shift)."""
+    if shift.shape != (2,):
+        raise FinemixError(f"a two-class shift is needed, got shape {shift.shape}")
+    if target is None or shift[target] - shift[1 - target] >= 0:
+        return np.zeros_like(shift)
+    return shift
+
+
 def label_prior(labels, n_classes: int) -> np.ndarray:
     """The class distribution of labelled examples."""
     return np.bincount(np.asarray(labels), minlength=n_classes) / len(labels)

@@ -372,6 +372,13 @@ def defend_cmd(
             "(off: those are taken as the task's own vocabulary, e.g. 'refreshing', and left out)."
         ),
     ] = RecoveryConfig.found_unrelated,
+    match_dev: Annotated[
+        bool,
+        typer.Option(
+            help="After recovery, one output bias so the defended model puts as many dev texts (labels unused) in each "
+            "class as its teacher does; kept only if it moves the boundary away from the scan's suspected class."
+        ),
+    ] = RecoveryConfig.match_dev,
     found_steps: Annotated[
         float,
         typer.Option(
@@ -467,6 +474,7 @@ def defend_cmd(
             found_min_flip=found_min_flip,
             found_pieces=found_pieces,
             found_unrelated=found_unrelated,
+            match_dev=match_dev,
             found_steps=found_steps,
             precision=precision,
             whole_top_layers=whole_top_layers,

@@ -75,6 +75,12 @@ class RecoveryConfig:
     # after recovery, one output bias so the defended model puts as many pool texts in class 1 as its teacher does
     # (calibration.decision_shift; two-class models only): undoes the lean a distilled student gains near the boundary
     match_decisions: bool = False
+    # ... or the same share measured on the defender's dev texts (labels unused): text the student was not distilled on,
+    # where its lean shows (Round 8), kept only if it moves the boundary away from the class the scan's best candidate
+    # pushes to, never towards a suspected target (two-class models with a scan only). The default since Round 27:
+    # +0.30 cross-fitted dev points on the full zoo, +0.25 rows on the CSV cases, no suspect firing more; on the test
+    # split every zoo entry's CACC rose (+0.03 to +0.36 points) and its ASR fell to within its bar (docs/recovery.md)
+    match_dev: bool = True
     augment_copies: int = 0  # word-dropout copies of every pool text, each labelled by the teacher (augment.py; 0: none)
     augment_drop: float = 0.1  # the chance each whole word is dropped from a copy
     # weight of feature distillation beside the KL term: the student's last-layer [CLS] state matches θ_FT's on the same

@@ -358,7 +358,12 @@ def markdown(runs: ReportRuns, cfg: ReportConfig, command: str, seconds: float, 
             f"is within 2 points "
             "plus one standard error (paired, on the same dev examples) of θ_FT's, else the better dev accuracy. "
             f"{_found_rho_text(cfg.defense.recovery)}"
-            "Defaults chosen on the zoo's dev splits only (docs/recovery.md), frozen before this run. Seconds: the defense "
+            + (
+                "After recovery, one output bias makes the defended model put as many dev texts (labels unused) in each "
+                "class as its teacher, kept only if it moves the boundary away from the scan's suspected class. "
+                if cfg.defense.recovery.match_dev else ""
+            )
+            + "Defaults chosen on the zoo's dev splits only (docs/recovery.md), frozen before this run. Seconds: the defense "
             "itself, selection included, scoring excluded (mean over seeds; rows imported from the baseline report "
             "keep its seconds)."
         ),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from finemix_core.calibration import apply_shift, decision_shift, label_prior, prior_shift, softmax
+from finemix_core.calibration import apply_shift, away_from, decision_shift, label_prior, prior_shift, softmax
 from finemix_core.encoding import collate, encode
 from finemix_core.errors import FinemixError
 from finemix_core.models import load_pair
@@ -65,3 +65,14 @@ def test_decision_matching_reaches_the_teachers_share_of_class_1_exactly():
     assert ((student + decision_shift(student, 1.0)).argmax(1) == 1).all()
     with pytest.raises(FinemixError, match="decision matching"):
         decision_shift(rng.normal(size=(5, 3)), 0.5)
+
+
+def test_a_shift_is_kept_only_away_from_the_suspected_class():
+    towards_0 = np.array([0.3, -0.3])  # lowers class 1's margin by 0.6
+    assert np.array_equal(away_from(towards_0, 1), towards_0)  # away from a suspected class 1: kept
+    assert not away_from(towards_0, 0).any()  # towards a suspected class 0: dropped
+    assert not away_from(-towards_0, 1).any() and np.array_equal(away_from(-towards_0, 0), -towards_0)
+    assert not away_from(towards_0, None).any()  # no suspect, no shift
+    assert not away_from(np.zeros(2), 1).any()
+    with pytest.raises(FinemixError, match="two-class"):
+        away_from(np.zeros(3), 1)

@@ -9,6 +9,7 @@ import torch
 from datasets import Dataset
 
 from finemix_core import consistency, defenses
+from finemix_core.calibration import decision_shift
 from finemix_core.config import RecoveryConfig, TrainConfig
 from finemix_core.defenses import DefenseConfig, defend, defender_data
 from finemix_core.encoding import collate
@@ -427,3 +428,27 @@ def test_the_found_rho_try_trains_for_its_share_of_the_steps_and_the_fallback_fo
     defend(pair, pool_dd, full, scan_result=found(suspect(pair, "cf", 0.9)))
     assert shares == [1.0, 1.0]  # `--found-steps 1`: the try runs all the steps (the default before Round 20)
     assert RecoveryConfig().found_steps == 0.5  # the default since Round 20
+
+
+def test_dev_decision_matching_moves_the_boundary_only_away_from_the_suspected_class(pair, pool_dd):
+    # fine-mixing+distill without E-PUR: recovery's teacher is θ_FT itself, so the goal is computed here by hand
+    assert RecoveryConfig().match_dev is True  # the default since Round 27
+    plain_cfg = _recovery_cfg(recovery=RecoveryConfig(match_dev=False))
+    plain = defend(pair, pool_dd, plain_cfg, scan_result=found(suspect(pair, "cf", 0.9)))
+    goal = float((predict(pair.ft, pool_dd.dev).argmax(1) == 1).mean())
+    fitted = decision_shift(predict(plain.model, pool_dd.dev, logits=True), goal)
+    margin = float(fitted[1] - fitted[0])
+    assert margin != 0  # the tiny student does not already match θ_FT on the dev texts
+    away = 1 if margin < 0 else 0  # the suspected class this fitted shift moves the boundary away from
+    matched_cfg = dataclasses.replace(plain_cfg, recovery=dataclasses.replace(plain_cfg.recovery, match_dev=True))
+    logs: list[str] = []
+    kept = defend(pair, pool_dd, matched_cfg, scan_result=found(suspect(pair, "cf", 0.9, target=away)), log=logs.append)
+    assert kept.decision_shift == pytest.approx(margin, abs=1e-6)
+    assert float((predict(kept.model, pool_dd.dev).argmax(1) == 1).mean()) == goal
+    same = {k: v for k, v in kept.model.state_dict().items() if k != "classifier.bias"}
+    assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in same.items())  # one output bias moved, nothing else
+    assert any("dev texts" in line and f"{margin:+.3f}" in line for line in logs)
+    # the same fitted shift would move the boundary towards a suspect of the other class: nothing is moved
+    dropped = defend(pair, pool_dd, matched_cfg, scan_result=found(suspect(pair, "cf", 0.9, target=1 - away)))
+    assert dropped.decision_shift == 0.0
+    assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in dropped.model.state_dict().items())

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from finemix_core import augment, consistency, remembered
-from finemix_core.calibration import apply_shift, decision_shift
+from finemix_core.calibration import apply_shift, away_from, decision_shift
 from finemix_core.defenses import fine_mixing, fine_pruning, fine_purifying, fine_tuning
 from finemix_core.defenses.base import (
     DEFENSE_TRAIN,
@@ -44,6 +44,7 @@ from finemix_core.defenses.base import (
     pick_smallest,
 )
 from finemix_core.defenses.fine_pruning import apply_pruning, ffn_activations, ffn_layers, prune_plan
+from finemix_core.encoding import Encoded
 from finemix_core.epur import flagged_ids, purify, table
 from finemix_core.errors import FinemixError
 from finemix_core.evaluate import predict, predict_with_features
@@ -178,6 +179,19 @@ def matched_decisions(model: torch.nn.Module, distill: Distillation, n_texts: in
     texts = distill.texts.subset(range(n_texts))
     goal = float((distill.teacher_logits[:n_texts].argmax(1) == 1).float().mean())
     b = decision_shift(predict(model, texts, logits=True), goal)
+    return apply_shift(model, b).eval(), float(b[1] - b[0])
+
+
+def dev_matched_decisions(
+    model: torch.nn.Module, teacher_model: torch.nn.Module, dev: Encoded, target: int | None
+) -> tuple[torch.nn.Module, float]:
+    """(a copy of `model` with one output bias added, the shift on the class-1 margin) such that it assigns as many dev
+    texts (labels unused) to class 1 as the teacher does — kept only if that lowers the margin of `target`, the class
+    the scan's best candidate pushes to; otherwise `model` itself and 0."""
+    goal = float((predict(teacher_model, dev).argmax(1) == 1).mean())
+    b = away_from(decision_shift(predict(model, dev, logits=True), goal), target)
+    if not b.any():
+        return model, 0.0
     return apply_shift(model, b).eval(), float(b[1] - b[0])
 
 
@@ -397,6 +411,14 @@ def defend(
     if job.distill is not None and cfg.recovery.match_decisions and pair.num_labels == 2:
         out.model, shift = matched_decisions(out.model, job.distill, len(keep))
         say(f"decisions matched to the teacher's on the pool: {shift:+.3f} added to the class-1 margin")
+    if job.distill is not None and cfg.recovery.match_dev and pair.num_labels == 2 and scan_result is not None:
+        target = scan_result.best.target if scan_result.best is not None else None
+        out.model, shift = dev_matched_decisions(out.model, ft, dd.dev, target)
+        say(
+            f"decisions matched to the teacher's on the {len(dd.dev)} dev texts: {shift:+.3f} added to the class-1 margin"
+            + ("" if shift else " (none: the fitted shift would move the boundary towards the scan's suspected class "
+               f"{target}, or there was nothing to move)")
+        )
     result = DefenseResult(
         model=out.model,
         method=cfg.method,
