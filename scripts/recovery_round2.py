@@ -31,12 +31,12 @@ from finemix_core.scan import ScanConfig, scan
 
 # round 1's default recovery
 OLD = RecoveryConfig(consistency=False, min_pool=0, found_rho=None, precision="fp32", feature_weight=0.0, found_features=True,
-                     found_unrelated=True)
+                     found_unrelated=True, match_dev=False)
 # round 2's "+ both" as it ran, pinned: later defaults (found_rho 1 since Round 19, found_steps 0.5 since Round 20, bf16
-# since Round 21, the feature term below ρ 1 since Round 24, unrelated words left out of the check since Round 26) must not
-# change what an earlier round's candidate name means
+# since Round 21, the feature term below ρ 1 since Round 24, unrelated words left out of the check since Round 26, the
+# dev-text decision match since Round 27) must not change what an earlier round's candidate name means
 BOTH = RecoveryConfig(found_rho=None, found_steps=1.0, precision="fp32", feature_weight=0.0, found_features=True,
-                      found_unrelated=True)
+                      found_unrelated=True, match_dev=False)
 # (name, method, ρ (None = auto on the method's grid), recovery)
 CANDIDATES = {
     "round-1 default": ("epur+fine-mixing+distill", None, OLD),

@@ -26,30 +26,34 @@ def test_earlier_rounds_candidates_do_not_follow_later_defaults():
     assert (r20.found_steps, r20.precision) == (0.5, "fp32")  # Round 20: half steps, float32
     # Round 21's candidate: Round 24's default without the feature term
     assert cands["+ default, bf16 recovery"][2] == RecoveryConfig(
-        feature_weight=0.0, found_features=True, precision="bf16", found_unrelated=True
+        feature_weight=0.0, found_features=True, precision="bf16", found_unrelated=True, match_dev=False
     )
     # Round 22's candidate is Round 21's default with θ_FT's top two layers kept whole (not adopted: docs/recovery.md)
     assert cands["+ default, top 2 layers whole"][2] == RecoveryConfig(
-        whole_top_layers=2, feature_weight=0.0, found_features=True, precision="bf16", found_unrelated=True
+        whole_top_layers=2, feature_weight=0.0, found_features=True, precision="bf16", found_unrelated=True, match_dev=False
     )
     # Round 23's candidate is Round 21's default whose every recovery fine-tune also matches θ_FT's [CLS] states
     assert cands["+ default, features 5"][2] == RecoveryConfig(
-        feature_weight=5.0, found_features=True, precision="bf16", found_unrelated=True
+        feature_weight=5.0, found_features=True, precision="bf16", found_unrelated=True, match_dev=False
     )
     # Round 24's: the same with the feature term in the low-ρ search only
     # (today's default where the machine has native bf16: "auto" is bf16 there, and the rounds ran in bf16)
-    assert cands["+ default, features 5 below ρ 1"][2] == RecoveryConfig(precision="bf16", found_unrelated=True)
+    assert cands["+ default, features 5 below ρ 1"][2] == RecoveryConfig(precision="bf16", found_unrelated=True, match_dev=False)
     # Round 25's: the same at feature weight 10
     assert cands["+ default, features 10 below ρ 1"][2] == RecoveryConfig(
-        feature_weight=10.0, precision="bf16", found_unrelated=True
+        feature_weight=10.0, precision="bf16", found_unrelated=True, match_dev=False
     )
     # Round 25 paired in fp32 (a CPU without native bf16): today's default as "auto" runs it there, and the candidate
-    assert cands["+ default, fp32"][2] == RecoveryConfig(precision="fp32", found_unrelated=True)
+    assert cands["+ default, fp32"][2] == RecoveryConfig(precision="fp32", found_unrelated=True, match_dev=False)
     assert cands["+ default, fp32, features 10 below ρ 1"][2] == RecoveryConfig(
-        feature_weight=10.0, precision="fp32", found_unrelated=True
+        feature_weight=10.0, precision="fp32", found_unrelated=True, match_dev=False
     )
     # Round 26's: today's default in fp32, the found-ρ check leaving out fired triggers unrelated to the suspects
-    assert cands["+ default, fp32, unrelated left out"][2] == RecoveryConfig(precision="fp32")  # today's default since then
+    assert cands["+ default, fp32, unrelated left out"][2] == RecoveryConfig(precision="fp32", match_dev=False)
+    # Round 27's runs: Round 26's default as `auto` runs it; the round's candidate (the dev-text decision match, today's
+    # default since) was applied afterwards to these runs' saved models, so no candidate here has it on
+    assert cands["+ default, Round 26"][2] == RecoveryConfig(match_dev=False)
+    assert not any(rec.match_dev for _, _, rec in cands.values())
     bf16 = {"+ default, bf16 recovery", "+ default, top 2 layers whole", "+ default, features 5",
             "+ default, features 5 below ρ 1", "+ default, features 10 below ρ 1"}
-    assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name not in bf16)
+    assert all(rec.precision == "fp32" for name, (_, _, rec) in cands.items() if name not in bf16 | {"+ default, Round 26"})
