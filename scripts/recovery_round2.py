@@ -132,6 +132,10 @@ CANDIDATES["+ default, Round 26"] = (
     CANDIDATES["+ default, fp32"][0], None,
     dataclasses.replace(CANDIDATES["+ default, fp32, unrelated left out"][2], precision="auto"),
 )
+# ... and Round 27's default (the same, with the dev-text decision match after recovery)
+CANDIDATES["+ default, Round 27"] = (
+    CANDIDATES["+ default, Round 26"][0], None, dataclasses.replace(CANDIDATES["+ default, Round 26"][2], match_dev=True)
+)
 
 
 def context(case: str) -> experiment.Context:
