@@ -35,7 +35,8 @@ RUN_KINDS = ("report", "sweep", "compare")
 # RecoveryConfig fields added after runs were first stored, each with the value that reproduces the behaviour before it
 # (a stored row without the field ran that way): every field added to RecoveryConfig from now on goes here.
 RECOVERY_ADDED_LATER = {
-    "label_weight": 1.0, "match_decisions": False, "match_dev": False, "augment_copies": 0, "augment_drop": 0.1, "feature_weight": 0.0,
+    "label_weight": 1.0, "match_decisions": False, "augment_copies": 0, "augment_drop": 0.1, "feature_weight": 0.0,
+    "match_dev": False,  # Round 27's default: no stored row before it moved the boundary on the dev texts
     "found_rho": None,
     "found_flip_max": 0.10,  # acts only with found_rho, which no row stored before it set
     "found_check": "rescan",  # likewise

@@ -449,6 +449,8 @@ def test_dev_decision_matching_moves_the_boundary_only_away_from_the_suspected_c
     assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in same.items())  # one output bias moved, nothing else
     assert any("dev texts" in line and f"{margin:+.3f}" in line for line in logs)
     # the same fitted shift would move the boundary towards a suspect of the other class: nothing is moved
-    dropped = defend(pair, pool_dd, matched_cfg, scan_result=found(suspect(pair, "cf", 0.9, target=1 - away)))
+    logs.clear()
+    dropped = defend(pair, pool_dd, matched_cfg, scan_result=found(suspect(pair, "cf", 0.9, target=1 - away)), log=logs.append)
     assert dropped.decision_shift == 0.0
+    assert any("left as they are" in line and f"{margin:+.3f}" in line and f"class {1 - away}" in line for line in logs)
     assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in dropped.model.state_dict().items())

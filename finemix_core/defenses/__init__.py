@@ -184,15 +184,15 @@ def matched_decisions(model: torch.nn.Module, distill: Distillation, n_texts: in
 
 def dev_matched_decisions(
     model: torch.nn.Module, teacher_model: torch.nn.Module, dev: Encoded, target: int | None
-) -> tuple[torch.nn.Module, float]:
-    """(a copy of `model` with one output bias added, the shift on the class-1 margin) such that it assigns as many dev
-    texts (labels unused) to class 1 as the teacher does — kept only if that lowers the margin of `target`, the class
-    the scan's best candidate pushes to; otherwise `model` itself and 0."""
+) -> tuple[torch.nn.Module, float, float]:
+    """(the model, the shift kept, the shift fitted), shifts on the class-1 margin: the fitted one makes `model` assign
+    as many dev texts (labels unused) to class 1 as the teacher does; it is kept (on a copy) only if it lowers the margin
+    of `target`, the class the scan's best candidate pushes to; otherwise `model` itself is returned and 0 kept."""
     goal = float((predict(teacher_model, dev).argmax(1) == 1).mean())
-    b = away_from(decision_shift(predict(model, dev, logits=True), goal), target)
-    if not b.any():
-        return model, 0.0
-    return apply_shift(model, b).eval(), float(b[1] - b[0])
+    fitted = decision_shift(predict(model, dev, logits=True), goal)
+    b = away_from(fitted, target)
+    kept = apply_shift(model, b).eval() if b.any() else model
+    return kept, float(b[1] - b[0]), float(fitted[1] - fitted[0])
 
 
 def scan_for_recovery(pair: ModelPair, dd: DefenderData, cfg: DefenseConfig, say: Callable[[str], None]):
@@ -413,11 +413,12 @@ def defend(
         say(f"decisions matched to the teacher's on the pool: {shift:+.3f} added to the class-1 margin")
     if job.distill is not None and cfg.recovery.match_dev and pair.num_labels == 2 and scan_result is not None:
         target = scan_result.best.target if scan_result.best is not None else None
-        out.model, shift = dev_matched_decisions(out.model, ft, dd.dev, target)
+        out.model, shift, fitted = dev_matched_decisions(out.model, ft, dd.dev, target)
         say(
             f"decisions matched to the teacher's on the {len(dd.dev)} dev texts: {shift:+.3f} added to the class-1 margin"
-            + ("" if shift else " (none: the fitted shift would move the boundary towards the scan's suspected class "
-               f"{target}, or there was nothing to move)")
+            if shift else
+            f"decisions on the {len(dd.dev)} dev texts left as they are: the shift that matches the teacher's "
+            f"({fitted:+.3f} on the class-1 margin) would not move the boundary away from the scan's suspected class {target}"
         )
     result = DefenseResult(
         model=out.model,
