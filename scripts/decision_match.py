@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from finemix_core import experiment
-from finemix_core.calibration import apply_shift, decision_shift
+from finemix_core.calibration import apply_shift, away_from, decision_shift
 from finemix_core.defenses import purified_pair
 from finemix_core.epur import EpurConfig, flagged_ids, table
 from finemix_core.evaluate import predict, score
@@ -59,13 +59,6 @@ def errors(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(share of class-0 rows called 1, share of class-1 rows called 0)."""
     pred = logits.argmax(1)
     return float((pred[labels == 0] == 1).mean()), float((pred[labels == 1] == 0).mean())
-
-
-def away_from(b: np.ndarray, target: int | None) -> np.ndarray:
-    """b if it lowers the margin of class `target` over the other class (two classes), else no shift."""
-    if target is None or b[target] - b[1 - target] >= 0:
-        return np.zeros_like(b)
-    return b
 
 
 def main() -> None:
